@@ -1,0 +1,485 @@
+"""Domain model <-> libvirt domain XML, pure (lxml's ElementTree API, no libvirt).
+
+Three operations:
+
+* :func:`render_domain` writes the XML for a first define;
+* :func:`parse_domain` reads the modelled fields (and our ownership metadata) back from any XML;
+* :func:`merge_domain` changes only the modelled fields of an existing definition and keeps every
+  other element exactly as it was (graphics, channels, controllers, addresses, uuid, MACs...).
+
+Each setter in the merge writes only when the value it would read back differs from the desired
+one, so merging a domain with its own parsed model returns the XML unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lxml import etree
+
+from reconciler.errors import DomainXMLError
+from reconciler.models import BUS_TARGET_PREFIX, Boot, Disk, DomainSpec, Interface, Owner
+from reconciler.sizes import KIB, format_size, parse_libvirt_size
+
+OWNER_NS = "https://virt-reconcile.dev/xmlns/owner/v1"
+OWNER_PREFIX = "vr"
+OWNER_TAG = f"{{{OWNER_NS}}}owner"
+_PREFIX_BUS = {"vd": "virtio", "hd": "ide", "sd": "scsi"}
+_X86 = ("x86_64", "i686")
+_PARSER = etree.XMLParser(remove_blank_text=False, resolve_entities=False, no_network=True)
+
+
+@dataclass(frozen=True)
+class ParsedDomain:
+    """What the reconciler reads from a domain's XML."""
+
+    name: str
+    uuid: str | None
+    spec: DomainSpec
+    owner: Owner | None
+
+
+# ------------------------------------------------------------------------------------ parse
+
+
+def _root(xml: str) -> etree._Element:
+    try:
+        root = etree.fromstring(xml.encode(), _PARSER)
+    except etree.XMLSyntaxError as err:
+        raise DomainXMLError(f"not well-formed XML: {err}") from err
+    if root.tag != "domain":
+        raise DomainXMLError(f"expected a <domain> element, found <{root.tag}>")
+    return root
+
+
+def parse_domain(xml: str, *, state: str = "stopped", autostart: bool = False) -> ParsedDomain:
+    """Read the modelled fields of a domain XML; ``state`` and ``autostart`` come from libvirt."""
+    root = _root(xml)
+    name = root.findtext("name")
+    if not name:
+        raise DomainXMLError("domain XML has no <name>")
+    try:
+        spec = DomainSpec(
+            vcpus=_vcpus(root),
+            memory=_kib(_memory(root)),
+            current_memory=_kib(_current_memory(root)),
+            state=state,  # type: ignore[arg-type]
+            autostart=autostart,
+            type=root.get("type", ""),  # type: ignore[arg-type]
+            arch=root.find("os/type").get("arch", "x86_64") if root.find("os/type") is not None else "x86_64",
+            machine=root.find("os/type").get("machine") if root.find("os/type") is not None else None,
+            boot=Boot(
+                kernel=root.findtext("os/kernel"),
+                initrd=root.findtext("os/initrd"),
+                cmdline=root.findtext("os/cmdline"),
+            ),
+            disks=tuple(disk for _, disk in _modelled_disks(root)),
+            interfaces=tuple(nic for _, nic in _modelled_interfaces(root)),
+            balloon=_balloon(root),
+        )
+    except (ValueError, TypeError) as err:
+        raise DomainXMLError(f"domain {name!r}: {err}") from err
+    return ParsedDomain(name=name, uuid=root.findtext("uuid"), spec=spec, owner=_owner(root))
+
+
+def _kib(value: int) -> str:
+    """A byte count as a size string the model accepts (sizes never travel as bare numbers)."""
+    return f"{value // KIB}KiB"
+
+
+def _vcpus(root: etree._Element) -> int:
+    text = root.findtext("vcpu")
+    return int(text) if text and text.strip() else 1
+
+
+def _memory(root: etree._Element) -> int:
+    element = root.find("memory")
+    if element is None:
+        raise DomainXMLError(f"domain {root.findtext('name')!r} has no <memory>")
+    return parse_libvirt_size(element.text, element.get("unit"))
+
+
+def _current_memory(root: etree._Element) -> int:
+    memory = _memory(root)
+    element = root.find("currentMemory")
+    if element is None:
+        return memory
+    return min(memory, parse_libvirt_size(element.text, element.get("unit")))
+
+
+def _disk_path(element: etree._Element) -> str | None:
+    source = element.find("source")
+    if source is None:
+        return None
+    return source.get("file") or source.get("dev")
+
+
+def _modelled_disks(root: etree._Element) -> list[tuple[etree._Element, Disk]]:
+    """Disks the model describes: file or block disks (not cdroms, floppies, network disks)."""
+    found = []
+    for element in root.iterfind("devices/disk"):
+        if element.get("device", "disk") != "disk" or element.get("type", "file") not in ("file", "block"):
+            continue
+        path, target = _disk_path(element), element.find("target")
+        if not path or not path.startswith("/") or target is None or not target.get("dev"):
+            continue
+        dev = target.get("dev", "")
+        bus = target.get("bus") or _PREFIX_BUS.get(dev[:2])
+        if bus not in BUS_TARGET_PREFIX:
+            continue
+        driver = element.find("driver")
+        fmt = (driver.get("type") if driver is not None else None) or "raw"
+        try:
+            found.append((element, Disk(path=path, format=fmt, bus=bus, target=dev)))  # type: ignore[arg-type]
+        except ValueError:
+            continue  # something the model cannot express: left alone like any unmodelled device
+    return found
+
+
+def _modelled_interfaces(root: etree._Element) -> list[tuple[etree._Element, Interface]]:
+    """NICs the model describes: on a libvirt network or a host bridge."""
+    found = []
+    for element in root.iterfind("devices/interface"):
+        kind = element.get("type")
+        source = element.find("source")
+        if kind not in ("network", "bridge") or source is None or not source.get(kind):
+            continue
+        model = element.find("model")
+        mac = element.find("mac")
+        try:
+            nic = Interface(
+                network=source.get("network") if kind == "network" else None,
+                bridge=source.get("bridge") if kind == "bridge" else None,
+                model=model.get("type") if model is not None else None,
+                mac=mac.get("address") if mac is not None else None,
+            )
+        except ValueError:
+            continue
+        found.append((element, nic))
+    return found
+
+
+def _balloon(root: etree._Element) -> str:
+    element = root.find("devices/memballoon")
+    return "none" if element is not None and element.get("model") == "none" else "virtio"
+
+
+def _owner(root: etree._Element) -> Owner | None:
+    element = root.find(f"metadata/{OWNER_TAG}")
+    if element is None:
+        return None
+    return Owner(
+        manifest=element.get("manifest", ""),
+        revision=element.get("revision", ""),
+        spec_hash=element.get("specHash", ""),
+    )
+
+
+# ----------------------------------------------------------------------------------- render
+
+
+def render_domain(name: str, spec: DomainSpec, owner: Owner | None) -> str:
+    """The XML for defining a new domain: the modelled fields plus sensible defaults (ACPI, console)."""
+    root = etree.Element("domain", type=spec.type)
+    etree.SubElement(root, "name").text = name
+    if owner is not None:
+        _set_owner(root, owner)
+    _sub_text(root, "memory", str(spec.memory // KIB), unit="KiB")
+    _sub_text(root, "currentMemory", str(spec.current_memory // KIB), unit="KiB")
+    _sub_text(root, "vcpu", str(spec.vcpus))
+    os_element = etree.SubElement(root, "os")
+    os_type = etree.SubElement(os_element, "type", arch=spec.arch)
+    if spec.machine:
+        os_type.set("machine", spec.machine)
+    os_type.text = "hvm"
+    _set_boot(root, spec.boot)
+    if spec.arch in _X86:
+        features = etree.SubElement(root, "features")
+        etree.SubElement(features, "acpi")
+        etree.SubElement(features, "apic")
+    devices = etree.SubElement(root, "devices")
+    for disk in spec.disks:
+        devices.append(_new_disk(disk))
+    for nic in spec.interfaces:
+        devices.append(_new_interface(nic))
+    etree.SubElement(devices, "serial", type="pty")
+    etree.SubElement(devices, "console", type="pty")
+    etree.SubElement(devices, "memballoon", model=spec.balloon)
+    etree.indent(root, space="  ")
+    return etree.tostring(root, encoding="unicode")
+
+
+def _sub_text(parent: etree._Element, tag: str, text: str, **attrs: str) -> etree._Element:
+    element = etree.SubElement(parent, tag, **attrs)
+    element.text = text
+    return element
+
+
+def _new_disk(disk: Disk) -> etree._Element:
+    block = disk.path.startswith("/dev/")
+    element = etree.Element("disk", type="block" if block else "file", device="disk")
+    etree.SubElement(element, "driver", name="qemu", type=disk.format)
+    etree.SubElement(element, "source", **{"dev" if block else "file": disk.path})
+    etree.SubElement(element, "target", dev=disk.target or "", bus=disk.bus)
+    return element
+
+
+def _new_interface(nic: Interface) -> etree._Element:
+    kind = "network" if nic.network else "bridge"
+    element = etree.Element("interface", type=kind)
+    if nic.mac:
+        etree.SubElement(element, "mac", address=nic.mac)
+    etree.SubElement(element, "source", **{kind: nic.network or nic.bridge or ""})
+    if nic.model:
+        etree.SubElement(element, "model", type=nic.model)
+    return element
+
+
+# ------------------------------------------------------------------------------------ merge
+
+
+def merge_domain(xml: str, spec: DomainSpec, owner: Owner | None) -> str:
+    """Apply the modelled fields of ``spec`` to an existing definition, keeping everything else.
+
+    ``spec`` is the desired spec already normalised against what was observed (see
+    ``diff.normalise``), so fields libvirt fills in (machine versions, MACs) compare equal and
+    are left untouched. ``owner`` None leaves the metadata as it is.
+    """
+    root = _root(xml)
+    current = parse_domain(xml)
+    name = current.name
+    old = current.spec
+    if spec.type != old.type:
+        root.set("type", spec.type)
+    os_type = _ensure(root, "os", "type")
+    if spec.arch != old.arch:
+        os_type.set("arch", spec.arch)
+    if spec.machine is not None and spec.machine != old.machine:
+        os_type.set("machine", spec.machine)
+    if spec.memory != old.memory:
+        _set_memory(root, spec.memory, name)
+    if spec.current_memory != old.current_memory or spec.memory != old.memory:
+        _set_current_memory(root, spec.current_memory)
+    if spec.vcpus != old.vcpus:
+        _set_vcpus(root, spec.vcpus, name)
+    if spec.boot != old.boot:
+        _set_boot(root, spec.boot)
+    if spec.disks != old.disks:
+        _merge_disks(root, spec.disks)
+    if spec.interfaces != old.interfaces:
+        _merge_interfaces(root, spec.interfaces)
+    if spec.balloon != old.balloon:
+        _set_balloon(root, spec.balloon)
+    if owner is not None and owner != current.owner:
+        _set_owner(root, owner)
+    return etree.tostring(root, encoding="unicode")
+
+
+def _ensure(root: etree._Element, *path: str) -> etree._Element:
+    element = root
+    for tag in path:
+        child = element.find(tag)
+        element = child if child is not None else etree.SubElement(element, tag)
+    return element
+
+
+def _insert_after(root: etree._Element, tag: str, after: str) -> etree._Element:
+    """Find ``tag`` under root, or create it right after ``after`` (libvirt's canonical order)."""
+    element = root.find(tag)
+    if element is not None:
+        return element
+    element = etree.Element(tag)
+    anchor = root.find(after)
+    if anchor is not None:
+        anchor.addnext(element)
+        element.tail = anchor.tail
+    else:
+        root.append(element)
+    return element
+
+
+def _set_memory(root: etree._Element, memory: int, name: str) -> None:
+    cells = root.findall("cpu/numa/cell")
+    if len(cells) > 1:
+        raise DomainXMLError(
+            f"domain {name!r}: its memory is the sum of {len(cells)} NUMA cells; change the cells' "
+            f"memory in the domain XML instead of spec.memory ({format_size(memory)})"
+        )
+    element = _insert_after(root, "memory", "name")
+    element.text = str(memory // KIB)
+    element.set("unit", "KiB")
+    if cells:
+        cells[0].set("memory", str(memory // KIB))
+        cells[0].set("unit", "KiB")
+
+
+def _set_current_memory(root: etree._Element, current: int) -> None:
+    element = _insert_after(root, "currentMemory", "memory")
+    element.text = str(current // KIB)
+    element.set("unit", "KiB")
+
+
+def _set_vcpus(root: etree._Element, vcpus: int, name: str) -> None:
+    if root.find("cpu/numa/cell") is not None:
+        raise DomainXMLError(
+            f"domain {name!r}: its vCPUs are assigned to NUMA cells; change them in the domain XML"
+        )
+    element = _insert_after(root, "vcpu", "currentMemory")
+    element.text = str(vcpus)
+    element.attrib.pop("current", None)
+    per_vcpu = root.find("vcpus")
+    if per_vcpu is not None:
+        root.remove(per_vcpu)  # one entry per vCPU: libvirt recreates them for the new count
+    topology = root.find("cpu/topology")
+    if topology is not None:
+        inner = 1
+        for attribute in ("dies", "clusters", "cores", "threads"):
+            inner *= int(topology.get(attribute, "1"))
+        if vcpus % inner == 0:
+            topology.set("sockets", str(vcpus // inner))
+        else:
+            topology.set("sockets", str(vcpus))
+            for attribute in ("dies", "clusters", "cores", "threads"):
+                if topology.get(attribute) is not None:
+                    topology.set(attribute, "1")
+
+
+def _set_boot(root: etree._Element, boot: Boot) -> None:
+    os_element = _ensure(root, "os")
+    anchor = os_element.find("type")
+    for tag in ("kernel", "initrd", "cmdline"):
+        value = getattr(boot, tag)
+        element = os_element.find(tag)
+        if value is None:
+            if element is not None:
+                os_element.remove(element)
+            continue
+        if element is None:
+            element = etree.Element(tag)
+            if anchor is not None:
+                anchor.addnext(element)
+            else:
+                os_element.append(element)
+        element.text = value
+        anchor = element
+
+
+def _merge_disks(root: etree._Element, disks: tuple[Disk, ...]) -> None:
+    devices = _ensure(root, "devices")
+    existing = {disk.target: (element, disk) for element, disk in _modelled_disks(root)}
+    wanted = {disk.target for disk in disks}
+    for target, (element, _) in existing.items():
+        if target not in wanted:
+            devices.remove(element)
+    last = None
+    for disk in disks:
+        if disk.target in existing:
+            element, old = existing[disk.target]
+            if disk != old:
+                _update_disk(element, disk, old)
+        else:
+            element = _new_disk(disk)
+            anchor = last if last is not None else _last(devices, "disk")
+            if anchor is not None:
+                anchor.addnext(element)
+            else:
+                devices.insert(0, element)
+        last = element
+
+
+def _update_disk(element: etree._Element, disk: Disk, old: Disk) -> None:
+    if disk.path != old.path:
+        block = disk.path.startswith("/dev/")
+        element.set("type", "block" if block else "file")
+        source = _ensure(element, "source")
+        source.attrib.pop("file", None)
+        source.attrib.pop("dev", None)
+        source.set("dev" if block else "file", disk.path)
+    if disk.format != old.format:
+        driver = element.find("driver")
+        if driver is None:
+            driver = etree.Element("driver", name="qemu")
+            element.insert(0, driver)
+        driver.set("type", disk.format)
+    if disk.bus != old.bus:
+        _ensure(element, "target").set("bus", disk.bus)
+        address = element.find("address")
+        if address is not None:
+            element.remove(address)  # an address of the old bus's kind; libvirt assigns a new one
+
+
+def _merge_interfaces(root: etree._Element, nics: tuple[Interface, ...]) -> None:
+    devices = _ensure(root, "devices")
+    existing = _modelled_interfaces(root)
+    for element, _ in existing[len(nics) :]:
+        devices.remove(element)
+    last = None
+    for index, nic in enumerate(nics):
+        if index < len(existing):
+            element, old = existing[index]
+            if nic != old:
+                _update_interface(element, nic, old)
+        else:
+            element = _new_interface(nic)
+            anchor = last if last is not None else _last(devices, "interface") or _last(devices, "disk")
+            if anchor is not None:
+                anchor.addnext(element)
+            else:
+                devices.append(element)
+        last = element
+
+
+def _update_interface(element: etree._Element, nic: Interface, old: Interface) -> None:
+    kind = "network" if nic.network else "bridge"
+    if (nic.network, nic.bridge) != (old.network, old.bridge):
+        element.set("type", kind)
+        source = _ensure(element, "source")
+        source.attrib.pop("network", None)
+        source.attrib.pop("bridge", None)
+        source.set(kind, nic.network or nic.bridge or "")
+    if nic.model != old.model:
+        model = element.find("model")
+        if nic.model is None:
+            if model is not None:
+                element.remove(model)
+        else:
+            _ensure(element, "model").set("type", nic.model)
+    if nic.mac is not None and nic.mac != old.mac:
+        _ensure(element, "mac").set("address", nic.mac)
+
+
+def _set_balloon(root: etree._Element, balloon: str) -> None:
+    devices = _ensure(root, "devices")
+    element = devices.find("memballoon")
+    if element is None:
+        element = etree.SubElement(devices, "memballoon")
+    element.set("model", balloon)
+    if balloon == "none":
+        for child in list(element):
+            element.remove(child)  # stats and address only make sense for a real balloon device
+
+
+def _set_owner(root: etree._Element, owner: Owner) -> None:
+    metadata = _insert_after(root, "metadata", "uuid") if root.find("uuid") is not None else None
+    if metadata is None:
+        metadata = _insert_after(root, "metadata", "name")
+    element = metadata.find(OWNER_TAG)
+    if element is None:
+        element = etree.SubElement(metadata, OWNER_TAG, nsmap={OWNER_PREFIX: OWNER_NS})
+    element.set("manifest", owner.manifest)
+    element.set("revision", owner.revision)
+    element.set("specHash", owner.spec_hash)
+
+
+def owner_xml(owner: Owner) -> str:
+    """The ownership element alone, for libvirt's metadata call (marking a domain managed)."""
+    element = etree.Element(OWNER_TAG, nsmap={OWNER_PREFIX: OWNER_NS})
+    element.set("manifest", owner.manifest)
+    element.set("revision", owner.revision)
+    element.set("specHash", owner.spec_hash)
+    return etree.tostring(element, encoding="unicode")
+
+
+def _last(parent: etree._Element, tag: str) -> etree._Element | None:
+    found = parent.findall(tag)
+    return found[-1] if found else None

@@ -1,0 +1,298 @@
+"""Load manifests: every ``*.yaml``/``*.yml`` below a path -> validated Host and Domain models.
+
+All problems in the tree are collected and raised together as one :class:`ManifestError`, each
+naming the file, the line and the field, so an operator fixes a pull request in one round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from reconciler.errors import ManifestError, Problem
+from reconciler.models import API_VERSION, Domain, Host
+
+try:
+    _Loader: type[yaml.CSafeLoader] = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - PyYAML built without libyaml
+    _Loader = yaml.SafeLoader  # type: ignore[assignment,misc]
+
+Loc = tuple[str | int, ...]
+KINDS: dict[str, type[BaseModel]] = {"Host": Host, "Domain": Domain}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a document came from: file (relative to the manifest root) and line."""
+
+    file: str
+    line: int
+
+
+@dataclass
+class ManifestSet:
+    """The validated manifests: hosts by name and, per host, its domains by name."""
+
+    root: Path
+    hosts: dict[str, Host] = field(default_factory=dict)
+    domains: dict[str, dict[str, Domain]] = field(default_factory=dict)
+    sources: dict[tuple[str, str], Source] = field(default_factory=dict)
+
+    def domain_source(self, host: str, name: str) -> Source:
+        """The file and line of a domain's document."""
+        return self.sources[(host, name)]
+
+
+@dataclass
+class _Document:
+    """One parsed YAML document before validation: data plus a map from field path to line."""
+
+    file: str
+    line: int
+    data: Any
+    lines: dict[Loc, int]
+
+    def line_of(self, loc: Loc) -> int:
+        """The line of the deepest known part of a field path (a missing field: its parent)."""
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return self.line
+
+
+def manifest_files(path: Path) -> list[Path]:
+    """Every manifest file at or below ``path``, in a stable order, hidden folders skipped."""
+    if path.is_file():
+        return [path]
+    files = [
+        p
+        for p in path.rglob("*")
+        if p.suffix in (".yaml", ".yml")
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    ]
+    return sorted(files)
+
+
+def load_manifests(path: Path | str) -> ManifestSet:
+    """Load and validate every manifest below ``path``; raise ManifestError listing every problem."""
+    root = Path(path)
+    if not root.exists():
+        raise ManifestError([Problem(str(root), None, None, "no such file or directory")])
+    base = root if root.is_dir() else root.parent
+    problems: list[Problem] = []
+    documents: list[_Document] = []
+    for file in manifest_files(root):
+        display = _display_path(file, base)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            problems.append(Problem(display, None, None, f"cannot read: {err}"))
+            continue
+        documents.extend(_parse_yaml(text, display, problems))
+    if not documents and not problems:
+        problems.append(Problem(str(root), None, None, "no manifests (*.yaml, *.yml) found"))
+
+    manifests = ManifestSet(root=base.resolve())
+    domain_docs: list[tuple[Domain, _Document]] = []
+    for doc in documents:
+        model = _validate(doc, problems)
+        if isinstance(model, Host):
+            _add_host(manifests, model, doc, base, problems)
+        elif isinstance(model, Domain):
+            domain_docs.append((model, doc))
+    for domain, doc in domain_docs:
+        _add_domain(manifests, domain, doc, problems)
+    if problems:
+        raise ManifestError(sorted(problems, key=lambda p: (p.file, p.line or 0)))
+    return manifests
+
+
+def _display_path(file: Path, base: Path) -> str:
+    try:
+        return str(file.relative_to(base))
+    except ValueError:
+        return str(file)
+
+
+def _parse_yaml(text: str, file: str, problems: list[Problem]) -> Iterator[_Document]:
+    """Parse every document of one file with the C loader, keeping the line of every field."""
+    loader = _Loader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            lines: dict[Loc, int] = {}
+            _record_lines(node, (), lines, file, problems)
+            data = loader.construct_document(node)
+            if data is None:
+                continue
+            yield _Document(file, node.start_mark.line + 1, data, lines)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(err, "problem", None) or str(err)
+        problems.append(Problem(file, line, None, f"YAML syntax error: {reason}"))
+    finally:
+        loader.dispose()
+
+
+def _record_lines(
+    node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str, problems: list[Problem]
+) -> None:
+    """Walk a composed YAML node tree and note the line of each mapping key and list item."""
+    lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = (*loc, key)
+            if key in seen:
+                problems.append(
+                    Problem(file, key_node.start_mark.line + 1, _dotted(child), "duplicate key")
+                )
+            seen.add(key)
+            _record_lines(value_node, child, lines, file, problems)
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, (*loc, index), lines, file, problems)
+
+
+def _dotted(loc: Loc) -> str:
+    """Render a field path the way a manifest author reads it: ``spec.disks[0].path``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _validate(doc: _Document, problems: list[Problem]) -> BaseModel | None:
+    """Validate one document against the model its ``kind`` names."""
+    data = doc.data
+    if not isinstance(data, dict):
+        problems.append(
+            Problem(doc.file, doc.line, None, f"a manifest must be a mapping, not {type(data).__name__}")
+        )
+        return None
+    if data.get("apiVersion") != API_VERSION:
+        problems.append(
+            Problem(
+                doc.file,
+                doc.line_of(("apiVersion",)),
+                "apiVersion",
+                f"expected {API_VERSION!r}, got {data.get('apiVersion')!r}",
+            )
+        )
+        return None
+    kind = data.get("kind")
+    model_type = KINDS.get(kind) if isinstance(kind, str) else None
+    if model_type is None:
+        problems.append(
+            Problem(
+                doc.file,
+                doc.line_of(("kind",)),
+                "kind",
+                f"expected one of {', '.join(KINDS)}, got {kind!r}",
+            )
+        )
+        return None
+    try:
+        return model_type.model_validate(data)
+    except ValidationError as err:
+        for error in err.errors(include_url=False):
+            loc = tuple(error["loc"])
+            problems.append(Problem(doc.file, doc.line_of(loc), _dotted(loc), _message(error)))
+        return None
+
+
+def _message(error: Any) -> str:
+    """Turn a pydantic error into a sentence for a manifest author."""
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "string_type" and isinstance(value, int | float | bool):
+        return f"expected a string, but YAML read {value!r} as {type(value).__name__}: put it in quotes"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _add_host(
+    manifests: ManifestSet, host: Host, doc: _Document, base: Path, problems: list[Problem]
+) -> None:
+    name = host.name
+    if name in manifests.hosts:
+        first = manifests.sources[("Host", name)]
+        problems.append(
+            Problem(
+                doc.file,
+                doc.line_of(("metadata", "name")),
+                "metadata.name",
+                f"host {name!r} is already defined at {first.file}:{first.line}",
+            )
+        )
+        return
+    uri = host.spec.uri
+    if uri.startswith("sandbox:"):
+        state = Path(uri[len("sandbox:") :])
+        if not state.is_absolute():
+            state = (base / doc.file).parent / state
+        host = host.model_copy(
+            update={"spec": host.spec.model_copy(update={"uri": f"sandbox:{state.resolve()}"})}
+        )
+    manifests.hosts[name] = host
+    manifests.domains.setdefault(name, {})
+    manifests.sources[("Host", name)] = Source(doc.file, doc.line)
+
+
+def _add_domain(manifests: ManifestSet, domain: Domain, doc: _Document, problems: list[Problem]) -> None:
+    host = domain.metadata.host
+    if host is None:
+        if len(manifests.hosts) == 1:
+            host = next(iter(manifests.hosts))
+        else:
+            known = ", ".join(sorted(manifests.hosts)) or "none"
+            reason = "no Host document exists" if not manifests.hosts else f"several hosts exist ({known})"
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line_of(("metadata",)),
+                    "metadata.host",
+                    f"required because {reason}",
+                )
+            )
+            return
+    elif host not in manifests.hosts:
+        known = ", ".join(sorted(manifests.hosts)) or "none"
+        problems.append(
+            Problem(
+                doc.file,
+                doc.line_of(("metadata", "host")),
+                "metadata.host",
+                f"unknown host {host!r} (hosts: {known})",
+            )
+        )
+        return
+    name = domain.name
+    if name in manifests.domains[host]:
+        first = manifests.sources[(host, name)]
+        problems.append(
+            Problem(
+                doc.file,
+                doc.line_of(("metadata", "name")),
+                "metadata.name",
+                f"domain {name!r} on host {host!r} is already defined at {first.file}:{first.line}",
+            )
+        )
+        return
+    manifests.domains[host][name] = domain
+    manifests.sources[(host, name)] = Source(doc.file, doc.line)
