@@ -58,24 +58,27 @@ def parse_domain(xml: str, *, state: str = "stopped", autostart: bool = False) -
     name = root.findtext("name")
     if not name:
         raise DomainXMLError("domain XML has no <name>")
+    os_type = root.find("os/type")
     try:
-        spec = DomainSpec(
-            vcpus=_vcpus(root),
-            memory=_kib(_memory(root)),
-            current_memory=_kib(_current_memory(root)),
-            state=state,  # type: ignore[arg-type]
-            autostart=autostart,
-            type=root.get("type", ""),  # type: ignore[arg-type]
-            arch=root.find("os/type").get("arch", "x86_64") if root.find("os/type") is not None else "x86_64",
-            machine=root.find("os/type").get("machine") if root.find("os/type") is not None else None,
-            boot=Boot(
-                kernel=root.findtext("os/kernel"),
-                initrd=root.findtext("os/initrd"),
-                cmdline=root.findtext("os/cmdline"),
-            ),
-            disks=tuple(disk for _, disk in _modelled_disks(root)),
-            interfaces=tuple(nic for _, nic in _modelled_interfaces(root)),
-            balloon=_balloon(root),
+        spec = DomainSpec.model_validate(
+            {
+                "vcpus": _vcpus(root),
+                "memory": _kib(_memory(root)),
+                "currentMemory": _kib(_current_memory(root)),
+                "state": state,
+                "autostart": autostart,
+                "type": root.get("type", ""),
+                "arch": os_type.get("arch", "x86_64") if os_type is not None else "x86_64",
+                "machine": os_type.get("machine") if os_type is not None else None,
+                "boot": Boot(
+                    kernel=root.findtext("os/kernel"),
+                    initrd=root.findtext("os/initrd"),
+                    cmdline=root.findtext("os/cmdline"),
+                ),
+                "disks": tuple(disk for _, disk in _modelled_disks(root)),
+                "interfaces": tuple(nic for _, nic in _modelled_interfaces(root)),
+                "balloon": _balloon(root),
+            }
         )
     except (ValueError, TypeError) as err:
         raise DomainXMLError(f"domain {name!r}: {err}") from err
@@ -130,7 +133,7 @@ def _modelled_disks(root: etree._Element) -> list[tuple[etree._Element, Disk]]:
         driver = element.find("driver")
         fmt = (driver.get("type") if driver is not None else None) or "raw"
         try:
-            found.append((element, Disk(path=path, format=fmt, bus=bus, target=dev)))  # type: ignore[arg-type]
+            found.append((element, Disk.model_validate({"path": path, "format": fmt, "bus": bus, "target": dev})))
         except ValueError:
             continue  # something the model cannot express: left alone like any unmodelled device
     return found
@@ -210,7 +213,7 @@ def render_domain(name: str, spec: DomainSpec, owner: Owner | None) -> str:
 
 
 def _sub_text(parent: etree._Element, tag: str, text: str, **attrs: str) -> etree._Element:
-    element = etree.SubElement(parent, tag, **attrs)
+    element = etree.SubElement(parent, tag, attrib=attrs)
     element.text = text
     return element
 
@@ -219,7 +222,7 @@ def _new_disk(disk: Disk) -> etree._Element:
     block = disk.path.startswith("/dev/")
     element = etree.Element("disk", type="block" if block else "file", device="disk")
     etree.SubElement(element, "driver", name="qemu", type=disk.format)
-    etree.SubElement(element, "source", **{"dev" if block else "file": disk.path})
+    etree.SubElement(element, "source", attrib={"dev" if block else "file": disk.path})
     etree.SubElement(element, "target", dev=disk.target or "", bus=disk.bus)
     return element
 
@@ -229,7 +232,7 @@ def _new_interface(nic: Interface) -> etree._Element:
     element = etree.Element("interface", type=kind)
     if nic.mac:
         etree.SubElement(element, "mac", address=nic.mac)
-    etree.SubElement(element, "source", **{kind: nic.network or nic.bridge or ""})
+    etree.SubElement(element, "source", attrib={kind: nic.network or nic.bridge or ""})
     if nic.model:
         etree.SubElement(element, "model", type=nic.model)
     return element
@@ -258,7 +261,7 @@ def merge_domain(xml: str, spec: DomainSpec, owner: Owner | None) -> str:
         os_type.set("machine", spec.machine)
     if spec.memory != old.memory:
         _set_memory(root, spec.memory, name)
-    if spec.current_memory != old.current_memory or spec.memory != old.memory:
+    if _effective_current_memory(root, spec.memory) != spec.current_memory:
         _set_current_memory(root, spec.current_memory)
     if spec.vcpus != old.vcpus:
         _set_vcpus(root, spec.vcpus, name)
@@ -313,6 +316,14 @@ def _set_memory(root: etree._Element, memory: int, name: str) -> None:
         cells[0].set("unit", "KiB")
 
 
+def _effective_current_memory(root: etree._Element, memory: int) -> int:
+    """The balloon target libvirt will use: the element's value (at most memory), else memory."""
+    element = root.find("currentMemory")
+    if element is None:
+        return memory
+    return min(memory, parse_libvirt_size(element.text, element.get("unit")))
+
+
 def _set_current_memory(root: etree._Element, current: int) -> None:
     element = _insert_after(root, "currentMemory", "memory")
     element.text = str(current // KIB)
@@ -326,7 +337,7 @@ def _set_vcpus(root: etree._Element, vcpus: int, name: str) -> None:
         )
     element = _insert_after(root, "vcpu", "currentMemory")
     element.text = str(vcpus)
-    element.attrib.pop("current", None)
+    _drop(element, "current")
     per_vcpu = root.find("vcpus")
     if per_vcpu is not None:
         root.remove(per_vcpu)  # one entry per vCPU: libvirt recreates them for the new count
@@ -392,8 +403,7 @@ def _update_disk(element: etree._Element, disk: Disk, old: Disk) -> None:
         block = disk.path.startswith("/dev/")
         element.set("type", "block" if block else "file")
         source = _ensure(element, "source")
-        source.attrib.pop("file", None)
-        source.attrib.pop("dev", None)
+        _drop(source, "file", "dev")
         source.set("dev" if block else "file", disk.path)
     if disk.format != old.format:
         driver = element.find("driver")
@@ -434,8 +444,7 @@ def _update_interface(element: etree._Element, nic: Interface, old: Interface) -
     if (nic.network, nic.bridge) != (old.network, old.bridge):
         element.set("type", kind)
         source = _ensure(element, "source")
-        source.attrib.pop("network", None)
-        source.attrib.pop("bridge", None)
+        _drop(source, "network", "bridge")
         source.set(kind, nic.network or nic.bridge or "")
     if nic.model != old.model:
         model = element.find("model")
@@ -478,6 +487,13 @@ def owner_xml(owner: Owner) -> str:
     element.set("revision", owner.revision)
     element.set("specHash", owner.spec_hash)
     return etree.tostring(element, encoding="unicode")
+
+
+def _drop(element: etree._Element, *attributes: str) -> None:
+    """Remove attributes that may or may not be there."""
+    for attribute in attributes:
+        if attribute in element.attrib:
+            del element.attrib[attribute]
 
 
 def _last(parent: etree._Element, tag: str) -> etree._Element | None:

@@ -20,7 +20,7 @@ from reconciler.models import API_VERSION, Domain, Host
 try:
     _Loader: type[yaml.CSafeLoader] = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _Loader = yaml.SafeLoader  # type: ignore[assignment,misc]
+    _Loader = yaml.SafeLoader  # type: ignore[assignment]
 
 Loc = tuple[str | int, ...]
 KINDS: dict[str, type[BaseModel]] = {"Host": Host, "Domain": Domain}
@@ -154,9 +154,7 @@ def _record_lines(
             key = str(key_node.value)
             child = (*loc, key)
             if key in seen:
-                problems.append(
-                    Problem(file, key_node.start_mark.line + 1, _dotted(child), "duplicate key")
-                )
+                problems.append(Problem(file, key_node.start_mark.line + 1, _dotted(child), "duplicate key"))
             seen.add(key)
             _record_lines(value_node, child, lines, file, problems)
             lines[child] = key_node.start_mark.line + 1

@@ -223,9 +223,11 @@ class DomainSpec(Model):
         filled: list[Disk] = []
         for disk in disks:
             if disk.target is None:
-                disk = disk.model_copy(update={"target": _next_target(BUS_TARGET_PREFIX[disk.bus], taken)})
-                taken.add(disk.target)
-            filled.append(disk)
+                target = _next_target(BUS_TARGET_PREFIX[disk.bus], taken)
+                taken.add(target)
+                filled.append(disk.model_copy(update={"target": target}))
+            else:
+                filled.append(disk)
         seen: set[str] = set()
         for disk in filled:
             assert disk.target is not None

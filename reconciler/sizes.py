@@ -13,22 +13,42 @@ KIB = 1024
 
 #: Units accepted in manifests (DESIGN §2): binary with or without the ``B``, and decimal.
 MANIFEST_UNITS: dict[str, int] = {
-    "KiB": 1024, "Ki": 1024,
-    "MiB": 1024**2, "Mi": 1024**2,
-    "GiB": 1024**3, "Gi": 1024**3,
-    "TiB": 1024**4, "Ti": 1024**4,
-    "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+    "KiB": 1024,
+    "Ki": 1024,
+    "MiB": 1024**2,
+    "Mi": 1024**2,
+    "GiB": 1024**3,
+    "Gi": 1024**3,
+    "TiB": 1024**4,
+    "Ti": 1024**4,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
 }
 
 #: Units libvirt accepts in the ``unit`` attribute of memory elements (case-insensitive there).
 _LIBVIRT_UNITS: dict[str, int] = {
-    "b": 1, "bytes": 1,
-    "kb": 1000, "k": 1024, "kib": 1024,
-    "mb": 1000**2, "m": 1024**2, "mib": 1024**2,
-    "gb": 1000**3, "g": 1024**3, "gib": 1024**3,
-    "tb": 1000**4, "t": 1024**4, "tib": 1024**4,
-    "pb": 1000**5, "p": 1024**5, "pib": 1024**5,
-    "eb": 1000**6, "e": 1024**6, "eib": 1024**6,
+    "b": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "k": 1024,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "pb": 1000**5,
+    "p": 1024**5,
+    "pib": 1024**5,
+    "eb": 1000**6,
+    "e": 1024**6,
+    "eib": 1024**6,
 }
 
 SIZE_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(KiB|Ki|MiB|Mi|GiB|Gi|TiB|Ti|KB|MB|GB|TB)\s*$"
@@ -55,8 +75,7 @@ def parse_size(text: object) -> int:
     match = _SIZE_RE.match(text)
     if not match:
         raise ValueError(
-            f"invalid size {text!r}: expected a number with a unit "
-            f"({', '.join(MANIFEST_UNITS)}), e.g. '4GiB'"
+            f"invalid size {text!r}: expected a number with a unit ({', '.join(MANIFEST_UNITS)}), e.g. '4GiB'"
         )
     number, unit = match.groups()
     value = float(number) * MANIFEST_UNITS[unit] if "." in number else int(number) * MANIFEST_UNITS[unit]

@@ -1,0 +1,53 @@
+# Every target does its own set-up, idempotently: Debian packages, the virtualenv, the package.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := libvirt-dev pkg-config gcc python3-dev python3-venv
+MANIFESTS ?= manifests
+
+.PHONY: setup system-packages run plan test test-unit test-sandbox lint bench schema clean
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@scripts/ensure-system-packages.sh $(SYSTEM_PACKAGES)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+## make run: set up, then plan and apply the example manifests on the embedded sandbox host.
+run: setup
+	$(BIN)/virt-reconcile plan $(MANIFESTS); status=$$?; [ $$status -eq 0 ] || [ $$status -eq 2 ]
+	$(BIN)/virt-reconcile apply $(MANIFESTS)
+
+plan: setup
+	$(BIN)/virt-reconcile plan $(MANIFESTS); status=$$?; [ $$status -eq 0 ] || [ $$status -eq 2 ]
+
+## make test: set up, then lint, type-check and run every test tier.
+test: setup lint test-unit test-sandbox
+
+test-unit: setup
+	$(BIN)/pytest -q tests/unit
+
+test-sandbox: setup
+	$(BIN)/pytest -q tests/sandbox
+
+lint: setup
+	$(BIN)/ruff check reconciler tests bench
+	$(BIN)/ruff format --check reconciler tests bench
+	$(BIN)/mypy reconciler
+	$(BIN)/lint-imports
+
+bench: setup
+	$(BIN)/python bench/bench_sandbox.py
+
+schema: setup
+	$(BIN)/virt-reconcile schema --out schemas
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis manifests/state

@@ -1,0 +1,191 @@
+"""Command line: argument parsing and wiring of the core to the libvirt and git edges, nothing else.
+
+Exit codes (DESIGN §5): validate 0 valid / 1 invalid; plan 0 no changes / 2 changes / 3 refused /
+1 error; apply 0 done or nothing to do / 3 refused / 1 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.markup import escape
+
+from reconciler import __version__
+from reconciler.errors import ManifestError, ReconcilerError
+from reconciler.manifests import ManifestSet, load_manifests
+from reconciler.reconcile import Connector, Outcome, reconcile, select_hosts
+from reconciler.render import (
+    make_console,
+    render_host_text,
+    render_json,
+    render_result,
+    summary_line,
+)
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_REFUSED = 0, 1, 2, 3
+DEFAULT_PATH = "manifests"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    parser = argparse.ArgumentParser(
+        prog="virt-reconcile",
+        description="Declarative, GitOps-style reconciler for KVM hosts managed by libvirt.",
+    )
+    parser.add_argument("--version", action="version", version=f"virt-reconcile {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_path(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "path", nargs="?", default=DEFAULT_PATH, help="manifest file or folder (default: manifests/)"
+        )
+
+    validate = commands.add_parser("validate", help="parse and check manifests only")
+    with_path(validate)
+
+    plan = commands.add_parser("plan", help="show what apply would change (dry run)")
+    with_path(plan)
+    plan.add_argument("--format", choices=("text", "json"), default="text")
+    plan.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
+    plan.add_argument(
+        "--allow-delete", action="store_true", help="plan to undefine managed domains gone from git"
+    )
+
+    apply = commands.add_parser("apply", help="plan, then change the hosts to match the manifests")
+    with_path(apply)
+    apply.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
+    apply.add_argument("--allow-delete", action="store_true", help="undefine managed domains gone from git")
+    apply.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="graceful shutdown time before a domain is forced off (default: 60)",
+    )
+
+    schema = commands.add_parser("schema", help="write the manifests' JSON Schemas")
+    schema.add_argument(
+        "--out", default="schemas", metavar="DIR", help="folder to write into (default: schemas/)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    err = make_console(sys.stderr)
+    try:
+        match args.command:
+            case "validate":
+                return _validate(args)
+            case "plan":
+                return _plan(args)
+            case "apply":
+                return _apply(args)
+            case "schema":
+                return _schema(args)
+    except ManifestError as problem:
+        count = len(problem.problems)
+        plural = "s" * (count != 1)
+        err.print(
+            f"[red]error:[/red] the manifests are invalid ({count} problem{plural}); nothing was applied"
+        )
+        for item in problem.problems:
+            err.print(f"  {escape(str(item))}")
+        return EXIT_ERROR
+    except (ReconcilerError, ValueError, OSError) as failure:
+        err.print(f"[red]error:[/red] {escape(str(failure))}")
+        return EXIT_ERROR
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _load(path: str) -> ManifestSet:
+    return load_manifests(Path(path))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    manifests = _load(args.path)
+    domains = sum(len(d) for d in manifests.domains.values())
+    make_console(sys.stdout).print(
+        f"valid: {len(manifests.hosts)} host(s), {domains} domain(s) in {escape(str(args.path))}"
+    )
+    return EXIT_OK
+
+
+def _connector() -> Connector:
+    """The libvirt adapter, imported only by the commands that talk to hosts."""
+    from reconciler import libvirt_host
+
+    return lambda host, write: libvirt_host.connect(host, write=write)
+
+
+def _revision(manifests: ManifestSet) -> str:
+    from reconciler.gitsource import revision_of
+
+    return revision_of(manifests.root)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    manifests = _load(args.path)
+    select_hosts(manifests, args.host)
+    out = make_console(sys.stdout)
+    text = args.format == "text"
+    outcome = reconcile(
+        manifests,
+        _connector(),
+        hosts=args.host,
+        apply=False,
+        allow_delete=args.allow_delete,
+        revision=_revision(manifests),
+        on_plan=(lambda host: render_host_text(out, host, blank_after=True)) if text else None,
+    )
+    if text:
+        out.print(f"[bold]{escape(summary_line(outcome.plan))}[/bold]")
+    else:
+        sys.stdout.write(render_json(outcome.plan))
+    if outcome.failed:
+        return EXIT_ERROR
+    return EXIT_CHANGES if outcome.plan.has_changes else EXIT_OK
+
+
+def _apply(args: argparse.Namespace) -> int:
+    manifests = _load(args.path)
+    select_hosts(manifests, args.host)
+    out = make_console(sys.stdout)
+
+    def show_plan(host: object) -> None:
+        render_host_text(out, host)  # type: ignore[arg-type]
+        if not getattr(host, "blocked", True) and getattr(host, "actions", None):
+            out.print("  [dim]applying…[/dim]")
+
+    outcome: Outcome = reconcile(
+        manifests,
+        _connector(),
+        hosts=args.host,
+        apply=True,
+        allow_delete=args.allow_delete,
+        revision=_revision(manifests),
+        shutdown_timeout=args.shutdown_timeout,
+        on_plan=show_plan,
+        on_result=lambda result: render_result(out, result),
+    )
+    done = sum(1 for rs in outcome.results.values() for r in rs if r.ok)
+    failed = sum(1 for rs in outcome.results.values() for r in rs if not r.ok)
+    out.print()
+    if not outcome.plan.has_changes and not outcome.failed:
+        out.print(f"[bold]{escape(summary_line(outcome.plan))}[/bold]")
+        return EXIT_OK
+    verdict = "[red]Apply failed[/red]" if outcome.failed else "[green]Apply complete[/green]"
+    out.print(f"[bold]{verdict}: {done} action(s) done, {failed} failed.[/bold]")
+    return EXIT_ERROR if outcome.failed else EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from reconciler.schema import write_schemas
+
+    for path in write_schemas(Path(args.out)):
+        print(f"wrote {path}")
+    return EXIT_OK

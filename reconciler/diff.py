@@ -1,0 +1,91 @@
+"""Desired vs observed domain specs -> field-level changes (pure).
+
+Comparisons are on normalised models, never raw XML: values libvirt fills in (expanded machine
+types, generated MACs) are copied from the observed side before comparing, so they are never
+reported as differences.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.models import DomainSpec
+
+#: Machine aliases that libvirt expands to a versioned type with a different stem.
+MACHINE_ALIASES: dict[str, str] = {"pc": "pc-i440fx-", "q35": "pc-q35-"}
+
+#: Fields that change without a redefine: run state, autostart flag and balloon target.
+LIVE_FIELDS = frozenset({"state", "autostart", "currentMemory"})
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field that differs: ``before`` and ``after`` are JSON-ready (sizes as ``4GiB``)."""
+
+    field: str
+    before: Any
+    after: Any
+
+    @property
+    def top_field(self) -> str:
+        """The spec field this change belongs to (``disks[vda].path`` -> ``disks``)."""
+        return re.split(r"[.\[]", self.field, maxsplit=1)[0]
+
+
+def machine_matches(desired: str, observed: str | None) -> bool:
+    """Whether libvirt would expand machine type ``desired`` into ``observed``."""
+    if observed is None or desired == observed:
+        return desired == observed
+    stem = MACHINE_ALIASES.get(desired)
+    if stem is not None:
+        return observed.startswith(stem)
+    return re.fullmatch(re.escape(desired) + r"-\d+(\.\d+)+", observed) is not None
+
+
+def normalise(desired: DomainSpec, observed: DomainSpec) -> DomainSpec:
+    """Copy onto ``desired`` what libvirt fills in and the manifest leaves open."""
+    update: dict[str, Any] = {}
+    if desired.machine is None or machine_matches(desired.machine, observed.machine):
+        update["machine"] = observed.machine
+    interfaces = list(desired.interfaces)
+    for index, nic in enumerate(interfaces):
+        if nic.mac is None and index < len(observed.interfaces):
+            interfaces[index] = nic.model_copy(update={"mac": observed.interfaces[index].mac})
+    update["interfaces"] = tuple(interfaces)
+    return desired.model_copy(update=update)
+
+
+def flatten(spec: DomainSpec) -> dict[str, Any]:
+    """A spec as ``field path -> JSON value``; disks keyed by target, interfaces by position."""
+    data = spec.model_dump(mode="json", by_alias=True)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "disks":
+            for disk in value:
+                for sub, item in disk.items():
+                    if sub != "target":
+                        flat[f"disks[{disk['target']}].{sub}"] = item
+        elif key == "interfaces":
+            for index, nic in enumerate(value):
+                for sub, item in nic.items():
+                    flat[f"interfaces[{index}].{sub}"] = item
+        elif isinstance(value, dict):
+            for sub, item in value.items():
+                flat[f"{key}.{sub}"] = item
+        else:
+            flat[key] = value
+    return flat
+
+
+def spec_changes(observed: DomainSpec | None, desired: DomainSpec) -> tuple[Change, ...]:
+    """Every field that differs between ``observed`` (None: absent) and ``desired``."""
+    after = flatten(desired)
+    before = flatten(observed) if observed is not None else {}
+    changes = []
+    for field in list(after) + [f for f in before if f not in after]:
+        old, new = before.get(field), after.get(field)
+        if old != new:
+            changes.append(Change(field, old, new))
+    return tuple(changes)

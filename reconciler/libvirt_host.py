@@ -1,0 +1,246 @@
+"""The libvirt adapter: the only module that imports ``libvirt``.
+
+:func:`connect` opens a host from its manifest (any libvirt URI, or ``sandbox:PATH`` on libvirt's
+test driver) and yields a :class:`LibvirtHypervisor` implementing the core's Hypervisor protocol.
+libvirt errors never escape: they are wrapped in ``TemporaryHostError`` or ``PermanentHostError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import libvirt
+
+from reconciler import sandbox
+from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
+from reconciler.hypervisor import DomainObservation, HostObservation, StopOutcome
+from reconciler.models import Host
+from reconciler.sizes import KIB
+
+T = TypeVar("T")
+
+_XML_FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+_UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+)
+#: Fallback for drivers without checkpoints or NVRAM (the test driver, older daemons).
+_UNDEFINE_FLAGS_BASIC = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+)
+_TEMPORARY_CODES = {
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_OPERATION_TIMEOUT,
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+    libvirt.VIR_ERR_INTERNAL_ERROR,
+}
+_ACTIVE_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED,
+    libvirt.VIR_DOMAIN_PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED,
+    libvirt.VIR_DOMAIN_SHUTDOWN,
+}
+
+
+def _ignore_libvirt_errors(_context: object, _error: object) -> None:
+    """libvirt prints every error to stderr by default; ours are raised and reported instead."""
+
+
+libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
+
+
+def _wrap(host: str, what: str, err: libvirt.libvirtError) -> HostError:
+    code = err.get_error_code()
+    message = f"{what}: {err.get_error_message() or err}"
+    if code in _TEMPORARY_CODES:
+        return TemporaryHostError(host, message)
+    return PermanentHostError(host, message)
+
+
+class LibvirtHypervisor:
+    """A libvirt connection speaking the Hypervisor protocol."""
+
+    def __init__(self, name: str, conn: libvirt.virConnect) -> None:
+        self.name = name
+        self.conn = conn
+        self._is_test_driver = conn.getType() == "TEST"
+        self.changed = False  # whether any method below changed the host
+
+    def _call(self, what: str, func: Callable[..., T], *args: Any) -> T:
+        try:
+            return func(*args)
+        except libvirt.libvirtError as err:
+            raise _wrap(self.name, what, err) from err
+
+    def _lookup(self, name: str) -> libvirt.virDomain:
+        return self._call(f"domain {name!r}", self.conn.lookupByName, name)
+
+    def observe(self) -> HostObservation:
+        """Capacity and every domain: three bulk calls plus one XML read per domain."""
+        info = self._call("node info", self.conn.getInfo)
+        memory = info[1] * 1024 * 1024
+        # The kernel's total, not node info's NUMA cell sum; drivers without memory stats (the
+        # test driver) only have node info.
+        with contextlib.suppress(libvirt.libvirtError, KeyError):
+            memory = int(self.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)["total"]) * KIB
+        stats = self._call(
+            "domain stats",
+            self.conn.getAllDomainStats,
+            libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BALLOON,
+            0,
+        )
+        autostart = {
+            d.name()
+            for d in self._call(
+                "list domains", self.conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
+            )
+        }
+        domains = []
+        for dom, values in stats:
+            name = dom.name()
+            try:
+                xml = dom.XMLDesc(_XML_FLAGS)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # undefined between the list and the read: it is gone
+                raise _wrap(self.name, f"XML of {name!r}", err) from err
+            live_max = values.get("balloon.maximum")
+            domains.append(
+                DomainObservation(
+                    name=name,
+                    xml=xml,
+                    active=values.get("state.state") in _ACTIVE_STATES,
+                    autostart=name in autostart,
+                    live_max_memory=int(live_max) * KIB if live_max else None,
+                )
+            )
+        return HostObservation(cpus=int(info[2]), memory=memory, domains=tuple(domains))
+
+    def define(self, xml: str) -> None:
+        """Define or redefine a persistent domain."""
+        self.changed = True
+        self._call("define", self.conn.defineXML, xml)
+
+    def undefine(self, name: str) -> None:
+        """Undefine with managed save, snapshot/checkpoint metadata and NVRAM, as the driver allows."""
+        dom = self._lookup(name)
+        self.changed = True
+        try:
+            dom.undefineFlags(_UNDEFINE_FLAGS)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+                raise _wrap(self.name, f"undefine {name!r}", err) from err
+            self._call(f"undefine {name!r}", dom.undefineFlags, _UNDEFINE_FLAGS_BASIC)
+
+    def start(self, name: str) -> None:
+        """Start a defined domain."""
+        self.changed = True
+        self._call(f"start {name!r}", self._lookup(name).create)
+
+    def stop(self, name: str, timeout: float) -> StopOutcome:
+        """Graceful shutdown (ACPI), polled until shut off; forced off after ``timeout`` seconds."""
+        dom = self._lookup(name)
+        if not self._call(f"state of {name!r}", dom.isActive):
+            return StopOutcome.ALREADY
+        self.changed = True
+        self._call(f"shutdown {name!r}", dom.shutdown)
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while time.monotonic() < deadline:
+            if not self._call(f"state of {name!r}", dom.isActive):
+                return StopOutcome.SHUTDOWN
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
+                return StopOutcome.SHUTDOWN  # it went down on its own just now
+            raise _wrap(self.name, f"force off {name!r}", err) from err
+        return StopOutcome.DESTROYED
+
+    def set_current_memory(self, name: str, config: int, live: int | None) -> None:
+        """Balloon: persistent target always, live target when given; never a redefine."""
+        dom = self._lookup(name)
+        what = f"balloon {name!r}"
+        self.changed = True
+        if live is not None and live == config and not self._is_test_driver:
+            flags = libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            self._call(what, dom.setMemoryFlags, config // KIB, flags)
+            return
+        # The test driver takes LIVE or CONFIG, never both; different targets need two calls anyway.
+        if live is not None:
+            self._call(what, dom.setMemoryFlags, live // KIB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        self._call(what, dom.setMemoryFlags, config // KIB, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        """Start the domain with the host, or not."""
+        self.changed = True
+        self._call(f"autostart {name!r}", self._lookup(name).setAutostart, int(autostart))
+
+    def sandbox_domains(self) -> list[sandbox.SandboxDomain]:
+        """Every domain's persistent XML and run state, to write a sandbox state file."""
+        autostart = {d.name() for d in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
+        return [
+            sandbox.SandboxDomain(
+                xml=dom.XMLDesc(_XML_FLAGS), active=bool(dom.isActive()), autostart=dom.name() in autostart
+            )
+            for dom in sorted(self.conn.listAllDomains(0), key=lambda d: d.name())
+        ]
+
+
+def _open(name: str, uri: str) -> libvirt.virConnect:
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        raise TemporaryHostError(name, f"cannot connect to {uri}: {err.get_error_message() or err}") from err
+
+
+@contextmanager
+def connect(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
+    """Open ``host``; for a sandbox, hold its lock and (when writing) save its state on the way out.
+
+    The sandbox is saved even when apply stops half-way, exactly like a real host keeps the
+    actions that completed before a crash; the next run re-plans from there.
+    """
+    uri = host.spec.uri
+    if not uri.startswith("sandbox:"):
+        conn = _open(host.name, uri)
+        try:
+            yield LibvirtHypervisor(host.name, conn)
+        finally:
+            conn.close()
+        return
+    path = Path(uri[len("sandbox:") :])
+    capacity = host.spec.capacity
+    with sandbox.locked(path, write=write) as state:
+        node_xml = state.read()
+        if node_xml is None:
+            node_xml = sandbox.new_node_xml(capacity.cpus, capacity.memory)
+        with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="sandbox-") as loaded:
+            loaded.write(node_xml)
+            loaded.flush()
+            conn = _open(host.name, f"test://{loaded.name}")
+        try:
+            hypervisor = LibvirtHypervisor(host.name, conn)
+            for name in sandbox.autostart_names(node_xml):
+                hypervisor.set_autostart(name, True)
+            hypervisor.changed = False  # replaying the file's own autostart flags changes nothing
+            try:
+                yield hypervisor
+            finally:
+                if write and hypervisor.changed:
+                    state.write(sandbox.compose_node_xml(node_xml, hypervisor.sandbox_domains()))
+        finally:
+            conn.close()

@@ -1,0 +1,302 @@
+"""Plans as plain data, and ``build_host_plan``: desired domains vs one observed host (pure).
+
+A plan is, per host, an ordered list of actions from a closed set (DESIGN §3), plus what the plan
+will not touch and why: orphans (managed, gone from git), conflicts (same name, not ours) and
+errors (managed domains whose XML cannot be read). Actions are ordered so a host shrinks before
+it grows: no intermediate state uses more than the larger of before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from reconciler.diff import LIVE_FIELDS, Change, normalise, spec_changes
+from reconciler.domxml import OWNER_NS, ParsedDomain, merge_domain, parse_domain, render_domain
+from reconciler.errors import DomainXMLError
+from reconciler.hypervisor import DomainObservation, HostObservation
+from reconciler.models import Domain, DomainSpec, Owner
+from reconciler.sizes import format_size
+
+
+class ActionKind(StrEnum):
+    """The closed set of things a plan can do to a domain."""
+
+    DEFINE = "define"
+    UPDATE = "update"
+    BALLOON = "balloon"
+    START = "start"
+    STOP = "stop"
+    UNDEFINE = "undefine"
+
+    @property
+    def symbol(self) -> str:
+        """The one-character mark plan output shows before the action."""
+        return _SYMBOLS[self]
+
+
+_SYMBOLS = {
+    ActionKind.DEFINE: "+",
+    ActionKind.UPDATE: "~",
+    ActionKind.BALLOON: "~",
+    ActionKind.START: ">",
+    ActionKind.STOP: "<",
+    ActionKind.UNDEFINE: "-",
+}
+
+
+class Phase:
+    """Apply order: everything that frees resources first, everything that takes them last."""
+
+    UNDEFINE = 0
+    STOP = 1
+    BALLOON_DOWN = 2
+    UPDATE_SHRINK = 3
+    UPDATE_GROW = 4
+    DEFINE = 5
+    BALLOON_UP = 6
+    START = 7
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a plan. ``xml`` is what define/update will define; ``memory`` the balloon targets."""
+
+    kind: ActionKind
+    host: str
+    domain: str
+    phase: int
+    changes: tuple[Change, ...] = ()
+    restart: bool = False
+    reason: str = ""
+    xml: str | None = None
+    autostart: bool | None = None
+    config_memory: int | None = None
+    live_memory: int | None = None
+    stop_first: bool = False
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A managed domain that no manifest names any more."""
+
+    host: str
+    domain: str
+    running: bool
+    delete: bool
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A manifest names a domain that exists on the host but is not ours: never overwritten."""
+
+    host: str
+    domain: str
+    reason: str
+
+
+@dataclass
+class HostPlan:
+    """What the plan will do on one host, and what it refuses to touch."""
+
+    host: str
+    uri: str
+    actions: list[Action] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def blocked(self) -> bool:
+        """Nothing is applied on a host with a conflict or an unreadable managed domain."""
+        return bool(self.conflicts or self.errors)
+
+
+@dataclass
+class Plan:
+    """Per host plans, in manifest order."""
+
+    revision: str = ""
+    hosts: dict[str, HostPlan] = field(default_factory=dict)
+
+    @property
+    def actions(self) -> list[Action]:
+        """Every action of every host, in apply order per host."""
+        return [action for host in self.hosts.values() for action in host.actions]
+
+    @property
+    def has_changes(self) -> bool:
+        """Whether applying would change anything."""
+        return bool(self.actions)
+
+    @property
+    def has_errors(self) -> bool:
+        """Whether any host is blocked by a conflict or an error."""
+        return any(host.blocked for host in self.hosts.values())
+
+
+def build_host_plan(
+    host: str,
+    uri: str,
+    desired: Mapping[str, Domain],
+    owners: Mapping[str, Owner],
+    observed: HostObservation,
+    *,
+    allow_delete: bool,
+) -> HostPlan:
+    """Plan one host: define what is missing, change what differs, report orphans and conflicts."""
+    plan = HostPlan(host=host, uri=uri)
+    seen: dict[str, tuple[DomainObservation, ParsedDomain | None]] = {}
+    for live in observed.domains:
+        try:
+            parsed: ParsedDomain | None = parse_domain(
+                live.xml, state="running" if live.active else "stopped", autostart=live.autostart
+            )
+        except DomainXMLError as err:
+            if _carries_owner(live.xml):
+                plan.errors.append(f"managed domain {live.name!r} cannot be read: {err}")
+            parsed = None
+        seen[live.name] = (live, parsed)
+
+    for name, domain in desired.items():
+        if name not in seen:
+            _plan_define(plan, domain, owners[name])
+            continue
+        live, parsed = seen[name]
+        if parsed is None:
+            if not _carries_owner(live.xml):
+                plan.conflicts.append(Conflict(host, name, "exists on the host but is not managed"))
+            continue
+        if parsed.owner is None:
+            plan.conflicts.append(
+                Conflict(host, name, "exists on the host but is not managed by virt-reconcile")
+            )
+            continue
+        _plan_change(plan, domain, owners[name], live, parsed)
+
+    for name, (live, parsed) in seen.items():
+        if name in desired or parsed is None or parsed.owner is None:
+            continue
+        plan.orphans.append(Orphan(host, name, running=live.active, delete=allow_delete))
+        if allow_delete:
+            plan.actions.append(
+                Action(
+                    ActionKind.UNDEFINE,
+                    host,
+                    name,
+                    Phase.UNDEFINE,
+                    reason="managed but no longer in git",
+                    stop_first=live.active,
+                )
+            )
+    plan.actions.sort(key=lambda action: action.phase)
+    return plan
+
+
+def _carries_owner(xml: str) -> bool:
+    """Whether XML too broken to model still carries our ownership metadata."""
+    return OWNER_NS in xml
+
+
+def _plan_define(plan: HostPlan, domain: Domain, owner: Owner) -> None:
+    spec = domain.spec
+    plan.actions.append(
+        Action(
+            ActionKind.DEFINE,
+            plan.host,
+            domain.name,
+            Phase.DEFINE,
+            changes=tuple(c for c in spec_changes(None, spec) if c.field != "state"),
+            reason="in git, absent on the host",
+            xml=render_domain(domain.name, spec, owner),
+            autostart=spec.autostart,
+        )
+    )
+    if spec.state == "running":
+        plan.actions.append(
+            Action(
+                ActionKind.START,
+                plan.host,
+                domain.name,
+                Phase.START,
+                changes=(Change("state", None, "running"),),
+            )
+        )
+
+
+def _plan_change(
+    plan: HostPlan, domain: Domain, owner: Owner, live: DomainObservation, parsed: ParsedDomain
+) -> None:
+    current = parsed.spec
+    desired = normalise(domain.spec, current)
+    changes = spec_changes(current, desired)
+    if not changes:
+        return
+    host, name = plan.host, domain.name
+    by_field = {change.top_field: change for change in changes}
+    redefine = tuple(c for c in changes if c.top_field not in LIVE_FIELDS)
+    autostart = by_field.get("autostart")
+
+    if "state" in by_field and desired.state == "stopped":
+        plan.actions.append(Action(ActionKind.STOP, host, name, Phase.STOP, changes=(by_field["state"],)))
+    balloon = by_field.get("currentMemory")
+    stays_running = live.active and desired.state == "running"
+    if balloon and redefine and not stays_running:
+        redefine += (balloon,)  # no live target to set: the redefined config carries it
+        balloon = None
+    if balloon:
+        plan.actions.append(_balloon(plan, name, current=current, desired=desired, live=live, change=balloon))
+    if redefine or autostart:
+        grows = desired.vcpus > current.vcpus or desired.memory > current.memory
+        update_changes = redefine + ((autostart,) if autostart else ())
+        plan.actions.append(
+            Action(
+                ActionKind.UPDATE,
+                host,
+                name,
+                Phase.UPDATE_GROW if grows else Phase.UPDATE_SHRINK,
+                changes=update_changes,
+                restart=bool(redefine) and stays_running,
+                xml=merge_domain(live.xml, desired, owner) if redefine else None,
+                autostart=desired.autostart if autostart else None,
+            )
+        )
+    if "state" in by_field and desired.state == "running":
+        plan.actions.append(Action(ActionKind.START, host, name, Phase.START, changes=(by_field["state"],)))
+
+
+def _balloon(
+    plan: HostPlan,
+    name: str,
+    *,
+    current: DomainSpec,
+    desired: DomainSpec,
+    live: DomainObservation,
+    change: Change,
+) -> Action:
+    """A balloon action: config always; live too when the domain runs and stays running.
+
+    The live target cannot exceed the memory the running guest was started with; anything above
+    waits for the next boot, where the persistent config takes effect.
+    """
+    live_target = None
+    if live.active and desired.state == "running":  # a domain about to stop needs no live target
+        live_max = live.live_max_memory or current.memory
+        live_target = min(desired.current_memory, live_max)
+    down = desired.current_memory < current.current_memory
+    reason = (
+        ""
+        if live_target in (None, desired.current_memory)
+        else (f"live target capped at {format_size(live_target or 0)} until the next boot")
+    )
+    return Action(
+        ActionKind.BALLOON,
+        plan.host,
+        name,
+        Phase.BALLOON_DOWN if down else Phase.BALLOON_UP,
+        changes=(change,),
+        reason=reason,
+        config_memory=desired.current_memory,
+        live_memory=live_target,
+    )

@@ -1,0 +1,108 @@
+"""One reconcile pass over every selected host: observe, plan, and (for apply) execute.
+
+Shared by the CLI and (later) the daemon. The way to reach a host is injected as ``connect``, so
+this module never imports libvirt; tests can pass a connector that wraps the real one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+from reconciler.apply import ActionResult, apply_host_plan
+from reconciler.errors import HostError
+from reconciler.hypervisor import Hypervisor
+from reconciler.manifests import ManifestSet
+from reconciler.models import Host, Owner
+from reconciler.plan import HostPlan, Plan, build_host_plan
+
+Connector = Callable[[Host, bool], AbstractContextManager[Hypervisor]]
+
+
+@dataclass
+class Outcome:
+    """The plan for every host and, after an apply, what each action did."""
+
+    plan: Plan
+    results: dict[str, list[ActionResult]] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        """Whether any host was blocked or any action failed."""
+        return self.plan.has_errors or any(not r.ok for rs in self.results.values() for r in rs)
+
+
+def select_hosts(manifests: ManifestSet, names: Iterable[str] | None) -> list[str]:
+    """The hosts to work on: all, or those named (unknown names are an error)."""
+    if not names:
+        return list(manifests.hosts)
+    wanted = list(dict.fromkeys(names))
+    unknown = [name for name in wanted if name not in manifests.hosts]
+    if unknown:
+        known = ", ".join(manifests.hosts) or "none"
+        raise ValueError(f"unknown host {', '.join(map(repr, unknown))} (hosts: {known})")
+    return wanted
+
+
+def owners(manifests: ManifestSet, host: str, revision: str) -> dict[str, Owner]:
+    """The ownership metadata each desired domain of ``host`` will carry."""
+    return {
+        name: Owner(
+            manifest=manifests.domain_source(host, name).file,
+            revision=revision,
+            spec_hash=domain.spec.spec_hash(),
+        )
+        for name, domain in manifests.domains[host].items()
+    }
+
+
+def plan_host(
+    manifests: ManifestSet, host: str, hypervisor: Hypervisor, *, revision: str, allow_delete: bool
+) -> HostPlan:
+    """Observe one connected host and plan it."""
+    spec = manifests.hosts[host].spec
+    return build_host_plan(
+        host,
+        spec.uri,
+        manifests.domains[host],
+        owners(manifests, host, revision),
+        hypervisor.observe(),
+        allow_delete=allow_delete or spec.prune,
+    )
+
+
+def reconcile(
+    manifests: ManifestSet,
+    connect: Connector,
+    *,
+    hosts: Iterable[str] | None = None,
+    apply: bool,
+    allow_delete: bool = False,
+    revision: str = "",
+    shutdown_timeout: float = 60.0,
+    on_plan: Callable[[HostPlan], None] | None = None,
+    on_result: Callable[[ActionResult], None] | None = None,
+) -> Outcome:
+    """Plan (and with ``apply``, execute) every selected host; one host's failure spares the others."""
+    outcome = Outcome(Plan(revision=revision))
+    for name in select_hosts(manifests, hosts):
+        host = manifests.hosts[name]
+        try:
+            with connect(host, apply) as hypervisor:
+                host_plan = plan_host(
+                    manifests, name, hypervisor, revision=revision, allow_delete=allow_delete
+                )
+                outcome.plan.hosts[name] = host_plan
+                if on_plan is not None:
+                    on_plan(host_plan)
+                if apply:
+                    outcome.results[name] = apply_host_plan(
+                        hypervisor, host_plan, shutdown_timeout=shutdown_timeout, on_result=on_result
+                    )
+        except HostError as err:
+            failed = outcome.plan.hosts.setdefault(name, HostPlan(host=name, uri=host.spec.uri))
+            failed.errors.append(str(err))
+            if on_plan is not None and not failed.actions:
+                on_plan(failed)
+    return outcome

@@ -1,0 +1,205 @@
+"""Plans and apply results for people (text, colour only on a terminal) and for machines (JSON).
+
+The JSON document is a stable contract: ``formatVersion``, a ``summary``, per host its orphans,
+conflicts and errors, and a flat ``actions`` list where every action has ``action``, ``host``,
+``domain``, ``changes`` (``{field, before, after}``) and ``restart``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from reconciler.apply import ActionResult
+from reconciler.plan import Action, ActionKind, HostPlan, Plan
+
+FORMAT_VERSION = 1
+_STYLE = {
+    ActionKind.DEFINE: "green",
+    ActionKind.UPDATE: "yellow",
+    ActionKind.BALLOON: "yellow",
+    ActionKind.START: "cyan",
+    ActionKind.STOP: "magenta",
+    ActionKind.UNDEFINE: "red",
+}
+_ORDER = [
+    ActionKind.DEFINE,
+    ActionKind.UPDATE,
+    ActionKind.BALLOON,
+    ActionKind.START,
+    ActionKind.STOP,
+    ActionKind.UNDEFINE,
+]
+
+
+def make_console(file: IO[str] | None = None, *, color: bool | None = None) -> Console:
+    """A console that colours only a terminal, honours NO_COLOR, and never wraps long lines."""
+    return Console(
+        file=file,
+        highlight=False,
+        soft_wrap=True,
+        no_color=None if color is None else not color,
+        force_terminal=color if color else None,
+        emoji=False,
+    )
+
+
+def _value(value: Any) -> str:
+    """A field value as a manifest author would write it (true, null, 4GiB)."""
+    return value if isinstance(value, str) and value else json.dumps(value)
+
+
+def action_title(action: Action) -> str:
+    """``+ define web-01 (note)`` with markup for the action's colour."""
+    style = _STYLE[action.kind]
+    notes = []
+    if action.restart:
+        notes.append("restart needed")
+    if action.reason and action.kind in (ActionKind.UNDEFINE, ActionKind.BALLOON):
+        notes.append(action.reason)
+    if action.stop_first:
+        notes.append("running: stopped first")
+    suffix = f"  [dim]({escape('; '.join(notes))})[/dim]" if notes else ""
+    head = f"[{style}]{action.kind.symbol} {action.kind.value}[/{style}]"
+    return f"{head} [bold]{escape(action.domain)}[/bold]{suffix}"
+
+
+def render_host_text(console: Console, host: HostPlan, *, blank_after: bool = False) -> None:
+    """One host's plan: actions with their field changes, then orphans, conflicts and errors."""
+    console.print(f"[bold]{escape(host.host)}[/bold]  [dim]{escape(host.uri)}[/dim]")
+    for action in host.actions:
+        console.print("  " + action_title(action))
+        if action.kind is ActionKind.START and len(action.changes) == 1:
+            continue
+        if action.kind is ActionKind.DEFINE:
+            for line in _define_lines(action):
+                console.print(f"      {escape(line)}")
+            continue
+        for change in action.changes:
+            before, after = escape(_value(change.before)), escape(_value(change.after))
+            console.print(f"      {escape(change.field)}: {before} → {after}")
+    for orphan in host.orphans:
+        if not orphan.delete:
+            console.print(
+                f"  [yellow]! orphan[/yellow] [bold]{escape(orphan.domain)}[/bold]: managed but no longer in "
+                "git; kept (--allow-delete or the host's prune: true removes it)"
+            )
+    for conflict in host.conflicts:
+        console.print(
+            f"  [red]✗ conflict[/red] [bold]{escape(conflict.domain)}[/bold]: {escape(conflict.reason)}; "
+            "never overwritten"
+        )
+    for error in host.errors:
+        console.print(f"  [red]✗ error[/red]: {escape(error)}")
+    if host.blocked:
+        console.print(f"  [red]nothing will be applied on {escape(host.host)}[/red]")
+    elif not host.actions:
+        console.print("  [dim]no changes[/dim]")
+    if blank_after:
+        console.print()
+
+
+def _define_lines(action: Action) -> list[str]:
+    """A new domain's spec in a few lines: scalars on one, then one line per disk, NIC and boot."""
+    scalars: list[str] = []
+    groups: dict[str, list[str]] = {}
+    for change in action.changes:
+        if change.after is None:
+            continue
+        if "." in change.field:
+            group, sub = change.field.rsplit(".", 1)
+            groups.setdefault(group, []).append(f"{sub}={_value(change.after)}")
+        else:
+            scalars.append(f"{change.field}={_value(change.after)}")
+    return [" ".join(scalars)] + [f"{group}: {' '.join(items)}" for group, items in groups.items()]
+
+
+def summary(plan: Plan) -> dict[str, int]:
+    """Counts per action kind, plus orphans kept, conflicts and errors."""
+    counts = {kind.value: 0 for kind in _ORDER}
+    for action in plan.actions:
+        counts[action.kind.value] += 1
+    hosts = plan.hosts.values()
+    counts["orphansKept"] = sum(1 for h in hosts for o in h.orphans if not o.delete)
+    counts["conflicts"] = sum(len(h.conflicts) for h in hosts)
+    counts["errors"] = sum(len(h.errors) for h in hosts)
+    return counts
+
+
+def summary_line(plan: Plan) -> str:
+    """``Plan: 1 to define, ...`` or the all-clear."""
+    counts = summary(plan)
+    extras = [
+        f"{counts[key]} {label}"
+        for key, label in (
+            ("orphansKept", "orphan(s) kept"),
+            ("conflicts", "conflict(s)"),
+            ("errors", "error(s)"),
+        )
+        if counts[key]
+    ]
+    if not plan.has_changes:
+        head = "No changes: every host matches the manifests."
+        return head + (f" {', '.join(extras)}." if extras else "")
+    parts = ", ".join(f"{counts[kind.value]} to {kind.value}" for kind in _ORDER)
+    return f"Plan: {parts}." + (f" {', '.join(extras)}." if extras else "")
+
+
+def render_text(plan: Plan, console: Console) -> None:
+    """The whole plan for people."""
+    for host in plan.hosts.values():
+        render_host_text(console, host, blank_after=True)
+    console.print(f"[bold]{escape(summary_line(plan))}[/bold]")
+
+
+def render_result(console: Console, result: ActionResult) -> None:
+    """One applied action, as it finishes."""
+    title = action_title(result.action)
+    if result.ok:
+        console.print(f"  {title}: {escape(result.detail)} [dim]({result.seconds:.2f}s)[/dim]")
+    else:
+        console.print(f"  {title}: [red]failed: {escape(result.detail)}[/red]")
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    """The plan as the stable JSON document."""
+    return {
+        "formatVersion": FORMAT_VERSION,
+        "revision": plan.revision,
+        "changes": plan.has_changes,
+        "summary": summary(plan),
+        "hosts": {
+            name: {
+                "uri": host.uri,
+                "blocked": host.blocked,
+                "orphans": [
+                    {"domain": o.domain, "running": o.running, "delete": o.delete} for o in host.orphans
+                ],
+                "conflicts": [{"domain": c.domain, "reason": c.reason} for c in host.conflicts],
+                "errors": list(host.errors),
+            }
+            for name, host in plan.hosts.items()
+        },
+        "actions": [
+            {
+                "action": action.kind.value,
+                "host": action.host,
+                "domain": action.domain,
+                "changes": [
+                    {"field": change.field, "before": change.before, "after": change.after}
+                    for change in action.changes
+                ],
+                "restart": action.restart,
+                "reason": action.reason,
+            }
+            for action in plan.actions
+        ],
+    }
+
+
+def render_json(plan: Plan) -> str:
+    """The plan as indented JSON text."""
+    return json.dumps(plan_document(plan), indent=2, sort_keys=False) + "\n"

@@ -1,0 +1,128 @@
+"""The sandbox host's state file: libvirt test-driver node XML, locked and written atomically.
+
+A ``sandbox:PATH`` host is libvirt's own test driver loaded from PATH. The file is the test
+driver's ``<node>`` format (``<cpu>``, ``<memory>``, inline ``<domain>`` elements with their run
+state in ``test:runstate``), so people and tests can seed it by hand. The test driver has no
+autostart in that format, so autostart flags are kept beside the domains in our own namespace.
+This module handles files and XML only; ``libvirt_host`` drives libvirt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+from reconciler.sizes import KIB, parse_size
+
+TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
+SANDBOX_NS = "https://virt-reconcile.dev/xmlns/sandbox/v1"
+DEFAULT_CPUS = 8
+DEFAULT_MEMORY = parse_size("16GiB")
+#: virDomainState values the test driver's runstate takes.
+RUNNING, SHUTOFF = 1, 5
+
+
+@dataclass(frozen=True)
+class SandboxDomain:
+    """One domain to persist: persistent XML, whether it runs, whether it autostarts."""
+
+    xml: str
+    active: bool
+    autostart: bool
+
+
+def new_node_xml(cpus: int | None, memory: int | None) -> str:
+    """A fresh, empty sandbox node with the given capacity (defaults: 8 CPUs, 16 GiB)."""
+    cpus = cpus or DEFAULT_CPUS
+    memory_kib = (memory or DEFAULT_MEMORY) // KIB
+    return (
+        "<node>\n"
+        "  <cpu>\n"
+        f"    <nodes>1</nodes><sockets>1</sockets><cores>{cpus}</cores><threads>1</threads>\n"
+        f"    <active>{cpus}</active><mhz>2000</mhz><model>x86_64</model>\n"
+        "  </cpu>\n"
+        f"  <memory>{memory_kib}</memory>\n"
+        "</node>\n"
+    )
+
+
+def autostart_names(node_xml: str) -> set[str]:
+    """Names of the domains marked autostart in a sandbox node file."""
+    root = etree.fromstring(node_xml.encode())
+    return {el.get("domain", "") for el in root.iterfind(f"{{{SANDBOX_NS}}}autostart")}
+
+
+def compose_node_xml(previous: str, domains: list[SandboxDomain]) -> str:
+    """The node file for ``domains``, keeping everything else of ``previous`` (cpu, memory, networks)."""
+    root = etree.fromstring(previous.encode(), etree.XMLParser(remove_blank_text=True))
+    for element in root.findall("domain") + root.findall(f"{{{SANDBOX_NS}}}autostart"):
+        root.remove(element)
+    for domain in domains:
+        element = etree.fromstring(domain.xml.encode(), etree.XMLParser(remove_blank_text=True))
+        runstate = etree.SubElement(element, f"{{{TEST_NS}}}runstate", nsmap={"test": TEST_NS})
+        runstate.text = str(RUNNING if domain.active else SHUTOFF)
+        root.append(element)
+        if domain.autostart:
+            etree.SubElement(
+                root,
+                f"{{{SANDBOX_NS}}}autostart",
+                nsmap={"sandbox": SANDBOX_NS},
+                domain=element.findtext("name") or "",
+            )
+    etree.indent(root, space="  ")
+    return etree.tostring(root, encoding="unicode") + "\n"
+
+
+class SandboxFile:
+    """A sandbox state file held under an exclusive (write) or shared (read) lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> str | None:
+        """The node XML, or None when the sandbox does not exist yet."""
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def write(self, node_xml: str) -> None:
+        """Replace the state atomically: a temp file in the same folder, fsync, then rename."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(node_xml)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self.path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def locked(path: Path, *, write: bool) -> Iterator[SandboxFile]:
+    """Hold the sandbox's lock file for the whole session so two processes never interleave.
+
+    Writers take it exclusively; readers (plans) share it, so a plan never sees half an apply.
+    A reader of a sandbox that does not exist yet creates nothing.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    if not write and not path.exists():
+        yield SandboxFile(path)
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX if write else fcntl.LOCK_SH)
+        try:
+            yield SandboxFile(path)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

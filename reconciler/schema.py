@@ -1,0 +1,44 @@
+"""JSON Schemas generated from the models, so editors validate manifests as they are typed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reconciler.models import Domain, Host
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """File name -> schema: one per kind, plus ``manifest.schema.json`` accepting either kind."""
+    host = Host.model_json_schema(by_alias=True)
+    domain = Domain.model_json_schema(by_alias=True)
+    combined = {
+        "$schema": SCHEMA_DIALECT,
+        "title": "virt-reconcile manifest",
+        "description": "A Host or a Domain document (DESIGN §2); files may hold many, separated by ---.",
+        "anyOf": [{"$ref": "host.schema.json"}, {"$ref": "domain.schema.json"}],
+    }
+    return {
+        "host.schema.json": {"$schema": SCHEMA_DIALECT, **host},
+        "domain.schema.json": {"$schema": SCHEMA_DIALECT, **domain},
+        "manifest.schema.json": combined,
+    }
+
+
+def render(schema: dict[str, Any]) -> str:
+    """Stable text for a schema file."""
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    """Write every schema into ``directory``; return the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in schemas().items():
+        path = directory / name
+        path.write_text(render(schema), encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,75 @@
+"""Shared test helpers: manifests on disk, the CLI in-process, the shared libvirt XML corpus."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DOMAINS = REPO.parent / "shared" / "testdata" / "libvirt-domains"
+
+HOST_YAML = """\
+apiVersion: virt-reconcile/v1
+kind: Host
+metadata: {{name: {name}}}
+spec:
+  uri: sandbox:{state}
+  capacity: {{cpus: 16, memory: 64GiB}}
+  prune: {prune}
+"""
+
+
+def shared_domain_files() -> list[Path]:
+    """Every XML file of the shared corpus; the calling test is skipped when ../shared is absent."""
+    if not SHARED_DOMAINS.is_dir():
+        pytest.skip(f"shared libvirt XML corpus not found at {SHARED_DOMAINS} (../shared is absent)")
+    return sorted(SHARED_DOMAINS.glob("*.xml"))
+
+
+def host_yaml(name: str = "hv1", state: str = "state/hv1.xml", prune: bool = False) -> str:
+    """A sandbox Host document."""
+    return HOST_YAML.format(name=name, state=state, prune=str(prune).lower())
+
+
+def domain_yaml(name: str, host: str | None = None, **spec: object) -> str:
+    """A Domain document; ``spec`` values are written as YAML flow values."""
+    import yaml
+
+    meta = {"name": name, **({"host": host} if host else {})}
+    body = {"memory": "1GiB", **spec}
+    return yaml.safe_dump(
+        {"apiVersion": "virt-reconcile/v1", "kind": "Domain", "metadata": meta, "spec": body},
+        sort_keys=False,
+    )
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    """Write a manifest file (dedented) and return its path."""
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Run:
+    """The result of one CLI run."""
+
+    code: int
+    out: str
+    err: str
+
+
+def cli(*args: str) -> Run:
+    """Run the CLI in-process and capture its output."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return Run(code, out.getvalue(), err.getvalue())

@@ -1,0 +1,201 @@
+"""Diff and plan rules on hand-made observations (pure: no libvirt)."""
+
+from lxml import etree
+
+from reconciler.diff import machine_matches, spec_changes
+from reconciler.domxml import render_domain
+from reconciler.hypervisor import DomainObservation, HostObservation
+from reconciler.models import Domain, DomainSpec, Owner
+from reconciler.plan import ActionKind, Phase, build_host_plan
+
+OWNER = Owner(manifest="m.yaml", revision="r1", spec_hash="h")
+GiB = 1024**3
+
+
+def domain(name: str, **spec) -> Domain:
+    return Domain.model_validate(
+        {
+            "apiVersion": "virt-reconcile/v1",
+            "kind": "Domain",
+            "metadata": {"name": name},
+            "spec": {"memory": "2GiB", **spec},
+        }
+    )
+
+
+def live(
+    name: str,
+    managed: bool = True,
+    active: bool = True,
+    autostart: bool = False,
+    xml: str | None = None,
+    **spec,
+) -> DomainObservation:
+    desired = DomainSpec.model_validate({"memory": "2GiB", **spec})
+    xml = xml or render_domain(name, desired, OWNER if managed else None)
+    return DomainObservation(name=name, xml=xml, active=active, autostart=autostart)
+
+
+def plan(desired: list[Domain], observed: list[DomainObservation], allow_delete: bool = False):
+    return build_host_plan(
+        "hv1",
+        "test:///",
+        {d.name: d for d in desired},
+        {d.name: OWNER for d in desired},
+        HostObservation(cpus=8, memory=16 * GiB, domains=tuple(observed)),
+        allow_delete=allow_delete,
+    )
+
+
+def kinds(host_plan):
+    return [(a.kind.value, a.domain) for a in host_plan.actions]
+
+
+def test_converged_host_plans_nothing():
+    assert kinds(plan([domain("a", vcpus=2)], [live("a", vcpus=2)])) == []
+
+
+def test_define_and_start():
+    host = plan([domain("a"), domain("b", state="stopped")], [])
+    assert kinds(host) == [("define", "a"), ("define", "b"), ("start", "a")]
+    assert "<name>a</name>" in host.actions[0].xml
+
+
+def test_machine_alias_and_generated_mac_are_not_differences():
+    xml = render_domain(
+        "a",
+        DomainSpec.model_validate(
+            {
+                "memory": "2GiB",
+                "machine": "pc-q35-7.2",
+                "interfaces": [{"network": "default", "mac": "52:54:00:01:02:03"}],
+            }
+        ),
+        OWNER,
+    )
+    assert (
+        kinds(plan([domain("a", machine="q35", interfaces=[{"network": "default"}])], [live("a", xml=xml)]))
+        == []
+    )
+
+
+def test_machine_matching():
+    assert machine_matches("pc", "pc-i440fx-7.2")
+    assert machine_matches("q35", "pc-q35-7.2")
+    assert machine_matches("virt", "virt-7.2")
+    assert machine_matches("pc-i440fx-4.0", "pc-i440fx-4.0")
+    assert not machine_matches("q35", "pc-i440fx-7.2")
+    assert not machine_matches("pc", "pc-q35-7.2")
+    assert not machine_matches("virt", "virtual")
+
+
+def test_balloon_only_change_is_a_balloon_never_an_update():
+    host = plan([domain("a", currentMemory="1GiB")], [live("a")])
+    assert kinds(host) == [("balloon", "a")]
+    [action] = host.actions
+    assert action.config_memory == action.live_memory == GiB
+    assert action.phase == Phase.BALLOON_DOWN
+    assert [(c.field, c.before, c.after) for c in action.changes] == [("currentMemory", "2GiB", "1GiB")]
+
+
+def test_balloon_of_a_stopped_domain_is_config_only():
+    [action] = plan([domain("a", currentMemory="1GiB", state="stopped")], [live("a", active=False)]).actions
+    assert action.live_memory is None
+
+
+def test_memory_growth_updates_with_restart_and_caps_the_live_balloon():
+    host = plan([domain("a", memory="4GiB", currentMemory="3GiB")], [live("a")])
+    assert kinds(host) == [("update", "a"), ("balloon", "a")]
+    update, balloon = host.actions
+    assert update.restart and update.phase == Phase.UPDATE_GROW
+    assert balloon.phase == Phase.BALLOON_UP
+    assert balloon.config_memory == 3 * GiB and balloon.live_memory == 2 * GiB
+    assert "capped" in balloon.reason
+
+
+def test_vcpu_change_of_stopped_domain_needs_no_restart():
+    [action] = plan([domain("a", vcpus=4, state="stopped")], [live("a", active=False)]).actions
+    assert action.kind is ActionKind.UPDATE and not action.restart
+    assert etree.fromstring(action.xml.encode()).findtext("vcpu") == "4"
+
+
+def test_autostart_only_is_an_update_without_redefine():
+    [action] = plan([domain("a", autostart=True)], [live("a")]).actions
+    assert action.kind is ActionKind.UPDATE
+    assert action.xml is None and action.autostart is True and not action.restart
+
+
+def test_state_changes():
+    assert kinds(plan([domain("a", state="stopped")], [live("a")])) == [("stop", "a")]
+    assert kinds(plan([domain("a")], [live("a", active=False)])) == [("start", "a")]
+
+
+def test_conflict_with_an_unmanaged_domain():
+    host = plan([domain("a", vcpus=4)], [live("a", managed=False)])
+    assert host.actions == [] and host.blocked
+    assert [c.domain for c in host.conflicts] == ["a"]
+
+
+def test_unmanaged_domains_are_never_touched():
+    host = plan([], [live("theirs", managed=False)], allow_delete=True)
+    assert host.actions == [] and host.orphans == [] and not host.blocked
+
+
+def test_orphans_kept_unless_delete_is_allowed():
+    kept = plan([], [live("old")])
+    assert kept.actions == [] and [(o.domain, o.delete) for o in kept.orphans] == [("old", False)]
+    removed = plan([], [live("old")], allow_delete=True)
+    assert kinds(removed) == [("undefine", "old")]
+    assert removed.actions[0].stop_first
+
+
+def test_unreadable_managed_domain_blocks_the_host():
+    broken = live("a").xml.replace("<memory", "<nomemory").replace("</memory>", "</nomemory>")
+    host = plan([domain("a")], [DomainObservation("a", broken, True, False)])
+    assert host.blocked and "cannot be read" in host.errors[0]
+
+
+def test_shrink_before_grow_ordering():
+    host = plan(
+        [
+            domain("stopme", state="stopped"),
+            domain("down", currentMemory="1GiB"),
+            domain("smaller", memory="1GiB", state="stopped"),
+            domain("bigger", vcpus=8, state="stopped"),
+            domain("new"),
+            domain("up", memory="4GiB"),
+            domain("startme"),
+        ],
+        [
+            live("orphan"),
+            live("stopme"),
+            live("down"),
+            live("smaller", active=False),
+            live("bigger", active=False),
+            live("up", memory="4GiB", currentMemory="1GiB"),
+            live("startme", active=False),
+        ],
+        allow_delete=True,
+    )
+    assert kinds(host) == [
+        ("undefine", "orphan"),
+        ("stop", "stopme"),
+        ("balloon", "down"),
+        ("update", "smaller"),
+        ("update", "bigger"),
+        ("define", "new"),
+        ("balloon", "up"),
+        ("start", "new"),
+        ("start", "startme"),
+    ]
+    assert [a.phase for a in host.actions] == sorted(a.phase for a in host.actions)
+
+
+def test_spec_changes_key_disks_by_target():
+    a = DomainSpec.model_validate({"memory": "1GiB", "disks": [{"path": "/a"}, {"path": "/b"}]})
+    b = DomainSpec.model_validate(
+        {"memory": "1GiB", "disks": [{"path": "/b", "target": "vdb"}, {"path": "/a", "target": "vda"}]}
+    )
+    assert spec_changes(a, b) == ()
+    c = DomainSpec.model_validate({"memory": "1GiB", "disks": [{"path": "/a"}, {"path": "/c"}]})
+    assert [(x.field, x.before, x.after) for x in spec_changes(a, c)] == [("disks[vdb].path", "/b", "/c")]

@@ -1,0 +1,40 @@
+"""The committed JSON Schemas match the models, and the example manifests point editors at them."""
+
+import json
+from pathlib import Path
+
+from reconciler.manifests import load_manifests, manifest_files
+from reconciler.schema import render, schemas
+from tests.helpers import REPO, cli
+
+
+def test_committed_schemas_match_the_models():
+    for name, schema in schemas().items():
+        committed = REPO / "schemas" / name
+        assert committed.exists(), f"schemas/{name} is missing: run `virt-reconcile schema`"
+        assert committed.read_text() == render(schema), (
+            f"schemas/{name} is stale: run `virt-reconcile schema`"
+        )
+
+
+def test_schema_command_writes_the_same_files(tmp_path: Path):
+    result = cli("schema", "--out", str(tmp_path))
+    assert result.code == 0
+    for name in schemas():
+        assert (tmp_path / name).read_text() == (REPO / "schemas" / name).read_text()
+
+
+def test_sizes_are_strings_with_units_in_the_schema():
+    memory = schemas()["domain.schema.json"]["$defs"]["DomainSpec"]["properties"]["memory"]
+    assert memory["type"] == "string" and "GiB" in memory["pattern"]
+
+
+def test_examples_name_the_schema_and_are_valid():
+    files = manifest_files(REPO / "manifests")
+    assert files
+    for path in files:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# yaml-language-server: $schema="), path
+        target = (path.parent / first.split("=", 1)[1]).resolve()
+        assert json.loads(target.read_text())["anyOf"]
+    load_manifests(REPO / "manifests")
