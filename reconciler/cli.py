@@ -18,7 +18,7 @@ from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.manifests import ManifestSet, load_manifests
 from reconciler.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.render import (
-    make_console,
+    Printer,
     render_host_text,
     render_json,
     render_result,
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
     args = build_parser().parse_args(argv)
-    err = make_console(sys.stderr)
+    err = Printer(sys.stderr)
     try:
         match args.command:
             case "validate":
@@ -109,7 +109,7 @@ def _load(path: str) -> ManifestSet:
 def _validate(args: argparse.Namespace) -> int:
     manifests = _load(args.path)
     domains = sum(len(d) for d in manifests.domains.values())
-    make_console(sys.stdout).print(
+    Printer(sys.stdout).print(
         f"valid: {len(manifests.hosts)} host(s), {domains} domain(s) in {escape(str(args.path))}"
     )
     return EXIT_OK
@@ -131,7 +131,7 @@ def _revision(manifests: ManifestSet) -> str:
 def _plan(args: argparse.Namespace) -> int:
     manifests = _load(args.path)
     select_hosts(manifests, args.host)
-    out = make_console(sys.stdout)
+    out = Printer(sys.stdout)
     text = args.format == "text"
     outcome = reconcile(
         manifests,
@@ -154,7 +154,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _apply(args: argparse.Namespace) -> int:
     manifests = _load(args.path)
     select_hosts(manifests, args.host)
-    out = make_console(sys.stdout)
+    out = Printer(sys.stdout)
 
     def show_plan(host: object) -> None:
         render_host_text(out, host)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ one, so merging a domain with its own parsed model returns the XML unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
@@ -59,12 +60,13 @@ def parse_domain(xml: str, *, state: str = "stopped", autostart: bool = False) -
     if not name:
         raise DomainXMLError("domain XML has no <name>")
     os_type = root.find("os/type")
+    memory = _memory(root)
     try:
         spec = DomainSpec.model_validate(
             {
                 "vcpus": _vcpus(root),
-                "memory": _kib(_memory(root)),
-                "currentMemory": _kib(_current_memory(root)),
+                "memory": _kib(memory),
+                "currentMemory": _kib(_current_memory(root, memory)),
                 "state": state,
                 "autostart": autostart,
                 "type": root.get("type", ""),
@@ -102,8 +104,7 @@ def _memory(root: etree._Element) -> int:
     return parse_libvirt_size(element.text, element.get("unit"))
 
 
-def _current_memory(root: etree._Element) -> int:
-    memory = _memory(root)
+def _current_memory(root: etree._Element, memory: int) -> int:
     element = root.find("currentMemory")
     if element is None:
         return memory
@@ -133,9 +134,10 @@ def _modelled_disks(root: etree._Element) -> list[tuple[etree._Element, Disk]]:
         driver = element.find("driver")
         fmt = (driver.get("type") if driver is not None else None) or "raw"
         try:
-            found.append((element, Disk.model_validate({"path": path, "format": fmt, "bus": bus, "target": dev})))
+            disk = Disk.model_validate({"path": path, "format": fmt, "bus": bus, "target": dev})
         except ValueError:
             continue  # something the model cannot express: left alone like any unmodelled device
+        found.append((element, disk))
     return found
 
 
@@ -182,60 +184,74 @@ def _owner(root: etree._Element) -> Owner | None:
 
 
 def render_domain(name: str, spec: DomainSpec, owner: Owner | None) -> str:
-    """The XML for defining a new domain: the modelled fields plus sensible defaults (ACPI, console)."""
-    root = etree.Element("domain", type=spec.type)
-    etree.SubElement(root, "name").text = name
+    """The XML for defining a new domain: the modelled fields plus sensible defaults (ACPI, console).
+
+    Written as text with every value escaped: it is the hot path of a first apply (thousands of
+    domains) and an order of magnitude faster than building an element tree.
+    """
+    machine = f" machine={quoteattr(spec.machine)}" if spec.machine else ""
+    lines = [
+        f"<domain type={quoteattr(spec.type)}>",
+        f"  <name>{escape(name)}</name>",
+    ]
     if owner is not None:
-        _set_owner(root, owner)
-    _sub_text(root, "memory", str(spec.memory // KIB), unit="KiB")
-    _sub_text(root, "currentMemory", str(spec.current_memory // KIB), unit="KiB")
-    _sub_text(root, "vcpu", str(spec.vcpus))
-    os_element = etree.SubElement(root, "os")
-    os_type = etree.SubElement(os_element, "type", arch=spec.arch)
-    if spec.machine:
-        os_type.set("machine", spec.machine)
-    os_type.text = "hvm"
-    _set_boot(root, spec.boot)
+        lines.append(f"  <metadata>\n    {owner_xml(owner)}\n  </metadata>")
+    lines += [
+        f"  <memory unit='KiB'>{spec.memory // KIB}</memory>",
+        f"  <currentMemory unit='KiB'>{spec.current_memory // KIB}</currentMemory>",
+        f"  <vcpu>{spec.vcpus}</vcpu>",
+        "  <os>",
+        f"    <type arch={quoteattr(spec.arch)}{machine}>hvm</type>",
+    ]
+    lines += [
+        f"    <{tag}>{escape(value)}</{tag}>"
+        for tag, value in (
+            ("kernel", spec.boot.kernel),
+            ("initrd", spec.boot.initrd),
+            ("cmdline", spec.boot.cmdline),
+        )
+        if value is not None
+    ]
+    lines.append("  </os>")
     if spec.arch in _X86:
-        features = etree.SubElement(root, "features")
-        etree.SubElement(features, "acpi")
-        etree.SubElement(features, "apic")
-    devices = etree.SubElement(root, "devices")
-    for disk in spec.disks:
-        devices.append(_new_disk(disk))
-    for nic in spec.interfaces:
-        devices.append(_new_interface(nic))
-    etree.SubElement(devices, "serial", type="pty")
-    etree.SubElement(devices, "console", type="pty")
-    etree.SubElement(devices, "memballoon", model=spec.balloon)
-    etree.indent(root, space="  ")
-    return etree.tostring(root, encoding="unicode")
+        lines.append("  <features><acpi/><apic/></features>")
+    lines.append("  <devices>")
+    lines += [_disk_xml(disk) for disk in spec.disks]
+    lines += [_interface_xml(nic) for nic in spec.interfaces]
+    lines += [
+        "    <serial type='pty'/>",
+        "    <console type='pty'/>",
+        f"    <memballoon model={quoteattr(spec.balloon)}/>",
+        "  </devices>",
+        "</domain>",
+    ]
+    return "\n".join(lines)
 
 
-def _sub_text(parent: etree._Element, tag: str, text: str, **attrs: str) -> etree._Element:
-    element = etree.SubElement(parent, tag, attrib=attrs)
-    element.text = text
-    return element
+def _disk_xml(disk: Disk) -> str:
+    block = disk.path.startswith("/dev/")
+    source = f"<source {'dev' if block else 'file'}={quoteattr(disk.path)}/>"
+    return (
+        f"    <disk type='{'block' if block else 'file'}' device='disk'>"
+        f"<driver name='qemu' type={quoteattr(disk.format)}/>{source}"
+        f"<target dev={quoteattr(disk.target or '')} bus={quoteattr(disk.bus)}/></disk>"
+    )
+
+
+def _interface_xml(nic: Interface) -> str:
+    kind = "network" if nic.network else "bridge"
+    mac = f"<mac address={quoteattr(nic.mac)}/>" if nic.mac else ""
+    model = f"<model type={quoteattr(nic.model)}/>" if nic.model else ""
+    source = f"<source {kind}={quoteattr(nic.network or nic.bridge or '')}/>"
+    return f"    <interface type='{kind}'>{mac}{source}{model}</interface>"
 
 
 def _new_disk(disk: Disk) -> etree._Element:
-    block = disk.path.startswith("/dev/")
-    element = etree.Element("disk", type="block" if block else "file", device="disk")
-    etree.SubElement(element, "driver", name="qemu", type=disk.format)
-    etree.SubElement(element, "source", attrib={"dev" if block else "file": disk.path})
-    etree.SubElement(element, "target", dev=disk.target or "", bus=disk.bus)
-    return element
+    return etree.fromstring(_disk_xml(disk).strip())
 
 
 def _new_interface(nic: Interface) -> etree._Element:
-    kind = "network" if nic.network else "bridge"
-    element = etree.Element("interface", type=kind)
-    if nic.mac:
-        etree.SubElement(element, "mac", address=nic.mac)
-    etree.SubElement(element, "source", attrib={kind: nic.network or nic.bridge or ""})
-    if nic.model:
-        etree.SubElement(element, "model", type=nic.model)
-    return element
+    return etree.fromstring(_interface_xml(nic).strip())
 
 
 # ------------------------------------------------------------------------------------ merge
@@ -261,7 +277,7 @@ def merge_domain(xml: str, spec: DomainSpec, owner: Owner | None) -> str:
         os_type.set("machine", spec.machine)
     if spec.memory != old.memory:
         _set_memory(root, spec.memory, name)
-    if _effective_current_memory(root, spec.memory) != spec.current_memory:
+    if _current_memory(root, spec.memory) != spec.current_memory:
         _set_current_memory(root, spec.current_memory)
     if spec.vcpus != old.vcpus:
         _set_vcpus(root, spec.vcpus, name)
@@ -314,14 +330,6 @@ def _set_memory(root: etree._Element, memory: int, name: str) -> None:
     if cells:
         cells[0].set("memory", str(memory // KIB))
         cells[0].set("unit", "KiB")
-
-
-def _effective_current_memory(root: etree._Element, memory: int) -> int:
-    """The balloon target libvirt will use: the element's value (at most memory), else memory."""
-    element = root.find("currentMemory")
-    if element is None:
-        return memory
-    return min(memory, parse_libvirt_size(element.text, element.get("unit")))
 
 
 def _set_current_memory(root: etree._Element, current: int) -> None:
@@ -481,12 +489,12 @@ def _set_owner(root: etree._Element, owner: Owner) -> None:
 
 
 def owner_xml(owner: Owner) -> str:
-    """The ownership element alone, for libvirt's metadata call (marking a domain managed)."""
-    element = etree.Element(OWNER_TAG, nsmap={OWNER_PREFIX: OWNER_NS})
-    element.set("manifest", owner.manifest)
-    element.set("revision", owner.revision)
-    element.set("specHash", owner.spec_hash)
-    return etree.tostring(element, encoding="unicode")
+    """The ownership element alone: for a new domain's XML and libvirt's metadata call (import)."""
+    return (
+        f"<{OWNER_PREFIX}:owner xmlns:{OWNER_PREFIX}={quoteattr(OWNER_NS)} "
+        f"manifest={quoteattr(owner.manifest)} revision={quoteattr(owner.revision)} "
+        f"specHash={quoteattr(owner.spec_hash)}/>"
+    )
 
 
 def _drop(element: etree._Element, *attributes: str) -> None:

@@ -18,9 +18,22 @@ from reconciler.errors import ManifestError, Problem
 from reconciler.models import API_VERSION, Domain, Host
 
 try:
-    _Loader: type[yaml.CSafeLoader] = yaml.CSafeLoader
+    _Base: type[yaml.CSafeLoader] = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _Loader = yaml.SafeLoader  # type: ignore[assignment]
+    _Base = yaml.SafeLoader  # type: ignore[assignment]
+
+
+class _Loader(_Base):  # type: ignore[valid-type,misc]
+    """PyYAML's C loader, noticing duplicate keys (which PyYAML would silently overwrite)."""
+
+    has_duplicates = False
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [key.value for key, _ in node.value]
+        if len(set(keys)) != len(keys):
+            self.has_duplicates = True
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
 
 Loc = tuple[str | int, ...]
 KINDS: dict[str, type[BaseModel]] = {"Host": Host, "Domain": Domain}
@@ -55,13 +68,27 @@ class _Document:
     file: str
     line: int
     data: Any
-    lines: dict[Loc, int]
+    text: str
+    index: int
+    _lines: dict[Loc, int] | None = None
 
     def line_of(self, loc: Loc) -> int:
         """The line of the deepest known part of a field path (a missing field: its parent)."""
+        if self._lines is None:
+            # Composed again only when a problem needs a line: keeping every node tree alive for
+            # the few documents that have problems would slow the garbage collector for all.
+            self._lines = {}
+            loader = _Loader(self.text)
+            try:
+                for _ in range(self.index + 1):
+                    loader.check_node()  # the C parser needs it before each get_node
+                    node = loader.get_node()
+            finally:
+                loader.dispose()
+            _record_lines(node, (), self._lines, self.file, [])
         for end in range(len(loc), -1, -1):
-            if loc[:end] in self.lines:
-                return self.lines[loc[:end]]
+            if loc[:end] in self._lines:
+                return self._lines[loc[:end]]
         return self.line
 
 
@@ -121,19 +148,22 @@ def _display_path(file: Path, base: Path) -> str:
 
 
 def _parse_yaml(text: str, file: str, problems: list[Problem]) -> Iterator[_Document]:
-    """Parse every document of one file with the C loader, keeping the line of every field."""
+    """Parse every document of one file with the C loader."""
     loader = _Loader(text)
+    index = -1
     try:
         while loader.check_node():
             node = loader.get_node()
+            index += 1
             if node is None:
                 continue
-            lines: dict[Loc, int] = {}
-            _record_lines(node, (), lines, file, problems)
+            loader.has_duplicates = False
             data = loader.construct_document(node)
+            if loader.has_duplicates:
+                _record_lines(node, (), {}, file, problems)  # reports each duplicate with its path
             if data is None:
                 continue
-            yield _Document(file, node.start_mark.line + 1, data, lines)
+            yield _Document(file, node.start_mark.line + 1, data, text, index)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         line = mark.line + 1 if mark is not None else None

@@ -8,7 +8,6 @@ unit strings such as ``4GiB`` in YAML and JSON.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -216,30 +215,42 @@ class DomainSpec(Model):
             )
         return current
 
+    @field_validator("disks", mode="before")
+    @classmethod
+    def _assign_targets(cls, disks: Any) -> Any:
+        """Name the disks the manifest leaves unnamed after their bus: vda, vdb, sda, hda..."""
+        if not isinstance(disks, list | tuple):
+            return disks
+        taken: set[str] = {d["target"] for d in disks if isinstance(d, dict) and d.get("target")}
+        taken |= {d.target for d in disks if isinstance(d, Disk) and d.target}
+        filled = []
+        for disk in disks:
+            named = disk
+            if isinstance(disk, dict) and disk.get("target") is None:
+                prefix = BUS_TARGET_PREFIX.get(disk.get("bus", "virtio"))
+                if prefix is not None:  # an unknown bus is reported by the Disk model itself
+                    named = {**disk, "target": _next_target(prefix, taken)}
+                    taken.add(named["target"])
+            elif isinstance(disk, Disk) and disk.target is None:
+                target = _next_target(BUS_TARGET_PREFIX[disk.bus], taken)
+                named = disk.model_copy(update={"target": target})
+                taken.add(target)
+            filled.append(named)
+        return filled
+
     @field_validator("disks")
     @classmethod
-    def _assign_targets(cls, disks: tuple[Disk, ...]) -> tuple[Disk, ...]:
-        taken = {d.target for d in disks if d.target}
-        filled: list[Disk] = []
-        for disk in disks:
-            if disk.target is None:
-                target = _next_target(BUS_TARGET_PREFIX[disk.bus], taken)
-                taken.add(target)
-                filled.append(disk.model_copy(update={"target": target}))
-            else:
-                filled.append(disk)
-        seen: set[str] = set()
-        for disk in filled:
-            assert disk.target is not None
-            if disk.target in seen:
-                raise ValueError(f"two disks use target {disk.target!r}")
-            seen.add(disk.target)
-        return tuple(filled)
+    def _unique_targets(cls, disks: tuple[Disk, ...]) -> tuple[Disk, ...]:
+        targets = [disk.target for disk in disks]
+        for target in targets:
+            if targets.count(target) > 1:
+                raise ValueError(f"two disks use target {target!r}")
+        return disks
 
     def spec_hash(self) -> str:
         """A short, stable hash of the spec, recorded in the ownership metadata."""
-        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        # Field order is fixed by the model, so pydantic's own JSON is canonical (and fast).
+        return hashlib.sha256(self.model_dump_json(by_alias=True).encode()).hexdigest()[:16]
 
 
 def _next_target(prefix: str, taken: set[str]) -> str:

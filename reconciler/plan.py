@@ -8,7 +8,7 @@ it grows: no intermediate state uses more than the larger of before and after.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -140,7 +140,7 @@ def build_host_plan(
     host: str,
     uri: str,
     desired: Mapping[str, Domain],
-    owners: Mapping[str, Owner],
+    owner_of: Callable[[str], Owner],
     observed: HostObservation,
     *,
     allow_delete: bool,
@@ -161,7 +161,7 @@ def build_host_plan(
 
     for name, domain in desired.items():
         if name not in seen:
-            _plan_define(plan, domain, owners[name])
+            _plan_define(plan, domain, owner_of(name))
             continue
         live, parsed = seen[name]
         if parsed is None:
@@ -173,7 +173,7 @@ def build_host_plan(
                 Conflict(host, name, "exists on the host but is not managed by virt-reconcile")
             )
             continue
-        _plan_change(plan, domain, owners[name], live, parsed)
+        _plan_change(plan, domain, owner_of, live, parsed)
 
     for name, (live, parsed) in seen.items():
         if name in desired or parsed is None or parsed.owner is None:
@@ -226,13 +226,19 @@ def _plan_define(plan: HostPlan, domain: Domain, owner: Owner) -> None:
 
 
 def _plan_change(
-    plan: HostPlan, domain: Domain, owner: Owner, live: DomainObservation, parsed: ParsedDomain
+    plan: HostPlan,
+    domain: Domain,
+    owner_of: Callable[[str], Owner],
+    live: DomainObservation,
+    parsed: ParsedDomain,
 ) -> None:
     current = parsed.spec
     desired = normalise(domain.spec, current)
+    if desired == current:
+        return  # the common case, decided without flattening both specs
     changes = spec_changes(current, desired)
     if not changes:
-        return
+        return  # equal but for the order of disks, which are compared by target
     host, name = plan.host, domain.name
     by_field = {change.top_field: change for change in changes}
     redefine = tuple(c for c in changes if c.top_field not in LIVE_FIELDS)
@@ -258,7 +264,7 @@ def _plan_change(
                 Phase.UPDATE_GROW if grows else Phase.UPDATE_SHRINK,
                 changes=update_changes,
                 restart=bool(redefine) and stays_running,
-                xml=merge_domain(live.xml, desired, owner) if redefine else None,
+                xml=merge_domain(live.xml, desired, owner_of(name)) if redefine else None,
                 autostart=desired.autostart if autostart else None,
             )
         )

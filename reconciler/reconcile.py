@@ -45,16 +45,17 @@ def select_hosts(manifests: ManifestSet, names: Iterable[str] | None) -> list[st
     return wanted
 
 
-def owners(manifests: ManifestSet, host: str, revision: str) -> dict[str, Owner]:
-    """The ownership metadata each desired domain of ``host`` will carry."""
-    return {
-        name: Owner(
+def owner_of(manifests: ManifestSet, host: str, revision: str) -> Callable[[str], Owner]:
+    """The ownership metadata a desired domain of ``host`` will carry (made only when written)."""
+
+    def owner(name: str) -> Owner:
+        return Owner(
             manifest=manifests.domain_source(host, name).file,
             revision=revision,
-            spec_hash=domain.spec.spec_hash(),
+            spec_hash=manifests.domains[host][name].spec.spec_hash(),
         )
-        for name, domain in manifests.domains[host].items()
-    }
+
+    return owner
 
 
 def plan_host(
@@ -66,7 +67,7 @@ def plan_host(
         host,
         spec.uri,
         manifests.domains[host],
-        owners(manifests, host, revision),
+        owner_of(manifests, host, revision),
         hypervisor.observe(),
         allow_delete=allow_delete or spec.prune,
     )

@@ -41,7 +41,7 @@ def plan(desired: list[Domain], observed: list[DomainObservation], allow_delete:
         "hv1",
         "test:///",
         {d.name: d for d in desired},
-        {d.name: OWNER for d in desired},
+        lambda _name: OWNER,
         HostObservation(cpus=8, memory=16 * GiB, domains=tuple(observed)),
         allow_delete=allow_delete,
     )
