@@ -6,6 +6,7 @@ naming the file, the line and the field, so an operator fixes a pull request in 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,13 +97,14 @@ def manifest_files(path: Path) -> list[Path]:
     """Every manifest file at or below ``path``, in a stable order, hidden folders skipped."""
     if path.is_file():
         return [path]
-    files = [
-        p
-        for p in path.rglob("*")
-        if p.suffix in (".yaml", ".yml")
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    ]
+    files = []
+    for folder, subfolders, names in os.walk(path):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        files.extend(
+            Path(folder, name)
+            for name in names
+            if name.endswith((".yaml", ".yml")) and not name.startswith(".")
+        )
     return sorted(files)
 
 
