@@ -40,7 +40,8 @@ def generate(root: Path, count: int) -> None:
         (vms / f"vm-{index:04d}.yaml").write_text(
             "apiVersion: virt-reconcile/v1\nkind: Domain\n"
             f"metadata:\n  name: vm-{index:04d}\n  labels: {{tier: bench}}\n"
-            f"spec:\n  vcpus: {1 + index % 4}\n  memory: {512 * (1 + index % 4)}MiB\n  currentMemory: 512MiB\n"
+            f"spec:\n  vcpus: {1 + index % 4}\n  memory: {512 * (1 + index % 4)}MiB\n"
+            "  currentMemory: 512MiB\n"
             f"  state: {state}\n  disks:\n    - {{path: /var/lib/libvirt/images/vm-{index:04d}.qcow2}}\n"
             "  interfaces:\n    - {network: default}\n"
         )
@@ -127,7 +128,8 @@ def report(count: int, repeat: int) -> None:
     for ours, floor in rows:
         low, high = spread[ours]
         ratio = median[ours] / median[floor]
-        print(f"{ours:<12} {median[ours]:>14.2f}s {median[floor]:>8.2f}s {ratio:>6.2f}x   {low:.2f}-{high:.2f}s")
+        figures = f"{median[ours]:>14.2f}s {median[floor]:>8.2f}s {ratio:>6.2f}x"
+        print(f"{ours:<12} {figures}   {low:.2f}-{high:.2f}s")
     print("target: apply and no-op plan within 1.50x of the floor")
 
 
