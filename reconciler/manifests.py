@@ -97,7 +97,7 @@ def manifest_files(path: Path) -> list[Path]:
     """Every manifest file at or below ``path``, in a stable order, hidden folders skipped."""
     if path.is_file():
         return [path]
-    files = []
+    files: list[Path] = []
     for folder, subfolders, names in os.walk(path):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         files.extend(
