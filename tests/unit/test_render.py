@@ -1,0 +1,70 @@
+"""Plan output for people: symbols, before → after, colour only where it belongs."""
+
+import io
+
+from rich.markup import escape
+
+from reconciler.diff import Change
+from reconciler.plan import Action, ActionKind, HostPlan, Orphan, Phase, Plan
+from reconciler.render import Printer, plain, render_text, summary_line, wants_color
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def sample_plan() -> Plan:
+    host = HostPlan("hv1", "qemu:///system")
+    host.actions = [
+        Action(
+            ActionKind.BALLOON,
+            "hv1",
+            "web[1]",
+            Phase.BALLOON_DOWN,
+            changes=(Change("currentMemory", "2GiB", "1GiB"),),
+        ),
+        Action(
+            ActionKind.UPDATE, "hv1", "db", Phase.UPDATE_GROW, changes=(Change("vcpus", 2, 4),), restart=True
+        ),
+    ]
+    host.orphans = [Orphan("hv1", "old", running=True, delete=False)]
+    return Plan(hosts={"hv1": host})
+
+
+def test_text_plan_shows_symbols_changes_and_summary():
+    out = io.StringIO()
+    render_text(sample_plan(), Printer(out, color=False))
+    text = out.getvalue()
+    assert "  ~ balloon web[1]\n      currentMemory: 2GiB → 1GiB\n" in text
+    assert "  ~ update db  (restart needed)\n      vcpus: 2 → 4\n" in text
+    assert "! orphan old: managed but no longer in git; kept" in text
+    counts = "0 to define, 1 to update, 1 to balloon, 0 to start, 0 to stop, 0 to undefine"
+    assert text.rstrip().endswith(f"Plan: {counts}. 1 orphan(s) kept.")
+    assert "\x1b[" not in text
+
+
+def test_summary_when_nothing_changes():
+    assert (
+        summary_line(Plan(hosts={"hv1": HostPlan("hv1", "x")}))
+        == "No changes: every host matches the manifests."
+    )
+
+
+def test_colour_only_on_a_terminal_and_no_color_wins(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert wants_color(Terminal()) and not wants_color(io.StringIO())
+    terminal = Terminal()
+    render_text(sample_plan(), Printer(terminal))
+    assert "\x1b[" in terminal.getvalue()
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not wants_color(Terminal())
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert wants_color(io.StringIO())
+
+
+def test_plain_strips_markup_but_keeps_escaped_brackets():
+    assert plain(f"[bold]{escape('vm[1] [red]')}[/bold] [dim](0.1s)[/dim]") == "vm[1] [red] (0.1s)"
