@@ -16,6 +16,7 @@ from rich.markup import escape
 from reconciler import __version__
 from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.manifests import ManifestSet, load_manifests
+from reconciler.plan import HostPlan
 from reconciler.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.render import (
     Printer,
@@ -148,6 +149,8 @@ def _plan(args: argparse.Namespace) -> int:
         sys.stdout.write(render_json(outcome.plan))
     if outcome.failed:
         return EXIT_ERROR
+    if outcome.plan.refused:
+        return EXIT_REFUSED
     return EXIT_CHANGES if outcome.plan.has_changes else EXIT_OK
 
 
@@ -156,9 +159,9 @@ def _apply(args: argparse.Namespace) -> int:
     select_hosts(manifests, args.host)
     out = Printer(sys.stdout)
 
-    def show_plan(host: object) -> None:
-        render_host_text(out, host)  # type: ignore[arg-type]
-        if not getattr(host, "blocked", True) and getattr(host, "actions", None):
+    def show_plan(host: HostPlan) -> None:
+        render_host_text(out, host)
+        if not host.blocked and host.actions:
             out.print("  [dim]applying…[/dim]")
 
     outcome: Outcome = reconcile(
@@ -174,13 +177,22 @@ def _apply(args: argparse.Namespace) -> int:
     )
     done = sum(1 for rs in outcome.results.values() for r in rs if r.ok)
     failed = sum(1 for rs in outcome.results.values() for r in rs if not r.ok)
+    refused = [name for name, host in outcome.plan.hosts.items() if host.refused]
     out.print()
-    if not outcome.plan.has_changes and not outcome.failed:
+    if outcome.failed:
+        out.print(f"[bold][red]Apply failed[/red]: {done} action(s) done, {failed} failed.[/bold]")
+        return EXIT_ERROR
+    if refused:
+        out.print(
+            f"[bold][red]Refused by the overcommit policy on {escape(', '.join(refused))}[/red]: nothing was "
+            f"applied there; {done} action(s) done on other hosts.[/bold]"
+        )
+        return EXIT_REFUSED
+    if not outcome.plan.has_changes:
         out.print(f"[bold]{escape(summary_line(outcome.plan))}[/bold]")
         return EXIT_OK
-    verdict = "[red]Apply failed[/red]" if outcome.failed else "[green]Apply complete[/green]"
-    out.print(f"[bold]{verdict}: {done} action(s) done, {failed} failed.[/bold]")
-    return EXIT_ERROR if outcome.failed else EXIT_OK
+    out.print(f"[bold][green]Apply complete[/green]: {done} action(s) done.[/bold]")
+    return EXIT_OK
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -87,6 +87,19 @@ def parse_domain(xml: str, *, state: str = "stopped", autostart: bool = False) -
     return ParsedDomain(name=name, uuid=root.findtext("uuid"), spec=spec, owner=_owner(root))
 
 
+def read_usage(xml: str) -> tuple[int, int, int] | None:
+    """vCPUs, maximum and current memory (bytes) of any domain XML, even one the model cannot read.
+
+    The overcommit policy counts every domain on a host; None only when even these are missing.
+    """
+    try:
+        root = _root(xml)
+        memory = _memory(root)
+        return _vcpus(root), memory, _current_memory(root, memory)
+    except (DomainXMLError, ValueError):
+        return None
+
+
 def _kib(value: int) -> str:
     """A byte count as a size string the model accepts (sizes never travel as bare numbers)."""
     return f"{value // KIB}KiB"

@@ -29,6 +29,8 @@ class HostObservation:
     cpus: int
     memory: int  # bytes: the kernel's total (node memory stats), not the NUMA cell sum
     domains: tuple[DomainObservation, ...]
+    swap: int | None = None  # bytes; None where it cannot be known (a remote host)
+    ksm_saved: int = 0  # bytes KSM saves right now (pages_sharing x page size); 0 without KSM
 
     def domain(self, name: str) -> DomainObservation | None:
         """The observed domain called ``name``, if any."""

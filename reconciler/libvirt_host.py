@@ -14,14 +14,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import libvirt
+from lxml import etree
 
 from reconciler import sandbox
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
 from reconciler.hypervisor import DomainObservation, HostObservation, StopOutcome
 from reconciler.models import Host
-from reconciler.sizes import KIB
+from reconciler.sizes import KIB, parse_libvirt_size
 
 T = TypeVar("T")
 
@@ -71,9 +73,10 @@ def _wrap(host: str, what: str, err: libvirt.libvirtError) -> HostError:
 class LibvirtHypervisor:
     """A libvirt connection speaking the Hypervisor protocol."""
 
-    def __init__(self, name: str, conn: libvirt.virConnect) -> None:
+    def __init__(self, name: str, conn: libvirt.virConnect, *, local: bool = False) -> None:
         self.name = name
         self.conn = conn
+        self.local = local  # the hypervisor is this machine: its swap can be read from /proc
         self._is_test_driver = conn.getType() == "TEST"
         self.changed = False  # whether any method below changed the host
 
@@ -125,7 +128,34 @@ class LibvirtHypervisor:
                     live_max_memory=int(live_max) * KIB if live_max else None,
                 )
             )
-        return HostObservation(cpus=int(info[2]), memory=memory, domains=tuple(domains))
+        return HostObservation(
+            cpus=int(info[2]),
+            memory=memory,
+            domains=tuple(domains),
+            swap=local_swap() if self.local else None,
+            ksm_saved=self._ksm_saved(),
+        )
+
+    def _ksm_saved(self) -> int:
+        """Memory KSM saves now: ``shm_pages_sharing`` pages of the host's base page size; 0 without KSM."""
+        try:
+            sharing = int(self.conn.getMemoryParameters(0).get("shm_pages_sharing", 0))
+        except libvirt.libvirtError:
+            return 0  # the driver has no memory parameters (test driver) or the host no KSM
+        if sharing <= 0:
+            return 0
+        return sharing * self._page_size()
+
+    def _page_size(self) -> int:
+        """The host's base page size from its capabilities (the smallest page listed), else 4 KiB."""
+        try:
+            caps = etree.fromstring(self.conn.getCapabilities().encode())
+        except (libvirt.libvirtError, etree.XMLSyntaxError):
+            return 4 * KIB
+        sizes = [
+            parse_libvirt_size(page.get("size"), page.get("unit")) for page in caps.iterfind("host/cpu/pages")
+        ]
+        return min(sizes) if sizes else 4 * KIB
 
     def define(self, xml: str) -> None:
         """Define or redefine a persistent domain."""
@@ -200,6 +230,23 @@ class LibvirtHypervisor:
         ]
 
 
+def local_swap(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """This machine's total swap in bytes, from the kernel; None when it cannot be read."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("SwapTotal:"):
+                return int(line.split()[1]) * KIB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def is_local(uri: str) -> bool:
+    """Whether a libvirt URI names a hypervisor on this machine (no host part, or localhost)."""
+    parts = urlsplit(uri)
+    return parts.scheme.split("+")[0] not in ("test", "sandbox") and parts.hostname in (None, "", "localhost")
+
+
 def _open(name: str, uri: str) -> libvirt.virConnect:
     try:
         return libvirt.open(uri)
@@ -218,7 +265,7 @@ def connect(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
     if not uri.startswith("sandbox:"):
         conn = _open(host.name, uri)
         try:
-            yield LibvirtHypervisor(host.name, conn)
+            yield LibvirtHypervisor(host.name, conn, local=is_local(uri))
         finally:
             conn.close()
         return

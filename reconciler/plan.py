@@ -11,13 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from reconciler.diff import LIVE_FIELDS, Change, normalise, spec_changes
-from reconciler.domxml import OWNER_NS, ParsedDomain, merge_domain, parse_domain, render_domain
+from reconciler.domxml import OWNER_NS, ParsedDomain, merge_domain, parse_domain, read_usage, render_domain
 from reconciler.errors import DomainXMLError
 from reconciler.hypervisor import DomainObservation, HostObservation
 from reconciler.models import Domain, DomainSpec, Owner
 from reconciler.sizes import format_size
+from reconciler.usage import Usage
+
+if TYPE_CHECKING:
+    from reconciler.policy import PolicyReport
 
 
 class ActionKind(StrEnum):
@@ -72,6 +77,7 @@ class Action:
     reason: str = ""
     xml: str | None = None
     autostart: bool | None = None
+    spec: DomainSpec | None = None  # define/update: the spec the domain will have afterwards
     config_memory: int | None = None
     live_memory: int | None = None
     stop_first: bool = False
@@ -106,11 +112,18 @@ class HostPlan:
     orphans: list[Orphan] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    before: dict[str, Usage] = field(default_factory=dict)  # every domain's claim, as observed
+    policy: PolicyReport | None = None
+
+    @property
+    def refused(self) -> bool:
+        """Whether the overcommit policy refuses this host's plan."""
+        return self.policy is not None and self.policy.refused
 
     @property
     def blocked(self) -> bool:
-        """Nothing is applied on a host with a conflict or an unreadable managed domain."""
-        return bool(self.conflicts or self.errors)
+        """Nothing is applied on a host with a conflict, an unreadable managed domain or a refusal."""
+        return bool(self.conflicts or self.errors) or self.refused
 
 
 @dataclass
@@ -132,8 +145,13 @@ class Plan:
 
     @property
     def has_errors(self) -> bool:
-        """Whether any host is blocked by a conflict or an error."""
-        return any(host.blocked for host in self.hosts.values())
+        """Whether any host has a conflict or an error."""
+        return any(host.conflicts or host.errors for host in self.hosts.values())
+
+    @property
+    def refused(self) -> bool:
+        """Whether the overcommit policy refuses the plan of any host."""
+        return any(host.refused for host in self.hosts.values())
 
 
 def build_host_plan(
@@ -158,6 +176,12 @@ def build_host_plan(
                 plan.errors.append(f"managed domain {live.name!r} cannot be read: {err}")
             parsed = None
         seen[live.name] = (live, parsed)
+        if parsed is not None:
+            plan.before[live.name] = Usage.of(parsed.spec, active=live.active)
+        elif (claim := read_usage(live.xml)) is not None:
+            plan.before[live.name] = Usage(*claim, active=live.active)
+        else:
+            plan.errors.append(f"domain {live.name!r} has no readable vCPUs and memory to count")
 
     for name, domain in desired.items():
         if name not in seen:
@@ -211,6 +235,7 @@ def _plan_define(plan: HostPlan, domain: Domain, owner: Owner) -> None:
             reason="in git, absent on the host",
             xml=render_domain(domain.name, spec, owner),
             autostart=spec.autostart,
+            spec=spec,
         )
     )
     if spec.state == "running":
@@ -254,22 +279,87 @@ def _plan_change(
     if balloon:
         plan.actions.append(_balloon(plan, name, current=current, desired=desired, live=live, change=balloon))
     if redefine or autostart:
-        grows = desired.vcpus > current.vcpus or desired.memory > current.memory
-        update_changes = redefine + ((autostart,) if autostart else ())
-        plan.actions.append(
-            Action(
-                ActionKind.UPDATE,
-                host,
-                name,
-                Phase.UPDATE_GROW if grows else Phase.UPDATE_SHRINK,
-                changes=update_changes,
-                restart=bool(redefine) and stays_running,
-                xml=merge_domain(live.xml, desired, owner_of(name)) if redefine else None,
-                autostart=desired.autostart if autostart else None,
-            )
+        _plan_updates(
+            plan,
+            name,
+            current=current,
+            desired=desired,
+            changes=redefine + ((autostart,) if autostart else ()),
+            ballooned=balloon is not None,
+            restart=bool(redefine) and stays_running,
+            xml_for=(lambda spec: merge_domain(live.xml, spec, owner_of(name))) if redefine else None,
         )
     if "state" in by_field and desired.state == "running":
         plan.actions.append(Action(ActionKind.START, host, name, Phase.START, changes=(by_field["state"],)))
+
+
+_RESOURCES = ("vcpus", "memory", "currentMemory")
+
+
+def _resources(spec: DomainSpec) -> tuple[int, int, int]:
+    return spec.vcpus, spec.memory, spec.current_memory
+
+
+def _plan_updates(
+    plan: HostPlan,
+    name: str,
+    *,
+    current: DomainSpec,
+    desired: DomainSpec,
+    changes: tuple[Change, ...],
+    ballooned: bool,
+    restart: bool,
+    xml_for: Callable[[DomainSpec], str] | None,
+) -> None:
+    """One update, in the shrink phase when it frees resources and the grow phase when it takes them.
+
+    An update that lowers one resource and raises another (fewer vCPUs, more memory) is split in two
+    redefines, the lowering half first, so applying a plan never passes through a state that uses
+    more than the larger of before and after. A balloon action of the same plan owns the live
+    current memory, so a rise there alone does not split the update.
+    """
+    old, new = _resources(current), _resources(desired)
+    rising = {field for field, a, b in zip(_RESOURCES, old, new, strict=True) if b > a}
+    falling = {field for field, a, b in zip(_RESOURCES, old, new, strict=True) if b < a}
+    if ballooned:
+        rising.discard("currentMemory")
+    autostart = desired.autostart if any(c.field == "autostart" for c in changes) else None
+    if rising and falling and xml_for is not None:
+        low = desired.model_copy(
+            update={
+                "vcpus": min(current.vcpus, desired.vcpus),
+                "memory": min(current.memory, desired.memory),
+                "current_memory": min(current.current_memory, desired.current_memory, desired.memory),
+            }
+        )
+        plan.actions.append(
+            Action(
+                ActionKind.UPDATE,
+                plan.host,
+                name,
+                Phase.UPDATE_SHRINK,
+                changes=tuple(c for c in changes if c.field not in rising),
+                restart=restart,
+                reason="first half of an update that both frees and takes resources",
+                xml=xml_for(low),
+                autostart=autostart,
+                spec=low,
+            )
+        )
+        changes, autostart = tuple(c for c in changes if c.field in rising), None
+    plan.actions.append(
+        Action(
+            ActionKind.UPDATE,
+            plan.host,
+            name,
+            Phase.UPDATE_GROW if rising else Phase.UPDATE_SHRINK,
+            changes=changes,
+            restart=restart,
+            xml=xml_for(desired) if xml_for is not None else None,
+            autostart=autostart,
+            spec=desired if xml_for is not None else None,
+        )
+    )
 
 
 def _balloon(

@@ -16,6 +16,7 @@ from reconciler.hypervisor import Hypervisor
 from reconciler.manifests import ManifestSet
 from reconciler.models import Host, Owner
 from reconciler.plan import HostPlan, Plan, build_host_plan
+from reconciler.policy import evaluate, host_facts
 
 Connector = Callable[[Host, bool], AbstractContextManager[Hypervisor]]
 
@@ -61,16 +62,26 @@ def owner_of(manifests: ManifestSet, host: str, revision: str) -> Callable[[str]
 def plan_host(
     manifests: ManifestSet, host: str, hypervisor: Hypervisor, *, revision: str, allow_delete: bool
 ) -> HostPlan:
-    """Observe one connected host and plan it."""
+    """Observe one connected host, plan it, and check the plan against the host's overcommit policy."""
     spec = manifests.hosts[host].spec
-    return build_host_plan(
+    observed = hypervisor.observe()
+    plan = build_host_plan(
         host,
         spec.uri,
         manifests.domains[host],
         owner_of(manifests, host, revision),
-        hypervisor.observe(),
+        observed,
         allow_delete=allow_delete or spec.prune,
     )
+    facts = host_facts(
+        spec.capacity,
+        cpus=observed.cpus,
+        memory=observed.memory,
+        swap=observed.swap,
+        ksm_saved=observed.ksm_saved,
+    )
+    plan.policy = evaluate(spec.overcommit, facts, plan.before, plan.actions)
+    return plan
 
 
 def reconcile(

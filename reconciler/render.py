@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from reconciler.apply import ActionResult
 from reconciler.plan import Action, ActionKind, HostPlan, Plan
+from reconciler.policy import PolicyReport
 
 FORMAT_VERSION = 1
 _STYLE = {
@@ -126,12 +127,38 @@ def render_host_text(console: Printer, host: HostPlan, *, blank_after: bool = Fa
         )
     for error in host.errors:
         console.print(f"  [red]✗ error[/red]: {escape(error)}")
+    if host.policy is not None:
+        console.print(f"  [dim]policy:[/dim] {policy_line(host.policy)}")
+        for rule in host.policy.violations:
+            if host.policy.refused:
+                console.print(f"  [red]✗ refused by policy[/red]: {escape(rule.message())}")
+            else:
+                label = "[yellow]! policy warning (enforcement: warn)[/yellow]"
+                console.print(f"  {label}: {escape(rule.message())}")
     if host.blocked:
         console.print(f"  [red]nothing will be applied on {escape(host.host)}[/red]")
     elif not host.actions:
         console.print("  [dim]no changes[/dim]")
     if blank_after:
         console.print()
+
+
+def policy_line(report: PolicyReport) -> str:
+    """Each rule's usage against its limit in one line: ``cpu.total 9→11/10 ✗  memory.commit 4GiB/15GiB``.
+
+    A red mark is a rule this plan breaks; a yellow one a rule already broken that the plan does
+    not make worse.
+    """
+    parts = []
+    for rule in report.rules:
+        used = (
+            rule.show(rule.after)
+            if rule.before == rule.after
+            else f"{rule.show(rule.before)}→{rule.show(rule.after)}"
+        )
+        mark = "" if rule.ok else (" [red]✗[/red]" if rule.raised else " [yellow]✗[/yellow]")
+        parts.append(f"{rule.rule} {escape(used)}/{escape(rule.show(rule.limit))}{mark}")
+    return "  ".join(parts)
 
 
 def _define_lines(action: Action) -> list[str]:
@@ -158,6 +185,7 @@ def summary(plan: Plan) -> dict[str, int]:
     counts["orphansKept"] = sum(1 for h in hosts for o in h.orphans if not o.delete)
     counts["conflicts"] = sum(len(h.conflicts) for h in hosts)
     counts["errors"] = sum(len(h.errors) for h in hosts)
+    counts["refusedHosts"] = sum(1 for h in hosts if h.refused)
     return counts
 
 
@@ -170,6 +198,7 @@ def summary_line(plan: Plan) -> str:
             ("orphansKept", "orphan(s) kept"),
             ("conflicts", "conflict(s)"),
             ("errors", "error(s)"),
+            ("refusedHosts", "host(s) refused by the overcommit policy"),
         )
         if counts[key]
     ]
@@ -212,6 +241,10 @@ def plan_document(plan: Plan) -> dict[str, Any]:
                 ],
                 "conflicts": [{"domain": c.domain, "reason": c.reason} for c in host.conflicts],
                 "errors": list(host.errors),
+                "refused": host.refused,
+                "enforcement": host.policy.enforcement if host.policy else None,
+                "violations": [rule.message() for rule in host.policy.violations] if host.policy else [],
+                "policy": _policy_document(host.policy),
             }
             for name, host in plan.hosts.items()
         },
@@ -229,6 +262,25 @@ def plan_document(plan: Plan) -> dict[str, Any]:
             }
             for action in plan.actions
         ],
+    }
+
+
+def _policy_document(report: PolicyReport | None) -> dict[str, Any]:
+    """``rule -> {before, after, limit, ok, ...}``: how full the host is and will be."""
+    if report is None:
+        return {}
+    return {
+        rule.rule: {
+            "before": rule.before,
+            "after": rule.after,
+            "peak": rule.peak,
+            "limit": rule.limit,
+            "ok": rule.ok,
+            "raised": rule.raised,
+            "unit": rule.unit,
+            "arithmetic": rule.arithmetic,
+        }
+        for rule in report.rules
     }
 
 

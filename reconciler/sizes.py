@@ -100,3 +100,11 @@ def format_size(value: int) -> str:
     if value == 0:
         return "0KiB"
     return f"{value}B"
+
+
+def human_size(value: int | float) -> str:
+    """Bytes for people, with up to two decimals in the largest fitting binary unit (``22.5GiB``)."""
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f}".rstrip("0").rstrip(".") + unit
+    return f"{int(value)}B"

@@ -21,7 +21,7 @@ kind: Host
 metadata: {{name: {name}}}
 spec:
   uri: sandbox:{state}
-  capacity: {{cpus: 16, memory: 64GiB}}
+  capacity: {{cpus: {cpus}, memory: {memory}}}
   prune: {prune}
 """
 
@@ -33,9 +33,15 @@ def shared_domain_files() -> list[Path]:
     return sorted(SHARED_DOMAINS.glob("*.xml"))
 
 
-def host_yaml(name: str = "hv1", state: str = "state/hv1.xml", prune: bool = False) -> str:
-    """A sandbox Host document."""
-    return HOST_YAML.format(name=name, state=state, prune=str(prune).lower())
+def host_yaml(
+    name: str = "hv1",
+    state: str = "state/hv1.xml",
+    prune: bool = False,
+    cpus: int = 16,
+    memory: str = "64GiB",
+) -> str:
+    """A sandbox Host document (default policy: 4 vCPUs per CPU, memory 1:1 with 1 GiB reserved)."""
+    return HOST_YAML.format(name=name, state=state, prune=str(prune).lower(), cpus=cpus, memory=memory)
 
 
 def domain_yaml(name: str, host: str | None = None, **spec: object) -> str:

@@ -42,7 +42,8 @@ def test_any_libvirt_uri_works_as_a_host(tmp_path):
     write(
         tmp_path,
         "h.yaml",
-        "apiVersion: virt-reconcile/v1\nkind: Host\nmetadata: {name: t}\nspec: {uri: 'test:///default'}\n",
+        "apiVersion: virt-reconcile/v1\nkind: Host\nmetadata: {name: t}\n"
+        "spec: {uri: 'test:///default', capacity: {cpus: 16, memory: 64GiB}}\n",
     )
     write(
         tmp_path,

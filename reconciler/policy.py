@@ -1,0 +1,233 @@
+"""Overcommit policy (DESIGN §4): usage arithmetic, limits, and which plans are refused (pure).
+
+For a host with ``C`` CPUs, memory ``M`` and ``R`` reserved, evaluated on the state a plan leaves:
+
+* ``cpu.total``       sum of vCPUs            <= floor(C x cpu.ratio)
+* ``cpu.perDomain``   vCPUs of each domain    <= maxVcpusPerDomain (default C)
+* ``memory.commit``   sum of maximum memory   <= (M - R) x memory.ratio
+* ``memory.balloon``  sum of current memory of running domains <= (M - R) + swap + KSM savings
+
+Every domain counts, managed or not; shut-off ones only while ``cpu.countInactive`` (for cpu.total
+and memory.commit alike, as DESIGN §4 counts memory.commit "like cpu.total"). A plan is refused
+when a rule fails afterwards *and* the plan raised that rule's usage, so a plan that keeps or lowers
+usage on an overloaded host is always allowed.
+
+The host state after each action is simulated with :func:`step`, which also gives the peak usage
+reached while the plan is applied in order (it never exceeds the larger of before and after).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from reconciler.models import Capacity, Overcommit
+from reconciler.plan import Action, ActionKind
+from reconciler.sizes import human_size
+from reconciler.usage import HostState, Usage
+
+RULES = ("cpu.total", "cpu.perDomain", "memory.commit", "memory.balloon")
+TOP_CONTRIBUTORS = 3
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the policy measures against: CPUs, memory (bytes), swap and KSM savings (bytes)."""
+
+    cpus: int
+    memory: int
+    swap: int
+    ksm_saved: int
+
+
+def host_facts(capacity: Capacity, *, cpus: int, memory: int, swap: int | None, ksm_saved: int) -> HostFacts:
+    """Observed facts, with the manifest's ``spec.capacity`` overriding each one it sets."""
+    return HostFacts(
+        cpus=capacity.cpus or cpus,
+        memory=capacity.memory or memory,
+        swap=capacity.swap if capacity.swap is not None else (swap or 0),
+        ksm_saved=ksm_saved,
+    )
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule on one host: usage before, after and at the peak of the apply, against the limit."""
+
+    rule: str
+    unit: str  # "vCPUs" or "bytes"
+    before: int
+    after: int
+    peak: int
+    limit: int
+    arithmetic: str
+    raised: bool  # the plan raised usage that ends above the limit: grounds for refusal
+    contributors: tuple[tuple[str, int], ...] = ()  # domains adding most: (name, added)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the rule holds after the plan."""
+        return self.after <= self.limit
+
+    def show(self, value: int) -> str:
+        """A usage figure in the rule's unit."""
+        return human_size(value) if self.unit == "bytes" else str(value)
+
+    def message(self) -> str:
+        """``cpu.total: 9 → 11 vCPUs > floor(4 CPUs × 2.5) = 10 (adding most: web-03 +2)``."""
+        unit = "" if self.unit == "bytes" else f" {self.unit}"
+        text = f"{self.rule}: {self.show(self.before)} → {self.show(self.after)}{unit} > {self.arithmetic}"
+        if self.contributors:
+            adding = ", ".join(f"{name} +{self.show(amount)}" for name, amount in self.contributors)
+            label = "over the limit" if self.rule == "cpu.perDomain" else "adding most"
+            text += f" ({label}: {adding})"
+        return text
+
+
+@dataclass(frozen=True)
+class PolicyReport:
+    """Every rule on one host, and whether the host's plan is refused."""
+
+    enforcement: str
+    rules: tuple[RuleResult, ...]
+
+    @property
+    def violations(self) -> tuple[RuleResult, ...]:
+        """Rules the plan breaks (fails afterwards and the plan raised its usage)."""
+        return tuple(rule for rule in self.rules if rule.raised)
+
+    @property
+    def refused(self) -> bool:
+        """Refused: a violation under ``enforcement: enforce`` (``warn`` only reports)."""
+        return self.enforcement == "enforce" and bool(self.violations)
+
+
+# ------------------------------------------------------------------------------------ simulation
+
+
+def step(state: HostState, action: Action) -> dict[str, Usage]:
+    """The host state after one action (what define, update, balloon, start, stop, undefine claim)."""
+    after = dict(state)
+    current = after.get(action.domain)
+    match action.kind:
+        case ActionKind.DEFINE:
+            assert action.spec is not None
+            after[action.domain] = Usage.of(action.spec, active=False)
+        case ActionKind.UPDATE if action.spec is not None and current is not None:
+            after[action.domain] = Usage.of(action.spec, active=current.active)
+        case ActionKind.BALLOON if current is not None and action.config_memory is not None:
+            after[action.domain] = replace(current, current_memory=action.config_memory)
+        case ActionKind.START if current is not None:
+            after[action.domain] = replace(current, active=True)
+        case ActionKind.STOP if current is not None:
+            after[action.domain] = replace(current, active=False)
+        case ActionKind.UNDEFINE:
+            after.pop(action.domain, None)
+        case _:
+            pass  # an autostart-only update claims nothing
+    return after
+
+
+# ----------------------------------------------------------------------------------------- rules
+
+
+def _counted(state: HostState, count_inactive: bool) -> dict[str, Usage]:
+    return {name: u for name, u in state.items() if u.active or count_inactive}
+
+
+def usage(rule: str, state: HostState, policy: Overcommit) -> int:
+    """A rule's usage in a state (cpu.perDomain: the widest domain)."""
+    match rule:
+        case "cpu.total":
+            return sum(u.vcpus for u in _counted(state, policy.cpu.count_inactive).values())
+        case "cpu.perDomain":
+            return max((u.vcpus for u in state.values()), default=0)
+        case "memory.commit":
+            return sum(u.memory for u in _counted(state, policy.cpu.count_inactive).values())
+        case "memory.balloon":
+            return sum(u.current_memory for u in state.values() if u.active)
+    raise ValueError(f"unknown rule {rule!r}")
+
+
+def _contribution(rule: str, name: str, state: HostState, policy: Overcommit) -> int:
+    u = state.get(name)
+    if u is None:
+        return 0
+    return usage(rule, {name: u}, policy)
+
+
+def limit(rule: str, facts: HostFacts, policy: Overcommit) -> tuple[int, str]:
+    """A rule's limit, and the arithmetic that produced it, for messages."""
+    cpus = facts.cpus
+    usable = max(facts.memory - policy.memory.reserved, 0)
+    reserved = human_size(policy.memory.reserved)
+    match rule:
+        case "cpu.total":
+            value = math.floor(Decimal(cpus) * Decimal(str(policy.cpu.ratio)))
+            return value, f"floor({cpus} CPUs × {policy.cpu.ratio:g}) = {value}"
+        case "cpu.perDomain":
+            if policy.cpu.max_vcpus_per_domain is not None:
+                value = policy.cpu.max_vcpus_per_domain
+                return value, f"maxVcpusPerDomain {value}"
+            return cpus, f"{cpus} host CPUs"
+        case "memory.commit":
+            value = math.floor(Decimal(usable) * Decimal(str(policy.memory.ratio)))
+            arithmetic = f"({human_size(facts.memory)} − {reserved} reserved) × {policy.memory.ratio:g}"
+            return value, f"{arithmetic} = {human_size(value)}"
+        case "memory.balloon":
+            value, terms = usable, [f"{human_size(facts.memory)} − {reserved} reserved"]
+            if policy.memory.count_swap:
+                value += facts.swap
+                terms.append(f"{human_size(facts.swap)} swap")
+            if policy.memory.count_ksm:
+                value += facts.ksm_saved
+                terms.append(f"{human_size(facts.ksm_saved)} KSM savings")
+            return value, f"{' + '.join(terms)} = {human_size(value)}"
+    raise ValueError(f"unknown rule {rule!r}")
+
+
+def evaluate(
+    policy: Overcommit, facts: HostFacts, before: HostState, actions: Iterable[Action]
+) -> PolicyReport:
+    """Every rule before, after and at the peak of applying ``actions`` in order; which ones break."""
+    states = [dict(before)]
+    for action in actions:
+        states.append(step(states[-1], action))
+    after = states[-1]
+    results = []
+    for rule in RULES:
+        value, arithmetic = limit(rule, facts, policy)
+        used = [usage(rule, state, policy) for state in states]
+        if rule == "cpu.perDomain":
+            # Per domain: a domain made (or left) wider than the limit by this plan breaks the rule.
+            offenders = tuple(
+                (name, u.vcpus)
+                for name, u in after.items()
+                if u.vcpus > value and u.vcpus > (before[name].vcpus if name in before else 0)
+            )
+            raised, contributors = bool(offenders), offenders
+        else:
+            raised = used[-1] > value and used[-1] > used[0]
+            deltas = [
+                (name, _contribution(rule, name, after, policy) - _contribution(rule, name, before, policy))
+                for name in after
+            ]
+            contributors = tuple(
+                sorted(((n, d) for n, d in deltas if d > 0), key=lambda item: (-item[1], item[0]))
+            )[:TOP_CONTRIBUTORS]
+        results.append(
+            RuleResult(
+                rule=rule,
+                unit="bytes" if rule.startswith("memory") else "vCPUs",
+                before=used[0],
+                after=used[-1],
+                peak=max(used),
+                limit=value,
+                arithmetic=arithmetic,
+                raised=raised,
+                contributors=contributors if raised else (),
+            )
+        )
+    return PolicyReport(enforcement=policy.enforcement, rules=tuple(results))
