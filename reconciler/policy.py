@@ -107,55 +107,57 @@ class PolicyReport:
 # ------------------------------------------------------------------------------------ simulation
 
 
-def step(state: HostState, action: Action) -> dict[str, Usage]:
-    """The host state after one action (what define, update, balloon, start, stop, undefine claim)."""
-    after = dict(state)
-    current = after.get(action.domain)
+def claim_after(current: Usage | None, action: Action) -> Usage | None:
+    """A domain's claim after one action on it (None: not defined)."""
     match action.kind:
         case ActionKind.DEFINE:
             assert action.spec is not None
-            after[action.domain] = Usage.of(action.spec, active=False)
+            return Usage.of(action.spec, active=False)
         case ActionKind.UPDATE if action.spec is not None and current is not None:
-            after[action.domain] = Usage.of(action.spec, active=current.active)
+            return Usage.of(action.spec, active=current.active)
         case ActionKind.BALLOON if current is not None and action.config_memory is not None:
-            after[action.domain] = replace(current, current_memory=action.config_memory)
+            return replace(current, current_memory=action.config_memory)
         case ActionKind.START if current is not None:
-            after[action.domain] = replace(current, active=True)
+            return replace(current, active=True)
         case ActionKind.STOP if current is not None:
-            after[action.domain] = replace(current, active=False)
+            return replace(current, active=False)
         case ActionKind.UNDEFINE:
-            after.pop(action.domain, None)
-        case _:
-            pass  # an autostart-only update claims nothing
+            return None
+    return current  # an autostart-only update claims nothing new
+
+
+def step(state: HostState, action: Action) -> dict[str, Usage]:
+    """The host state after one action (what define, update, balloon, start, stop, undefine claim)."""
+    after = dict(state)
+    claim = claim_after(after.pop(action.domain, None), action)
+    if claim is not None:
+        after[action.domain] = claim
     return after
 
 
 # ----------------------------------------------------------------------------------------- rules
 
 
-def _counted(state: HostState, count_inactive: bool) -> dict[str, Usage]:
-    return {name: u for name, u in state.items() if u.active or count_inactive}
+def contribution(rule: str, claim: Usage | None, policy: Overcommit) -> int:
+    """What one domain adds to a summed rule (cpu.total, memory.commit, memory.balloon)."""
+    if claim is None:
+        return 0
+    counted = claim.active or policy.cpu.count_inactive
+    match rule:
+        case "cpu.total":
+            return claim.vcpus if counted else 0
+        case "memory.commit":
+            return claim.memory if counted else 0
+        case "memory.balloon":
+            return claim.current_memory if claim.active else 0
+    raise ValueError(f"{rule!r} is not a summed rule")
 
 
 def usage(rule: str, state: HostState, policy: Overcommit) -> int:
     """A rule's usage in a state (cpu.perDomain: the widest domain)."""
-    match rule:
-        case "cpu.total":
-            return sum(u.vcpus for u in _counted(state, policy.cpu.count_inactive).values())
-        case "cpu.perDomain":
-            return max((u.vcpus for u in state.values()), default=0)
-        case "memory.commit":
-            return sum(u.memory for u in _counted(state, policy.cpu.count_inactive).values())
-        case "memory.balloon":
-            return sum(u.current_memory for u in state.values() if u.active)
-    raise ValueError(f"unknown rule {rule!r}")
-
-
-def _contribution(rule: str, name: str, state: HostState, policy: Overcommit) -> int:
-    u = state.get(name)
-    if u is None:
-        return 0
-    return usage(rule, {name: u}, policy)
+    if rule == "cpu.perDomain":
+        return max((claim.vcpus for claim in state.values()), default=0)
+    return sum(contribution(rule, claim, policy) for claim in state.values())
 
 
 def limit(rule: str, facts: HostFacts, policy: Overcommit) -> tuple[int, str]:
@@ -191,29 +193,46 @@ def limit(rule: str, facts: HostFacts, policy: Overcommit) -> tuple[int, str]:
 def evaluate(
     policy: Overcommit, facts: HostFacts, before: HostState, actions: Iterable[Action]
 ) -> PolicyReport:
-    """Every rule before, after and at the peak of applying ``actions`` in order; which ones break."""
-    states = [dict(before)]
+    """Every rule before, after and at the peak of applying ``actions`` in order; which ones break.
+
+    Usage is updated by each action's difference, so a plan of thousands of actions on a host of
+    thousands of domains costs one pass over each, not one over the host per action.
+    """
+    summed = ("cpu.total", "memory.commit", "memory.balloon")
+    state = dict(before)
+    first = {rule: usage(rule, state, policy) for rule in RULES}
+    totals, peaks = dict(first), dict(first)
     for action in actions:
-        states.append(step(states[-1], action))
-    after = states[-1]
+        old = state.pop(action.domain, None)
+        new = claim_after(old, action)
+        if new is not None:
+            state[action.domain] = new
+            peaks["cpu.perDomain"] = max(peaks["cpu.perDomain"], new.vcpus)
+        for rule in summed:
+            totals[rule] += contribution(rule, new, policy) - contribution(rule, old, policy)
+            peaks[rule] = max(peaks[rule], totals[rule])
+    totals["cpu.perDomain"] = usage("cpu.perDomain", state, policy)
     results = []
     for rule in RULES:
         value, arithmetic = limit(rule, facts, policy)
-        used = [usage(rule, state, policy) for state in states]
         if rule == "cpu.perDomain":
-            # Per domain: a domain made (or left) wider than the limit by this plan breaks the rule.
+            # Per domain: a domain this plan defines or widens beyond the limit breaks the rule.
             offenders = tuple(
-                (name, u.vcpus)
-                for name, u in after.items()
-                if u.vcpus > value and u.vcpus > (before[name].vcpus if name in before else 0)
+                (name, claim.vcpus)
+                for name, claim in state.items()
+                if claim.vcpus > value and claim.vcpus > (before[name].vcpus if name in before else 0)
             )
             raised, contributors = bool(offenders), offenders
         else:
-            raised = used[-1] > value and used[-1] > used[0]
-            deltas = [
-                (name, _contribution(rule, name, after, policy) - _contribution(rule, name, before, policy))
-                for name in after
-            ]
+            raised = totals[rule] > value and totals[rule] > first[rule]
+            deltas = (
+                (
+                    name,
+                    contribution(rule, state.get(name), policy)
+                    - contribution(rule, before.get(name), policy),
+                )
+                for name in state.keys() | before.keys()
+            )
             contributors = tuple(
                 sorted(((n, d) for n, d in deltas if d > 0), key=lambda item: (-item[1], item[0]))
             )[:TOP_CONTRIBUTORS]
@@ -221,9 +240,9 @@ def evaluate(
             RuleResult(
                 rule=rule,
                 unit="bytes" if rule.startswith("memory") else "vCPUs",
-                before=used[0],
-                after=used[-1],
-                peak=max(used),
+                before=first[rule],
+                after=totals[rule],
+                peak=peaks[rule],
                 limit=value,
                 arithmetic=arithmetic,
                 raised=raised,
