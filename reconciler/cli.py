@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="graceful shutdown time before a domain is forced off (default: 60)",
     )
 
+    doctor = commands.add_parser("doctor", help="check this machine: kvm, /dev/kvm, libvirtd, KSM, swap")
+    doctor.add_argument(
+        "--uri", default="qemu:///system", help="libvirt URI to check (default: qemu:///system)"
+    )
+
     schema = commands.add_parser("schema", help="write the manifests' JSON Schemas")
     schema.add_argument(
         "--out", default="schemas", metavar="DIR", help="folder to write into (default: schemas/)"
@@ -88,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _apply(args)
             case "schema":
                 return _schema(args)
+            case "doctor":
+                return _doctor(args)
     except ManifestError as problem:
         count = len(problem.problems)
         plural = "s" * (count != 1)
@@ -193,6 +200,20 @@ def _apply(args: argparse.Namespace) -> int:
         return EXIT_OK
     out.print(f"[bold][green]Apply complete[/green]: {done} action(s) done.[/bold]")
     return EXIT_OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from reconciler import libvirt_host
+    from reconciler.doctor import PROBLEM, WARN, run_checks
+
+    out = Printer(sys.stdout)
+    checks = run_checks(args.uri, libvirt_host.daemon_facts)
+    style = {PROBLEM: "red", WARN: "yellow"}
+    for check in checks:
+        color = style.get(check.level, "green")
+        fix = f" [dim]— fix: {escape(check.fix)}[/dim]" if check.fix and check.level != "ok" else ""
+        out.print(f"[{color}]{check.level:<8}[/{color}]{escape(check.name)}: {escape(check.detail)}{fix}")
+    return EXIT_ERROR if any(check.level == PROBLEM for check in checks) else EXIT_OK
 
 
 def _schema(args: argparse.Namespace) -> int:

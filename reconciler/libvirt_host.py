@@ -20,6 +20,7 @@ import libvirt
 from lxml import etree
 
 from reconciler import sandbox
+from reconciler.doctor import DaemonFacts
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
 from reconciler.hypervisor import DomainObservation, HostObservation, StopOutcome
 from reconciler.models import Host
@@ -245,6 +246,31 @@ def is_local(uri: str) -> bool:
     """Whether a libvirt URI names a hypervisor on this machine (no host part, or localhost)."""
     parts = urlsplit(uri)
     return parts.scheme.split("+")[0] not in ("test", "sandbox") and parts.hostname in (None, "", "localhost")
+
+
+def daemon_facts(uri: str) -> DaemonFacts:
+    """What ``doctor`` asks libvirtd: versions, and node info memory against the kernel's total."""
+    conn = _open(uri, uri)
+    try:
+        info = conn.getInfo()
+        kernel = None
+        with contextlib.suppress(libvirt.libvirtError, KeyError):
+            kernel = int(conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)["total"]) * KIB
+        return DaemonFacts(
+            libvirt_version=_version(conn.getLibVersion()),
+            hypervisor=f"{conn.getType()} {_version(conn.getVersion())}",
+            node_info_memory=int(info[1]) * 1024 * KIB,
+            kernel_memory=kernel,
+        )
+    except libvirt.libvirtError as err:
+        raise _wrap(uri, "daemon facts", err) from err
+    finally:
+        conn.close()
+
+
+def _version(number: int) -> str:
+    """libvirt's packed version number (major * 1,000,000 + minor * 1,000 + micro) as text."""
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
 
 def _open(name: str, uri: str) -> libvirt.virConnect:
