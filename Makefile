@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := libvirt-dev pkg-config gcc python3-dev python3-venv
 MANIFESTS ?= manifests
 
-.PHONY: setup system-packages run plan test test-unit test-sandbox lint bench schema clean
+.PHONY: setup system-packages run plan test test-unit test-sandbox test-e2e lint bench schema clean doctor
 
 setup: system-packages $(STAMP)
 
@@ -29,13 +29,18 @@ plan: setup
 	$(BIN)/virt-reconcile plan $(MANIFESTS); status=$$?; [ $$status -eq 0 ] || [ $$status -eq 2 ]
 
 ## make test: set up, then lint, type-check and run every test tier.
-test: setup lint test-unit test-sandbox
+test: setup lint test-unit test-sandbox test-e2e
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit
 
 test-sandbox: setup
 	$(BIN)/pytest -q tests/sandbox
+
+## the real-hypervisor tier: as root, installs and starts libvirtd with QEMU and builds a tiny guest
+test-e2e: setup
+	@scripts/e2e-setup.sh
+	$(BIN)/pytest -q tests/e2e
 
 lint: setup
 	$(BIN)/ruff check reconciler tests bench
@@ -46,8 +51,11 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/bench_sandbox.py
 
+doctor: setup
+	$(BIN)/virt-reconcile doctor
+
 schema: setup
 	$(BIN)/virt-reconcile schema --out schemas
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis manifests/state
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis manifests/state .cache
