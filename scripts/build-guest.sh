@@ -8,7 +8,11 @@ dir=${1:-.cache/guest}
 [ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ] && exit 0
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-package=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+find_kernel() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'; }
+package=$(find_kernel)
+if [ -z "$package" ] && [ "$(id -u)" -eq 0 ]; then
+  apt-get update -qq && package=$(find_kernel)   # a fresh machine has no package lists yet
+fi
 [ -n "$package" ] || { echo "build-guest: no linux-image-*-cloud-amd64 package found (apt-get update?)" >&2; exit 1; }
 (cd "$work" && apt-get download -qq "$package" 2>/dev/null)
 dpkg -x "$work"/linux-image-*.deb "$work/root"

@@ -18,9 +18,9 @@ if [ -e /dev/kvm ]; then
 fi
 if ! virsh -q -c qemu:///system version >/dev/null 2>&1; then
   echo "e2e set-up: starting virtlogd and libvirtd"
-  pgrep -x virtlogd >/dev/null || virtlogd -d
-  pgrep -x libvirtd >/dev/null || libvirtd -d
-  for _ in $(seq 1 50); do
+  for _ in $(seq 1 100); do
+    pgrep -x virtlogd >/dev/null || virtlogd -d
+    pgrep -x libvirtd >/dev/null || libvirtd -d   # a daemon still shutting down is waited for
     virsh -q -c qemu:///system version >/dev/null 2>&1 && break
     sleep 0.2
   done
