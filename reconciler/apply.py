@@ -7,6 +7,7 @@ state it finds, which is how a crash mid-apply is recovered.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,12 +33,18 @@ def apply_host_plan(
     *,
     shutdown_timeout: float,
     on_result: Callable[[ActionResult], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[ActionResult]:
-    """Run every action of ``plan`` in order; stop at the first failure. Blocked plans do nothing."""
+    """Run every action of ``plan`` in order; stop at the first failure. Blocked plans do nothing.
+
+    ``stop`` (the daemon's SIGTERM) ends the apply between two actions: the one in flight finishes.
+    """
     results: list[ActionResult] = []
     if plan.blocked:
         return results
     for action in plan.actions:
+        if stop is not None and stop.is_set():
+            break
         started = time.monotonic()
         try:
             detail = _execute(hypervisor, action, shutdown_timeout)

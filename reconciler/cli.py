@@ -7,7 +7,11 @@ Exit codes (DESIGN §5): validate 0 valid / 1 invalid; plan 0 no changes / 2 cha
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import signal
 import sys
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,6 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="graceful shutdown time before a domain is forced off (default: 60)",
     )
 
+    daemon = commands.add_parser("daemon", help="reconcile continuously from a git repository or a directory")
+    daemon.add_argument(
+        "--source",
+        required=True,
+        metavar="GIT_URL_OR_DIR",
+        help="git URL (file://, ssh://, https://, user@host:path) or a plain directory",
+    )
+    daemon.add_argument("--branch", default="main")
+    daemon.add_argument("--path", default="manifests", help="manifest folder inside the repository")
+    daemon.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
+    daemon.add_argument("--interval", default="30s", help="git poll interval, jittered (default: 30s)")
+    daemon.add_argument("--resync", default="10m", help="full reconcile at least this often (default: 10m)")
+    daemon.add_argument("--listen", default="127.0.0.1:9469", help="HTTP address (default: 127.0.0.1:9469)")
+    daemon.add_argument("--state-dir", default="/var/lib/virt-reconcile", help="clone and status live here")
+    daemon.add_argument("--webhook-secret-file", metavar="FILE", help="enables POST /hooks/git (HMAC)")
+    daemon.add_argument("--allow-delete", action="store_true", help="undefine managed domains gone from git")
+    daemon.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS")
+
+    status = commands.add_parser("status", help="print a running daemon's /status for people")
+    status.add_argument("--url", default="http://127.0.0.1:9469", help="the daemon's address")
+
     doctor = commands.add_parser("doctor", help="check this machine: kvm, /dev/kvm, libvirtd, KSM, swap")
     doctor.add_argument(
         "--uri", default="qemu:///system", help="libvirt URI to check (default: qemu:///system)"
@@ -95,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _schema(args)
             case "doctor":
                 return _doctor(args)
+            case "daemon":
+                return _daemon(args)
+            case "status":
+                return _status(args)
     except ManifestError as problem:
         count = len(problem.problems)
         plural = "s" * (count != 1)
@@ -199,6 +228,76 @@ def _apply(args: argparse.Namespace) -> int:
         out.print(f"[bold]{escape(summary_line(outcome.plan))}[/bold]")
         return EXIT_OK
     out.print(f"[bold][green]Apply complete[/green]: {done} action(s) done.[/bold]")
+    return EXIT_OK
+
+
+GIT_URL = re.compile(r"^(file|ssh|https?|git)://|^[\w.-]+@[\w.-]+:")
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from reconciler import libvirt_host
+    from reconciler.daemon import (
+        Daemon,
+        DaemonConfig,
+        DirectorySource,
+        GitSource,
+        parse_duration,
+        parse_listen,
+    )
+    from reconciler.watch import watch_directory
+
+    state_dir = Path(args.state_dir)
+    secret = Path(args.webhook_secret_file).read_bytes().strip() if args.webhook_secret_file else None
+    config = DaemonConfig(
+        hosts=args.host or [],
+        interval=parse_duration(args.interval),
+        resync=parse_duration(args.resync),
+        listen=parse_listen(args.listen),
+        state_dir=state_dir,
+        webhook_secret=secret,
+        allow_delete=args.allow_delete,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    source = (
+        GitSource(args.source, args.branch, args.path, state_dir)
+        if GIT_URL.match(args.source)
+        else DirectorySource(Path(args.source))
+    )
+    daemon = Daemon(
+        config,
+        source,
+        _connector(),
+        events=libvirt_host.DomainEvents,
+        watch=watch_directory,
+        log=lambda line: print(line, flush=True),
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: daemon.stop.set())
+    return daemon.run()
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/") + "/status"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            document = json.load(response)
+    except (OSError, ValueError) as err:
+        raise ReconcilerError(f"cannot read {url}: {err}") from err
+    out = Printer(sys.stdout)
+    source = document.get("source", {})
+    if source.get("message"):
+        out.print(f"[red]source[/red]: {escape(source['message'])}")
+    colors = {"applied": "green", "unchanged": "green", "refused": "red", "error": "red"}
+    for name, host in document.get("hosts", {}).items():
+        color = colors.get(host.get("result"), "yellow")
+        applied = (host.get("appliedRevision") or "")[:12] or "never"
+        out.print(
+            f"[bold]{escape(name)}[/bold]  [{color}]{escape(host.get('result', '?'))}[/{color}]  "
+            f"revision {escape((host.get('revision') or '')[:12])}  applied {escape(applied)}  "
+            f"[dim]{escape(host.get('time', ''))}[/dim]"
+        )
+        if host.get("message"):
+            out.print(f"  {escape(host['message'])}")
     return EXIT_OK
 
 

@@ -1,8 +1,14 @@
-"""The only module that uses git (GitPython): which revision the manifests come from."""
+"""The only module that uses git (GitPython): the manifests' revision, and a clone the daemon follows."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from reconciler.errors import ReconcilerError
+
+
+class SourceError(ReconcilerError):
+    """The git source could not be cloned or fetched (the last good checkout stays in place)."""
 
 
 def revision_of(path: Path) -> str:
@@ -20,3 +26,42 @@ def revision_of(path: Path) -> str:
     except (git.GitCommandError, ValueError):
         dirty = False
     return sha + ("+dirty" if dirty else "")
+
+
+class GitCheckout:
+    """A clone of ``url`` in ``directory`` that follows ``branch``: fetch, then reset to its tip."""
+
+    def __init__(self, url: str, branch: str, directory: Path) -> None:
+        self.url, self.branch, self.directory = url, branch, directory
+
+    def update(self) -> str:
+        """Clone or fetch, check out the branch's newest commit, and return its SHA.
+
+        The work tree is replaced only by a complete fetch: when the remote is unreachable the
+        previous checkout (the last good revision) stays as it was.
+        """
+        import git
+
+        try:
+            if (self.directory / ".git").is_dir():
+                repo = git.Repo(self.directory)
+                repo.remotes.origin.set_url(self.url)
+                repo.remotes.origin.fetch(self.branch, prune=True)
+            else:
+                self.directory.parent.mkdir(parents=True, exist_ok=True)
+                repo = git.Repo.clone_from(self.url, self.directory, branch=self.branch, depth=50)
+            commit = repo.commit(f"origin/{self.branch}")
+            repo.head.reset(commit, index=True, working_tree=True)
+            return str(commit.hexsha)
+        except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError) as err:
+            detail = getattr(err, "stderr", "") or str(err)
+            raise SourceError(f"git {self.url} ({self.branch}): {' '.join(str(detail).split())}") from err
+
+    def current(self) -> str | None:
+        """The SHA checked out now, if there is a checkout."""
+        import git
+
+        try:
+            return str(git.Repo(self.directory).head.commit.hexsha)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+            return None

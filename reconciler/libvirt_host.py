@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -246,6 +247,94 @@ def is_local(uri: str) -> bool:
     """Whether a libvirt URI names a hypervisor on this machine (no host part, or localhost)."""
     parts = urlsplit(uri)
     return parts.scheme.split("+")[0] not in ("test", "sandbox") and parts.hostname in (None, "", "localhost")
+
+
+_EVENT_LOOP_LOCK = threading.Lock()
+_EVENT_LOOP_RUNNING = threading.Event()
+
+
+def _start_event_loop() -> None:
+    """libvirt's default event loop, run in a background thread, once per process."""
+    with _EVENT_LOOP_LOCK:
+        if _EVENT_LOOP_RUNNING.is_set():
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _EVENT_LOOP_RUNNING.set()
+
+
+class DomainEvents:
+    """Reports domain events of one host (lifecycle, balloon changes) as they happen: drift.
+
+    ``on_event(domain, what)`` is called from libvirt's event thread. The connection is kept alive
+    and re-opened after the daemon restarts; :meth:`connected` says whether events are flowing.
+    """
+
+    def __init__(self, host: Host, on_event: Callable[[str, str], None]) -> None:
+        self.host = host
+        self.on_event = on_event
+        self.conn: libvirt.virConnect | None = None
+        self._callbacks: list[int] = []
+
+    def connected(self) -> bool:
+        """Whether the event connection is open and alive."""
+        return self.conn is not None and bool(self.conn.isAlive())
+
+    def ensure(self) -> bool:
+        """Open the event connection if it is not; return whether it is open now."""
+        if self.connected():
+            return True
+        self.close()
+        _start_event_loop()
+        try:
+            conn = libvirt.open(self.host.spec.uri)
+            conn.setKeepAlive(5, 3)
+            self._callbacks = [
+                conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
+                ),
+                conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, self._balloon, None
+                ),
+            ]
+        except libvirt.libvirtError:
+            return False
+        self.conn = conn
+        return True
+
+    def _lifecycle(
+        self, _conn: object, dom: libvirt.virDomain, event: int, _detail: int, _opaque: object
+    ) -> None:
+        self.on_event(dom.name(), _LIFECYCLE.get(event, f"event {event}"))
+
+    def _balloon(self, _conn: object, dom: libvirt.virDomain, actual: int, _opaque: object) -> None:
+        self.on_event(dom.name(), f"balloon {actual} KiB")
+
+    def close(self) -> None:
+        """Stop listening."""
+        if self.conn is None:
+            return
+        with contextlib.suppress(libvirt.libvirtError):
+            for callback in self._callbacks:
+                self.conn.domainEventDeregisterAny(callback)
+            self.conn.close()
+        self.conn, self._callbacks = None, []
+
+
+_LIFECYCLE = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shut down",
+}
 
 
 def daemon_facts(uri: str) -> DaemonFacts:

@@ -6,6 +6,7 @@ this module never imports libvirt; tests can pass a connector that wraps the rea
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ def reconcile(
     shutdown_timeout: float = 60.0,
     on_plan: Callable[[HostPlan], None] | None = None,
     on_result: Callable[[ActionResult], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Outcome:
     """Plan (and with ``apply``, execute) every selected host; one host's failure spares the others."""
     outcome = Outcome(Plan(revision=revision))
@@ -110,7 +112,11 @@ def reconcile(
                     on_plan(host_plan)
                 if apply:
                     outcome.results[name] = apply_host_plan(
-                        hypervisor, host_plan, shutdown_timeout=shutdown_timeout, on_result=on_result
+                        hypervisor,
+                        host_plan,
+                        shutdown_timeout=shutdown_timeout,
+                        on_result=on_result,
+                        stop=stop,
                     )
         except HostError as err:
             failed = outcome.plan.hosts.setdefault(name, HostPlan(host=name, uri=host.spec.uri))
