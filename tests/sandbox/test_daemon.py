@@ -163,7 +163,7 @@ def test_directory_source_is_watched(tmp_path, daemons):
         first = process.wait_for("hv1", result="applied")
         (folder / "db.yaml").write_text(domain_yaml("db"))
         status = process.wait_for(
-            "hv1", result="applied", timeout=20, message="1 action(s): define db, start db"
+            "hv1", result="applied", timeout=20, message="2 action(s): define db, start db"
         )
         assert status["revision"] != first["revision"]
     finally:
