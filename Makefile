@@ -48,8 +48,11 @@ lint: setup
 	$(BIN)/mypy reconciler
 	$(BIN)/lint-imports
 
+## make bench: the sandbox benchmark against the libvirt-python floor, then the daemon's latencies
 bench: setup
+	@if [ "$$(id -u)" -eq 0 ]; then scripts/e2e-setup.sh; fi
 	$(BIN)/python bench/bench_sandbox.py
+	$(BIN)/python bench/bench_daemon.py
 
 doctor: setup
 	$(BIN)/virt-reconcile doctor
