@@ -12,7 +12,9 @@ import re
 import signal
 import sys
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.markup import escape
@@ -20,12 +22,14 @@ from rich.markup import escape
 from reconciler import __version__
 from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.manifests import ManifestSet, load_manifests
+from reconciler.models import Host
 from reconciler.plan import HostPlan
 from reconciler.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.render import (
     Printer,
     render_host_text,
     render_json,
+    render_markdown,
     render_result,
     summary_line,
 )
@@ -53,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="show what apply would change (dry run)")
     with_path(plan)
-    plan.add_argument("--format", choices=("text", "json"), default="text")
+    plan.add_argument("--format", choices=("text", "json", "markdown"), default="text")
+    plan.add_argument("--out", metavar="FILE", help="also save the plan for apply --plan FILE")
+    plan.add_argument("--state", metavar="SNAPSHOT", help="plan against snapshot file(s), not the live hosts")
     plan.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
     plan.add_argument(
         "--allow-delete", action="store_true", help="plan to undefine managed domains gone from git"
@@ -63,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_path(apply)
     apply.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
     apply.add_argument("--allow-delete", action="store_true", help="undefine managed domains gone from git")
+    apply.add_argument("--plan", metavar="FILE", help="apply exactly this saved plan (refused when stale)")
     apply.add_argument(
         "--shutdown-timeout",
         type=float,
@@ -70,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="graceful shutdown time before a domain is forced off (default: 60)",
     )
+
+    snapshot = commands.add_parser("snapshot", help="write the observed state of hosts as JSON")
+    with_path(snapshot)
+    snapshot.add_argument("--out", required=True, metavar="FILE", help="snapshot file to write")
+    snapshot.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
 
     daemon = commands.add_parser("daemon", help="reconcile continuously from a git repository or a directory")
     daemon.add_argument(
@@ -88,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument("--webhook-secret-file", metavar="FILE", help="enables POST /hooks/git (HMAC)")
     daemon.add_argument("--allow-delete", action="store_true", help="undefine managed domains gone from git")
     daemon.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS")
+    daemon.add_argument(
+        "--snapshot-to", metavar="DIR", help="copy each host's snapshot here after a reconcile"
+    )
+    daemon.add_argument(
+        "--snapshot-command", metavar="CMD", help="run CMD with a fresh snapshot's path (e.g. an upload)"
+    )
 
     status = commands.add_parser("status", help="print a running daemon's /status for people")
     status.add_argument("--url", default="http://127.0.0.1:9469", help="the daemon's address")
@@ -124,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _daemon(args)
             case "status":
                 return _status(args)
+            case "snapshot":
+                return _snapshot(args)
     except ManifestError as problem:
         count = len(problem.problems)
         plural = "s" * (count != 1)
@@ -170,9 +190,10 @@ def _plan(args: argparse.Namespace) -> int:
     select_hosts(manifests, args.host)
     out = Printer(sys.stdout)
     text = args.format == "text"
+    connect = _snapshot_connector(Path(args.state)) if args.state else _connector()
     outcome = reconcile(
         manifests,
-        _connector(),
+        connect,
         hosts=args.host,
         apply=False,
         allow_delete=args.allow_delete,
@@ -181,8 +202,12 @@ def _plan(args: argparse.Namespace) -> int:
     )
     if text:
         out.print(f"[bold]{escape(summary_line(outcome.plan))}[/bold]")
+    elif args.format == "markdown":
+        sys.stdout.write(render_markdown(outcome.plan))
     else:
         sys.stdout.write(render_json(outcome.plan))
+    if args.out:
+        _save(Path(args.out), outcome, manifests)
     if outcome.failed:
         return EXIT_ERROR
     if outcome.plan.refused:
@@ -190,7 +215,58 @@ def _plan(args: argparse.Namespace) -> int:
     return EXIT_CHANGES if outcome.plan.has_changes else EXIT_OK
 
 
+def _snapshot_connector(path: Path) -> Connector:
+    """Hosts read from snapshot files: plans with no connection to any hypervisor."""
+    from reconciler.errors import PermanentHostError
+    from reconciler.snapshot import SnapshotHypervisor, load_snapshots
+
+    hosts = load_snapshots(path)
+
+    @contextmanager
+    def connect(host: Host, _write: bool) -> Iterator[SnapshotHypervisor]:
+        if host.name not in hosts:
+            raise PermanentHostError(host.name, f"not in the snapshot {path}")
+        yield SnapshotHypervisor(host.name, hosts[host.name])
+
+    return connect
+
+
+def _save(path: Path, outcome: Outcome, manifests: ManifestSet) -> None:
+    from reconciler.savedplan import save_plan
+    from reconciler.snapshot import fingerprint
+
+    observed = {name: host.observed for name, host in outcome.plan.hosts.items() if host.observed is not None}
+    save_plan(
+        path,
+        outcome.plan,
+        fingerprints={name: fingerprint(state) for name, state in observed.items()},
+        policies={
+            name: (manifests.hosts[name].spec.capacity, manifests.hosts[name].spec.overcommit)
+            for name in observed
+        },
+    )
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from reconciler import libvirt_host
+    from reconciler.snapshot import Snapshot, snapshot_host
+
+    manifests = _load(args.path)
+    hosts = {}
+    for name in select_hosts(manifests, args.host):
+        host = manifests.hosts[name]
+        with libvirt_host.connect(host, write=False) as hypervisor:
+            hosts[name] = snapshot_host(host.spec.uri, hypervisor.observe())
+    snapshot = Snapshot(taken_at=datetime.now(UTC).isoformat(timespec="seconds"), hosts=hosts)
+    Path(args.out).write_text(snapshot.model_dump_json(by_alias=True, indent=2) + "\n", encoding="utf-8")
+    domains = sum(len(h.domains) for h in hosts.values())
+    Printer(sys.stderr).print(f"wrote {escape(args.out)}: {len(hosts)} host(s), {domains} domain(s)")
+    return EXIT_OK
+
+
 def _apply(args: argparse.Namespace) -> int:
+    if args.plan:
+        return _apply_saved(args)
     manifests = _load(args.path)
     select_hosts(manifests, args.host)
     out = Printer(sys.stdout)
@@ -211,6 +287,10 @@ def _apply(args: argparse.Namespace) -> int:
         on_plan=show_plan,
         on_result=lambda result: render_result(out, result),
     )
+    return _apply_verdict(out, outcome)
+
+
+def _apply_verdict(out: Printer, outcome: Outcome) -> int:
     done = sum(1 for rs in outcome.results.values() for r in rs if r.ok)
     failed = sum(1 for rs in outcome.results.values() for r in rs if not r.ok)
     refused = [name for name, host in outcome.plan.hosts.items() if host.refused]
@@ -229,6 +309,27 @@ def _apply(args: argparse.Namespace) -> int:
         return EXIT_OK
     out.print(f"[bold][green]Apply complete[/green]: {done} action(s) done.[/bold]")
     return EXIT_OK
+
+
+def _apply_saved(args: argparse.Namespace) -> int:
+    from reconciler.reconcile import apply_saved
+    from reconciler.savedplan import load_plan
+
+    out = Printer(sys.stdout)
+
+    def show_plan(host: HostPlan) -> None:
+        render_host_text(out, host)
+        if not host.blocked and host.actions:
+            out.print("  [dim]applying the saved plan…[/dim]")
+
+    outcome = apply_saved(
+        load_plan(Path(args.plan)),
+        _connector(),
+        shutdown_timeout=args.shutdown_timeout,
+        on_plan=show_plan,
+        on_result=lambda result: render_result(out, result),
+    )
+    return _apply_verdict(out, outcome)
 
 
 GIT_URL = re.compile(r"^(file|ssh|https?|git)://|^[\w.-]+@[\w.-]+:")
@@ -257,6 +358,8 @@ def _daemon(args: argparse.Namespace) -> int:
         webhook_secret=secret,
         allow_delete=args.allow_delete,
         shutdown_timeout=args.shutdown_timeout,
+        snapshot_to=Path(args.snapshot_to) if args.snapshot_to else None,
+        snapshot_command=args.snapshot_command,
     )
     source = (
         GitSource(args.source, args.branch, args.path, state_dir)

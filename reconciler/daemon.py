@@ -20,6 +20,9 @@ import json
 import os
 import queue
 import random
+import shlex
+import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -35,9 +38,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from reconciler.errors import ManifestError, ReconcilerError
+from reconciler.hypervisor import HostObservation
 from reconciler.manifests import ManifestSet, load_manifests
 from reconciler.models import Host
 from reconciler.reconcile import Connector, reconcile
+from reconciler.snapshot import Snapshot, snapshot_host
 
 MAX_BACKOFF = 60.0
 COALESCE_SECONDS = 0.05
@@ -128,6 +133,8 @@ class DaemonConfig:
     webhook_secret: bytes | None = None
     allow_delete: bool = False
     shutdown_timeout: float = 60.0
+    snapshot_to: Path | None = None  # also copy each host's snapshot into this folder
+    snapshot_command: str | None = None  # run this with the snapshot file's path after each write
 
 
 class Metrics:
@@ -388,6 +395,35 @@ class Daemon:
                 )
                 self.metrics.limit.labels(host, rule.rule).set(rule.limit)
         self.log(f"{host}: {result} at {revision[:12]}: {message}")
+        if plan is not None and plan.observed is not None:
+            self._write_snapshot(manifests.hosts[host], plan.observed if not results else None)
+
+    def _write_snapshot(self, host: Host, observed: HostObservation | None) -> None:
+        """The host's state after this pass into ``state-dir/snapshots/HOST.json``, then publish it.
+
+        CI jobs plan pull requests against these files (``plan --state``) without hypervisor access.
+        """
+        try:
+            if observed is None:  # something was applied: what the plan saw is history now
+                with self.connect(host, False) as hypervisor:
+                    observed = hypervisor.observe()
+            snapshot = Snapshot(taken_at=_now(), hosts={host.name: snapshot_host(host.spec.uri, observed)})
+            folder = self.config.state_dir / "snapshots"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{host.name}.json"
+            fd, temp = tempfile.mkstemp(prefix=f".{host.name}.", dir=folder)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(snapshot.model_dump_json(by_alias=True, indent=2) + "\n")
+            os.replace(temp, path)
+            if self.config.snapshot_to is not None:
+                self.config.snapshot_to.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, self.config.snapshot_to / path.name)
+            if self.config.snapshot_command:
+                subprocess.run(
+                    [*shlex.split(self.config.snapshot_command), str(path)], check=True, timeout=120
+                )
+        except (ReconcilerError, OSError, subprocess.SubprocessError) as err:
+            self.log(f"{host.name}: snapshot not published: {err}")
 
     def _ensure_watchers(self, manifests: ManifestSet) -> None:
         """Listen to domain events on every real (non-sandbox) host, re-opening lost connections."""

@@ -114,6 +114,7 @@ class HostPlan:
     errors: list[str] = field(default_factory=list)
     before: dict[str, Usage] = field(default_factory=dict)  # every domain's claim, as observed
     policy: PolicyReport | None = None
+    observed: HostObservation | None = None  # what the plan was made from (snapshots, saved plans)
 
     @property
     def refused(self) -> bool:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 
 from reconciler.apply import ActionResult, apply_host_plan
-from reconciler.errors import HostError
+from reconciler.errors import HostError, ReconcilerError
 from reconciler.hypervisor import Hypervisor
 from reconciler.manifests import ManifestSet
 from reconciler.models import Host, Owner
 from reconciler.plan import HostPlan, Plan, build_host_plan
 from reconciler.policy import evaluate, host_facts
+from reconciler.savedplan import SavedPlan
+from reconciler.snapshot import fingerprint
 
 Connector = Callable[[Host, bool], AbstractContextManager[Hypervisor]]
 
@@ -82,7 +84,85 @@ def plan_host(
         ksm_saved=observed.ksm_saved,
     )
     plan.policy = evaluate(spec.overcommit, facts, plan.before, plan.actions)
+    plan.observed = observed
     return plan
+
+
+class StalePlanError(ReconcilerError):
+    """A saved plan whose hosts moved since it was made: nothing is applied."""
+
+
+def apply_saved(
+    saved: SavedPlan,
+    connect: Connector,
+    *,
+    shutdown_timeout: float = 60.0,
+    on_plan: Callable[[HostPlan], None] | None = None,
+    on_result: Callable[[ActionResult], None] | None = None,
+) -> Outcome:
+    """Apply exactly the actions of a saved plan, after checking no host moved and the policy holds.
+
+    Every host is observed before anything changes: one stale host refuses the whole plan.
+    """
+    outcome = Outcome(Plan(revision=saved.revision))
+    hosts = {
+        name: Host.model_validate(
+            {
+                "apiVersion": "virt-reconcile/v1",
+                "kind": "Host",
+                "metadata": {"name": name},
+                "spec": {
+                    "uri": entry.uri,
+                    "capacity": entry.capacity.model_dump(by_alias=True, mode="json"),
+                    "overcommit": entry.overcommit.model_dump(by_alias=True, mode="json"),
+                },
+            }
+        )
+        for name, entry in saved.hosts.items()
+    }
+    with ExitStack() as stack:
+        hypervisors = {name: stack.enter_context(connect(host, True)) for name, host in hosts.items()}
+        stale = []
+        for name, hypervisor in hypervisors.items():
+            entry = saved.hosts[name]
+            observed = hypervisor.observe()
+            if fingerprint(observed) != entry.fingerprint:
+                stale.append(name)
+                continue
+            current = build_host_plan(name, entry.uri, {}, _no_owner, observed, allow_delete=False)
+            host_plan = HostPlan(
+                host=name,
+                uri=entry.uri,
+                actions=list(entry.actions),
+                errors=current.errors,
+                before=current.before,
+                observed=observed,
+            )
+            facts = host_facts(
+                entry.capacity,
+                cpus=observed.cpus,
+                memory=observed.memory,
+                swap=observed.swap,
+                ksm_saved=observed.ksm_saved,
+            )
+            host_plan.policy = evaluate(entry.overcommit, facts, host_plan.before, host_plan.actions)
+            outcome.plan.hosts[name] = host_plan
+        if stale:
+            raise StalePlanError(
+                f"the saved plan is stale: {', '.join(stale)} changed since it was made; nothing was "
+                "applied (plan again)"
+            )
+        for name, host_plan in outcome.plan.hosts.items():
+            if on_plan is not None:
+                on_plan(host_plan)
+            outcome.results[name] = apply_host_plan(
+                hypervisors[name], host_plan, shutdown_timeout=shutdown_timeout, on_result=on_result
+            )
+    return outcome
+
+
+def _no_owner(name: str) -> Owner:
+    raise AssertionError(f"nothing is defined while re-observing for a saved plan ({name})")
 
 
 def reconcile(

@@ -1,0 +1,127 @@
+"""Saved plans: ``plan --out FILE`` writes one, ``apply --plan FILE`` carries out exactly its actions.
+
+A saved plan records, per host, the fingerprint of the observed state it was made from, the host's
+URI, capacity and overcommit policy (so the policy can be re-checked at apply time without the
+manifests), and every action with all it needs to run (the XML to define, balloon targets...).
+Apply re-observes each host first; any host whose state moved makes the whole plan stale.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.diff import Change
+from reconciler.errors import ReconcilerError
+from reconciler.models import Capacity, DomainSpec, Overcommit
+from reconciler.plan import Action, ActionKind, Plan
+from reconciler.render import plan_document
+
+KIND = "virt-reconcile/saved-plan"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SavedHost:
+    """One host of a saved plan."""
+
+    uri: str
+    fingerprint: str
+    capacity: Capacity
+    overcommit: Overcommit
+    actions: list[Action]
+
+
+@dataclass(frozen=True)
+class SavedPlan:
+    """A saved plan as loaded back."""
+
+    revision: str
+    hosts: dict[str, SavedHost]
+
+
+def _action(action: Action) -> dict[str, Any]:
+    return {
+        "kind": action.kind.value,
+        "host": action.host,
+        "domain": action.domain,
+        "phase": action.phase,
+        "changes": [[c.field, c.before, c.after] for c in action.changes],
+        "restart": action.restart,
+        "reason": action.reason,
+        "xml": action.xml,
+        "autostart": action.autostart,
+        "spec": action.spec.model_dump(mode="json", by_alias=True) if action.spec else None,
+        "configMemory": action.config_memory,
+        "liveMemory": action.live_memory,
+        "stopFirst": action.stop_first,
+    }
+
+
+def _load_action(data: dict[str, Any]) -> Action:
+    return Action(
+        kind=ActionKind(data["kind"]),
+        host=data["host"],
+        domain=data["domain"],
+        phase=int(data["phase"]),
+        changes=tuple(Change(*change) for change in data["changes"]),
+        restart=bool(data["restart"]),
+        reason=data["reason"],
+        xml=data["xml"],
+        autostart=data["autostart"],
+        spec=DomainSpec.model_validate(data["spec"]) if data["spec"] else None,
+        config_memory=data["configMemory"],
+        live_memory=data["liveMemory"],
+        stop_first=bool(data["stopFirst"]),
+    )
+
+
+def save_plan(
+    path: Path,
+    plan: Plan,
+    *,
+    fingerprints: dict[str, str],
+    policies: dict[str, tuple[Capacity, Overcommit]],
+) -> None:
+    """Write ``plan`` with everything ``apply --plan`` needs."""
+    document = {
+        "kind": KIND,
+        "formatVersion": FORMAT_VERSION,
+        "revision": plan.revision,
+        "hosts": {
+            name: {
+                "uri": host.uri,
+                "fingerprint": fingerprints[name],
+                "capacity": policies[name][0].model_dump(mode="json", by_alias=True),
+                "overcommit": policies[name][1].model_dump(mode="json", by_alias=True),
+                "actions": [_action(action) for action in host.actions],
+            }
+            for name, host in plan.hosts.items()
+            if name in fingerprints
+        },
+        "plan": plan_document(plan),
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def load_plan(path: Path) -> SavedPlan:
+    """Read a saved plan back; a clear error for anything else."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("kind") != KIND:
+            raise ValueError(f"kind is {data.get('kind')!r}, not {KIND!r}")
+        hosts = {
+            name: SavedHost(
+                uri=host["uri"],
+                fingerprint=host["fingerprint"],
+                capacity=Capacity.model_validate(host["capacity"]),
+                overcommit=Overcommit.model_validate(host["overcommit"]),
+                actions=[_load_action(action) for action in host["actions"]],
+            )
+            for name, host in data["hosts"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ReconcilerError(f"{path}: not a saved virt-reconcile plan: {err}") from err
+    return SavedPlan(revision=data.get("revision", ""), hosts=hosts)
