@@ -47,6 +47,7 @@ lint: setup
 	$(BIN)/ruff format --check reconciler tests bench
 	$(BIN)/mypy reconciler
 	$(BIN)/lint-imports
+	$(BIN)/actionlint .github/workflows/*.yml
 
 ## make bench: the sandbox benchmark against the libvirt-python floor, then the daemon's latencies
 bench: setup

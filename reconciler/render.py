@@ -356,7 +356,7 @@ def render_markdown(plan: Plan) -> str:
         headline = f"{_OK} No changes"
     lines = [MARKDOWN_MARKER, f"## virt-reconcile plan: {headline}", "", summary_line(plan)]
     if plan.revision:
-        lines.append(f"Revision {_code(plan.revision[:12])}.")
+        lines += ["", f"Revision {_code(plan.revision[:12])}."]
     for host in plan.hosts.values():
         lines += ["", f"### {host.host} — {_code(host.uri)}", ""]
         if host.actions:

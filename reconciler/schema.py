@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.models import Domain, Host
+from reconciler.snapshot import Snapshot
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -25,6 +26,7 @@ def schemas() -> dict[str, dict[str, Any]]:
         "host.schema.json": {"$schema": SCHEMA_DIALECT, **host},
         "domain.schema.json": {"$schema": SCHEMA_DIALECT, **domain},
         "manifest.schema.json": combined,
+        "snapshot.schema.json": {"$schema": SCHEMA_DIALECT, **Snapshot.model_json_schema(by_alias=True)},
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -51,7 +52,7 @@ def sandbox_view(state: Path) -> str:
 def test_first_commit_then_push_and_webhook(tmp_path, repo, daemons):
     state = tmp_path / "hv1.xml"
     first = repo.commit({"hosts.yaml": host(state), "web.yaml": domain_yaml("web", vcpus=2)})
-    daemon = daemons(repo)
+    daemon = daemons(repo, "--snapshot-to", str(tmp_path / "published"))
     status = daemon.wait_for("hv1", result="applied", revision=first)
     assert status["appliedRevision"] == first and "define web" in status["message"]
     assert "<name>web</name>" in state.read_text()
@@ -76,6 +77,9 @@ def test_first_commit_then_push_and_webhook(tmp_path, repo, daemons):
         assert name in metrics
     out = cli("status", "--url", daemon.url)
     assert out.code == 0 and "hv1  applied  revision " + second[:12] in out.out
+    snapshot = json.loads((tmp_path / "state" / "snapshots" / "hv1.json").read_text())
+    assert {d["name"] for d in snapshot["hosts"]["hv1"]["domains"]} == {"web", "db"}  # after the apply
+    assert (tmp_path / "published" / "hv1.json").exists()
 
 
 def test_policy_breaking_commit_is_refused_and_the_previous_state_stays(tmp_path, repo, daemons):

@@ -1,0 +1,147 @@
+"""Markdown plans for pull-request comments, compared with golden files (UPDATE_GOLDEN=1 rewrites them)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from reconciler.domxml import render_domain
+from reconciler.hypervisor import DomainObservation, HostObservation
+from reconciler.models import Domain, DomainSpec, Overcommit, Owner
+from reconciler.plan import Plan, build_host_plan
+from reconciler.policy import HostFacts, evaluate
+from reconciler.render import MARKDOWN_MARKER, render_markdown
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+OWNER = Owner(manifest="vms.yaml", revision="0123456789abcdef0123", spec_hash="h")
+GiB = 1024**3
+
+
+def domain(name: str, **spec) -> Domain:
+    return Domain.model_validate(
+        {
+            "apiVersion": "virt-reconcile/v1",
+            "kind": "Domain",
+            "metadata": {"name": name},
+            "spec": {"memory": "2GiB", **spec},
+        }
+    )
+
+
+def live(name: str, *, managed: bool = True, active: bool = True, **spec) -> DomainObservation:
+    xml = render_domain(
+        name, DomainSpec.model_validate({"memory": "2GiB", **spec}), OWNER if managed else None
+    )
+    return DomainObservation(name, xml, active, False)
+
+
+def host_plan(name, uri, desired, observed, *, cpus=8, allow_delete=False, policy=None):
+    plan = build_host_plan(
+        name,
+        uri,
+        {d.name: d for d in desired},
+        lambda _n: OWNER,
+        HostObservation(cpus=cpus, memory=16 * GiB, domains=tuple(observed)),
+        allow_delete=allow_delete,
+    )
+    plan.policy = evaluate(policy or Overcommit(), HostFacts(cpus, 16 * GiB, 0, 0), plan.before, plan.actions)
+    return plan
+
+
+def scenario(name: str) -> Plan:
+    hv1 = "qemu+ssh://root@hv1.example.com/system"
+    match name:
+        case "define":
+            hosts = [
+                host_plan(
+                    "hv1",
+                    hv1,
+                    [
+                        domain(
+                            "web-01",
+                            vcpus=2,
+                            currentMemory="1GiB",
+                            disks=[{"path": "/var/lib/libvirt/images/web-01.qcow2"}],
+                            interfaces=[{"network": "default"}],
+                        )
+                    ],
+                    [],
+                )
+            ]
+        case "balloon":
+            hosts = [host_plan("hv1", hv1, [domain("web-01", currentMemory="1GiB")], [live("web-01")])]
+        case "update-restart":
+            hosts = [
+                host_plan(
+                    "hv1",
+                    hv1,
+                    [domain("db-01", vcpus=4, boot={"cmdline": "console=ttyS0 | tee"})],
+                    [live("db-01", vcpus=2)],
+                )
+            ]
+        case "undefine":
+            hosts = [host_plan("hv1", hv1, [], [live("old-01")], allow_delete=True)]
+        case "refusal":
+            policy = Overcommit.model_validate({"cpu": {"ratio": 2.5}})
+            hosts = [
+                host_plan(
+                    "hv1",
+                    hv1,
+                    [
+                        domain("a", vcpus=4),
+                        domain("b", vcpus=4),
+                        domain("c", vcpus=1),
+                        domain("web-03", vcpus=2),
+                    ],
+                    [live("a", vcpus=4), live("b", vcpus=4), live("c", vcpus=1)],
+                    cpus=4,
+                    policy=policy,
+                )
+            ]
+        case "orphan-conflict":
+            hosts = [
+                host_plan(
+                    "hv1", hv1, [domain("theirs", vcpus=2)], [live("old-01"), live("theirs", managed=False)]
+                )
+            ]
+        case "two-hosts":
+            hosts = [
+                host_plan("hv1", hv1, [domain("web-01")], [live("web-01")]),
+                host_plan("hv2", "qemu:///system", [domain("batch-01", state="stopped")], []),
+            ]
+        case _:
+            raise ValueError(name)
+    return Plan(revision="0123456789abcdef0123", hosts={h.host: h for h in hosts})
+
+
+SCENARIOS = ["define", "balloon", "update-restart", "undefine", "refusal", "orphan-conflict", "two-hosts"]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_markdown_matches_golden(name):
+    text = render_markdown(scenario(name))
+    golden = GOLDEN / f"plan-{name}.md"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert golden.exists(), f"{golden} missing: run UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == golden.read_text(), f"{golden.name} differs: review, then UPDATE_GOLDEN=1 to accept"
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_markdown_is_comment_ready(name):
+    text = render_markdown(scenario(name))
+    assert text.startswith(MARKDOWN_MARKER)  # lets the workflow find and update its own comment
+    assert "\x1b[" not in text
+    assert text.count("<details>") == text.count("</details>") == 1
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = line.replace("\\|", "").count("|")
+            assert cells in (6, 5), line  # actions: 5 columns; policy: 5 columns
+
+
+def test_refusal_says_why():
+    text = render_markdown(scenario("refusal"))
+    assert "❌ Refused by the overcommit policy on hv1" in text
+    assert "cpu.total: 9 → 11 vCPUs > floor(4 CPUs × 2.5) = 10 (adding most: web-03 +2)" in text
