@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from reconciler import __version__
+from reconciler.adopt import Report
 from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.manifests import ManifestSet, load_manifests
 from reconciler.models import Host
@@ -78,6 +79,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="graceful shutdown time before a domain is forced off (default: 60)",
     )
 
+    importer = commands.add_parser("import", help="write manifests for live domains and mark them managed")
+    with_path(importer)
+    importer.add_argument("--host", required=True, metavar="NAME")
+    importer.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the manifests (new or empty)"
+    )
+    importer.add_argument("--force", action="store_true", help="replace DIR; re-import managed domains")
+    importer.add_argument("domains", nargs="*", metavar="DOMAIN", help="default: every unmanaged domain")
+
+    backup = commands.add_parser("backup", help="each domain's XML and a manifest of its disk images")
+    with_path(backup)
+    backup.add_argument("--host", required=True, metavar="NAME")
+    backup.add_argument("--out", required=True, metavar="DIR", help="backup folder (new or empty)")
+    backup.add_argument("--with-images", action="store_true", help="copy the disk images too (sparse)")
+    backup.add_argument("--force", action="store_true", help="replace a non-empty DIR")
+    backup.add_argument("domains", nargs="*", metavar="DOMAIN", help="default: every domain")
+
+    restore = commands.add_parser("restore", help="define domains from a backup whose images are intact")
+    with_path(restore)
+    restore.add_argument("--host", required=True, metavar="NAME")
+    restore.add_argument("--from", required=True, dest="source", metavar="DIR", help="backup folder")
+    restore.add_argument("--allow-missing-images", action="store_true", help="define even without the images")
+    restore.add_argument("domains", nargs="*", metavar="DOMAIN", help="default: every domain in the backup")
+
     snapshot = commands.add_parser("snapshot", help="write the observed state of hosts as JSON")
     with_path(snapshot)
     snapshot.add_argument("--out", required=True, metavar="FILE", help="snapshot file to write")
@@ -124,7 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # DOMAIN names may follow the options (import PATH --host H --out DIR web db): argparse
+        # hands positionals after options back as unknown; anything else is an error.
+        if getattr(args, "domains", None) is None or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.domains = [*args.domains, *extra]
     err = Printer(sys.stderr)
     try:
         match args.command:
@@ -144,6 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _status(args)
             case "snapshot":
                 return _snapshot(args)
+            case "import":
+                return _import(args)
+            case "backup":
+                return _backup(args)
+            case "restore":
+                return _restore(args)
     except ManifestError as problem:
         count = len(problem.problems)
         plural = "s" * (count != 1)
@@ -245,6 +283,93 @@ def _save(path: Path, outcome: Outcome, manifests: ManifestSet) -> None:
             for name in observed
         },
     )
+
+
+def _adopt_host(args: argparse.Namespace) -> tuple[ManifestSet, Host]:
+    manifests = _load(args.path)
+    [name] = select_hosts(manifests, [args.host])
+    return manifests, manifests.hosts[name]
+
+
+def _report(report: Report, verb: str) -> int:
+    out = Printer(sys.stdout)
+    for name in report.done:
+        out.print(f"  [green]✓[/green] {verb} {escape(name)}")
+    for reason in report.refused:
+        out.print(f"  [red]✗ refused[/red] {escape(reason)}")
+    out.print(f"[bold]{len(report.done)} {verb}, {len(report.refused)} refused.[/bold]")
+    return EXIT_ERROR if report.refused else EXIT_OK
+
+
+def _is_local(host: Host) -> bool:
+    from reconciler import libvirt_host
+
+    return host.spec.uri.startswith("sandbox:") or libvirt_host.is_local(host.spec.uri)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from reconciler import libvirt_host
+    from reconciler.adopt import import_domains
+
+    manifests, host = _adopt_host(args)
+    out = Path(args.out).resolve()
+
+    def manifest_path(file: Path) -> str:
+        try:
+            return str(file.relative_to(manifests.root))
+        except ValueError:
+            return file.name
+
+    with libvirt_host.connect(host, write=True) as hypervisor:
+        report = import_domains(
+            hypervisor,
+            host.name,
+            out,
+            names=args.domains,
+            manifest_path=manifest_path,
+            revision=_revision(manifests),
+            force=args.force,
+        )
+    return _report(report, "imported")
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from reconciler import libvirt_host
+    from reconciler.adopt import backup_domains
+
+    _, host = _adopt_host(args)
+    with libvirt_host.connect(host, write=False) as hypervisor, Progress(transient=True) as progress:
+
+        def track(path: str, size: int, _number: int) -> Callable[[int], None]:
+            task = progress.add_task(f"copying {path}", total=size)
+            return lambda done: progress.advance(task, done)
+
+        report = backup_domains(
+            hypervisor,
+            host.name,
+            Path(args.out),
+            names=args.domains,
+            local=_is_local(host),
+            with_images=args.with_images,
+            force=args.force,
+            progress=track,
+        )
+    return _report(report, "backed up")
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from reconciler import libvirt_host
+    from reconciler.adopt import read_backup, restore_domains
+
+    _, host = _adopt_host(args)
+    backup = read_backup(Path(args.source), args.domains)
+    with libvirt_host.connect(host, write=True) as hypervisor:
+        report = restore_domains(
+            hypervisor, backup, local=_is_local(host), allow_missing_images=args.allow_missing_images
+        )
+    return _report(report, "restored")
 
 
 def _snapshot(args: argparse.Namespace) -> int:

@@ -501,6 +501,14 @@ def _set_owner(root: etree._Element, owner: Owner) -> None:
     element.set("specHash", owner.spec_hash)
 
 
+def owner_metadata(owner: Owner) -> str:
+    """The ownership element for libvirt's metadata call, which adds our namespace itself."""
+    return (
+        f"<owner manifest={quoteattr(owner.manifest)} revision={quoteattr(owner.revision)} "
+        f"specHash={quoteattr(owner.spec_hash)}/>"
+    )
+
+
 def owner_xml(owner: Owner) -> str:
     """The ownership element alone: for a new domain's XML and libvirt's metadata call (import)."""
     return (

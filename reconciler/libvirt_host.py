@@ -22,9 +22,10 @@ from lxml import etree
 
 from reconciler import sandbox
 from reconciler.doctor import DaemonFacts
+from reconciler.domxml import OWNER_NS, OWNER_PREFIX, owner_metadata
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
 from reconciler.hypervisor import DomainObservation, HostObservation, StopOutcome
-from reconciler.models import Host
+from reconciler.models import Host, Owner
 from reconciler.sizes import KIB, parse_libvirt_size
 
 T = TypeVar("T")
@@ -220,6 +221,20 @@ class LibvirtHypervisor:
         """Start the domain with the host, or not."""
         self.changed = True
         self._call(f"autostart {name!r}", self._lookup(name).setAutostart, int(autostart))
+
+    def set_owner(self, name: str, owner: Owner) -> None:
+        """Mark a domain managed: our metadata element in its persistent config, nothing redefined."""
+        dom = self._lookup(name)
+        self.changed = True
+        self._call(
+            f"mark {name!r} managed",
+            dom.setMetadata,
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+            owner_metadata(owner),
+            OWNER_PREFIX,
+            OWNER_NS,
+            libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+        )
 
     def sandbox_domains(self) -> list[sandbox.SandboxDomain]:
         """Every domain's persistent XML and run state, to write a sandbox state file."""
