@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--allow-delete", action="store_true", help="undefine managed domains gone from git")
     apply.add_argument("--plan", metavar="FILE", help="apply exactly this saved plan (refused when stale)")
     apply.add_argument(
+        "--parallel",
+        type=int,
+        default=8,
+        metavar="N",
+        help="starts, stops and undefines run N at a time per host (default: 8; 1 = one by one)",
+    )
+    apply.add_argument(
         "--shutdown-timeout",
         type=float,
         default=60.0,
@@ -411,6 +418,7 @@ def _apply(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         on_plan=show_plan,
         on_result=lambda result: render_result(out, result),
+        workers=max(args.parallel, 1),
     )
     return _apply_verdict(out, outcome)
 
@@ -453,6 +461,7 @@ def _apply_saved(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         on_plan=show_plan,
         on_result=lambda result: render_result(out, result),
+        workers=max(args.parallel, 1),
     )
     return _apply_verdict(out, outcome)
 

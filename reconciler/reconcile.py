@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 
-from reconciler.apply import ActionResult, apply_host_plan
+from reconciler.apply import DEFAULT_WORKERS, ActionResult, apply_host_plan
 from reconciler.errors import HostError, ReconcilerError
 from reconciler.hypervisor import Hypervisor
 from reconciler.manifests import ManifestSet
@@ -99,6 +99,7 @@ def apply_saved(
     shutdown_timeout: float = 60.0,
     on_plan: Callable[[HostPlan], None] | None = None,
     on_result: Callable[[ActionResult], None] | None = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> Outcome:
     """Apply exactly the actions of a saved plan, after checking no host moved and the policy holds.
 
@@ -156,7 +157,11 @@ def apply_saved(
             if on_plan is not None:
                 on_plan(host_plan)
             outcome.results[name] = apply_host_plan(
-                hypervisors[name], host_plan, shutdown_timeout=shutdown_timeout, on_result=on_result
+                hypervisors[name],
+                host_plan,
+                shutdown_timeout=shutdown_timeout,
+                on_result=on_result,
+                workers=workers,
             )
     return outcome
 
@@ -177,6 +182,7 @@ def reconcile(
     on_plan: Callable[[HostPlan], None] | None = None,
     on_result: Callable[[ActionResult], None] | None = None,
     stop: threading.Event | None = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> Outcome:
     """Plan (and with ``apply``, execute) every selected host; one host's failure spares the others."""
     outcome = Outcome(Plan(revision=revision))
@@ -197,6 +203,7 @@ def reconcile(
                         shutdown_timeout=shutdown_timeout,
                         on_result=on_result,
                         stop=stop,
+                        workers=workers,
                     )
         except HostError as err:
             failed = outcome.plan.hosts.setdefault(name, HostPlan(host=name, uri=host.spec.uri))
