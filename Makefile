@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := libvirt-dev pkg-config gcc python3-dev python3-venv
 MANIFESTS ?= manifests
 
-.PHONY: setup system-packages run plan test test-unit test-sandbox test-e2e lint bench schema clean doctor
+.PHONY: setup system-packages run plan test test-unit test-sandbox test-e2e lint bench bench-compare schema clean doctor
 
 setup: system-packages $(STAMP)
 
@@ -57,6 +57,15 @@ bench: setup
 
 doctor: setup
 	$(BIN)/virt-reconcile doctor
+
+## make bench-compare: virt-reconcile vs Ansible community.libvirt, a virsh loop and the libvirt-python
+## floor on this machine's libvirtd (as root; about 20 minutes); writes docs/benchmarks.md and .png
+bench-compare: setup
+	@scripts/e2e-setup.sh
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@test -x .cache/bench/ansible-venv/bin/ansible-playbook || { $(PYTHON) -m venv .cache/bench/ansible-venv && \
+	  .cache/bench/ansible-venv/bin/pip install --quiet 'ansible>=12,<13' libvirt-python lxml; }
+	$(BIN)/python bench/bench_compare.py
 
 schema: setup
 	$(BIN)/virt-reconcile schema --out schemas

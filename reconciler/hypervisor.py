@@ -19,7 +19,6 @@ class DomainObservation:
     xml: str
     active: bool
     autostart: bool
-    live_max_memory: int | None = None  # bytes; from balloon stats where the driver has them
 
 
 @dataclass(frozen=True)

@@ -379,8 +379,7 @@ def _balloon(
     """
     live_target = None
     if live.active and desired.state == "running":  # a domain about to stop needs no live target
-        live_max = live.live_max_memory or current.memory
-        live_target = min(desired.current_memory, live_max)
+        live_target = min(desired.current_memory, current.memory)  # the adapter also checks the live max
     down = desired.current_memory < current.current_memory
     reason = (
         ""

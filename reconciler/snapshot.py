@@ -34,7 +34,6 @@ class SnapshotDomain(_Model):
     name: str
     active: bool
     autostart: bool
-    live_max_memory: int | None = None
     xml: str = Field(description="the persistent (inactive) domain XML, as libvirt returned it")
     managed: bool = Field(description="carries virt-reconcile's ownership metadata")
     owner: Owner | None = None
@@ -76,7 +75,6 @@ def snapshot_host(uri: str, observed: HostObservation) -> SnapshotHost:
                 name=domain.name,
                 active=domain.active,
                 autostart=domain.autostart,
-                live_max_memory=domain.live_max_memory,
                 xml=domain.xml,
                 managed=owner is not None,
                 owner=owner,
@@ -100,9 +98,7 @@ def observation(host: SnapshotHost) -> HostObservation:
         memory=host.memory,
         swap=host.swap,
         ksm_saved=host.ksm_saved,
-        domains=tuple(
-            DomainObservation(d.name, d.xml, d.active, d.autostart, d.live_max_memory) for d in host.domains
-        ),
+        domains=tuple(DomainObservation(d.name, d.xml, d.active, d.autostart) for d in host.domains),
     )
 
 
