@@ -1,6 +1,6 @@
 """One reconcile pass over every selected host: observe, plan, and (for apply) execute.
 
-Shared by the CLI and (later) the daemon. The way to reach a host is injected as ``connect``, so
+Shared by the CLI and the daemon. The way to reach a host is injected as ``connect``, so
 this module never imports libvirt; tests can pass a connector that wraps the real one.
 """
 
