@@ -322,11 +322,12 @@ class Daemon:
         hosts = self._selected(manifests)
         if not moved and not kinds & (FETCHING | {Trigger.FILES}) - {Trigger.POLL}:
             hosts = [host for host in hosts if host in drifted]  # drift: only the hosts it touched
+        # Listen first: a change made while (or right after) this pass reconciles is not missed.
+        self._ensure_watchers(manifests)
         for host in hosts:
             if self.stop.is_set():
                 break
             self._reconcile_host(manifests, host, revision, drift=not moved and host in drifted)
-        self._ensure_watchers(manifests)
         self.reconciled_revision = revision
         self._save_status()
 
