@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from reconciler.apply import DEFAULT_WORKERS, ActionResult, apply_host_plan
 from reconciler.errors import HostError, ReconcilerError
-from reconciler.hypervisor import Hypervisor
+from reconciler.hypervisor import HostObservation, Hypervisor
 from reconciler.manifests import ManifestSet
-from reconciler.models import Host, Owner
+from reconciler.models import Capacity, Host, Overcommit, Owner
 from reconciler.plan import HostPlan, Plan, build_host_plan
 from reconciler.policy import evaluate, host_facts
 from reconciler.savedplan import SavedPlan
@@ -76,16 +76,23 @@ def plan_host(
         observed,
         allow_delete=allow_delete or spec.prune,
     )
+    check_policy(plan, spec.capacity, spec.overcommit, observed)
+    return plan
+
+
+def check_policy(
+    plan: HostPlan, capacity: Capacity, overcommit: Overcommit, observed: HostObservation
+) -> None:
+    """Evaluate a host's overcommit policy on its plan, with the facts observed (capacity overriding)."""
     facts = host_facts(
-        spec.capacity,
+        capacity,
         cpus=observed.cpus,
         memory=observed.memory,
         swap=observed.swap,
         ksm_saved=observed.ksm_saved,
     )
-    plan.policy = evaluate(spec.overcommit, facts, plan.before, plan.actions)
+    plan.policy = evaluate(overcommit, facts, plan.before, plan.actions)
     plan.observed = observed
-    return plan
 
 
 class StalePlanError(ReconcilerError):
@@ -137,16 +144,8 @@ def apply_saved(
                 actions=list(entry.actions),
                 errors=current.errors,
                 before=current.before,
-                observed=observed,
             )
-            facts = host_facts(
-                entry.capacity,
-                cpus=observed.cpus,
-                memory=observed.memory,
-                swap=observed.swap,
-                ksm_saved=observed.ksm_saved,
-            )
-            host_plan.policy = evaluate(entry.overcommit, facts, host_plan.before, host_plan.actions)
+            check_policy(host_plan, entry.capacity, entry.overcommit, observed)
             outcome.plan.hosts[name] = host_plan
         if stale:
             raise StalePlanError(
