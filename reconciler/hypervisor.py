@@ -31,13 +31,6 @@ class HostObservation:
     swap: int | None = None  # bytes; None where it cannot be known (a remote host)
     ksm_saved: int = 0  # bytes KSM saves right now (pages_sharing x page size); 0 without KSM
 
-    def domain(self, name: str) -> DomainObservation | None:
-        """The observed domain called ``name``, if any."""
-        for domain in self.domains:
-            if domain.name == name:
-                return domain
-        return None
-
 
 class StopOutcome(StrEnum):
     """How a domain ended up shut off."""

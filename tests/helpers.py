@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
+from reconciler.domxml import render_domain
+from reconciler.hypervisor import DomainObservation
+from reconciler.models import Domain, DomainSpec, Owner
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DOMAINS = REPO.parent / "shared" / "testdata" / "libvirt-domains"
@@ -54,6 +57,33 @@ def domain_yaml(name: str, host: str | None = None, **spec: object) -> str:
         {"apiVersion": "virt-reconcile/v1", "kind": "Domain", "metadata": meta, "spec": body},
         sort_keys=False,
     )
+
+
+def domain_model(name: str, **spec: object) -> Domain:
+    """A validated Domain document (2 GiB unless ``spec`` says otherwise), for pure-code tests."""
+    return Domain.model_validate(
+        {
+            "apiVersion": "virt-reconcile/v1",
+            "kind": "Domain",
+            "metadata": {"name": name},
+            "spec": {"memory": "2GiB", **spec},
+        }
+    )
+
+
+def observed_domain(
+    name: str,
+    owner: Owner | None,
+    *,
+    active: bool = True,
+    autostart: bool = False,
+    xml: str | None = None,
+    **spec: object,
+) -> DomainObservation:
+    """A domain as the adapter would observe it: our rendered XML, managed when ``owner`` is given."""
+    desired = DomainSpec.model_validate({"memory": "2GiB", **spec})
+    xml = xml or render_domain(name, desired, owner)
+    return DomainObservation(name=name, xml=xml, active=active, autostart=autostart)
 
 
 def write(directory: Path, name: str, text: str) -> Path:

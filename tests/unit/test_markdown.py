@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.domxml import render_domain
 from reconciler.hypervisor import DomainObservation, HostObservation
-from reconciler.models import Domain, DomainSpec, Overcommit, Owner
+from reconciler.models import Domain, Overcommit, Owner
 from reconciler.plan import Plan, build_host_plan
 from reconciler.policy import HostFacts, evaluate
 from reconciler.render import MARKDOWN_MARKER, render_markdown
+from tests.helpers import domain_model, observed_domain
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 OWNER = Owner(manifest="vms.yaml", revision="0123456789abcdef0123", spec_hash="h")
@@ -20,21 +20,11 @@ GiB = 1024**3
 
 
 def domain(name: str, **spec) -> Domain:
-    return Domain.model_validate(
-        {
-            "apiVersion": "virt-reconcile/v1",
-            "kind": "Domain",
-            "metadata": {"name": name},
-            "spec": {"memory": "2GiB", **spec},
-        }
-    )
+    return domain_model(name, **spec)
 
 
 def live(name: str, *, managed: bool = True, active: bool = True, **spec) -> DomainObservation:
-    xml = render_domain(
-        name, DomainSpec.model_validate({"memory": "2GiB", **spec}), OWNER if managed else None
-    )
-    return DomainObservation(name, xml, active, False)
+    return observed_domain(name, OWNER if managed else None, active=active, **spec)
 
 
 def host_plan(name, uri, desired, observed, *, cpus=8, allow_delete=False, policy=None):

@@ -7,20 +7,14 @@ from reconciler.domxml import render_domain
 from reconciler.hypervisor import DomainObservation, HostObservation
 from reconciler.models import Domain, DomainSpec, Owner
 from reconciler.plan import ActionKind, Phase, build_host_plan
+from tests.helpers import domain_model, observed_domain
 
 OWNER = Owner(manifest="m.yaml", revision="r1", spec_hash="h")
 GiB = 1024**3
 
 
 def domain(name: str, **spec) -> Domain:
-    return Domain.model_validate(
-        {
-            "apiVersion": "virt-reconcile/v1",
-            "kind": "Domain",
-            "metadata": {"name": name},
-            "spec": {"memory": "2GiB", **spec},
-        }
-    )
+    return domain_model(name, **spec)
 
 
 def live(
@@ -31,9 +25,9 @@ def live(
     xml: str | None = None,
     **spec,
 ) -> DomainObservation:
-    desired = DomainSpec.model_validate({"memory": "2GiB", **spec})
-    xml = xml or render_domain(name, desired, OWNER if managed else None)
-    return DomainObservation(name=name, xml=xml, active=active, autostart=autostart)
+    return observed_domain(
+        name, OWNER if managed else None, active=active, autostart=autostart, xml=xml, **spec
+    )
 
 
 def plan(desired: list[Domain], observed: list[DomainObservation], allow_delete: bool = False):
