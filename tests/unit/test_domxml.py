@@ -259,3 +259,32 @@ def test_corpus_memory_change_alters_only_memory(corpus_file):
         merged = etree.tostring(root, encoding="unicode")
     allowed = {"/domain/memory"} | ({"/domain/cpu/numa/cell"} if cells else set())
     assert "/domain/memory" in _differences(xml, merged) <= allowed
+
+
+# ------------------------------------------------------------------------------ the parse memo
+
+
+def test_the_parse_memo_gives_each_caller_its_own_state_and_autostart():
+    xml = render_domain("memo", DomainSpec.model_validate({"memory": "1GiB", "vcpus": 2}), OWNER)
+    stopped = parse_domain(xml)
+    running = parse_domain(xml, state="running", autostart=True)
+    assert (stopped.spec.state, stopped.spec.autostart) == ("stopped", False)
+    assert (running.spec.state, running.spec.autostart) == ("running", True)
+    assert running.spec == DomainSpec.model_validate(
+        {**stopped.spec.model_dump(by_alias=True, mode="json"), "state": "running", "autostart": True}
+    )
+    assert parse_domain(xml) is stopped  # parsed once
+    with pytest.raises(ValueError, match="state must be"):
+        parse_domain(xml, state="paused")
+
+
+def test_the_parse_memo_is_bounded(monkeypatch):
+    from reconciler import domxml
+
+    monkeypatch.setattr(domxml, "_PARSED_LIMIT", 4)
+    domxml.forget_parsed()
+    spec = DomainSpec.model_validate({"memory": "1GiB"})
+    xmls = [render_domain(f"d{index}", spec, None) for index in range(10)]
+    assert [parse_domain(xml).name for xml in xmls] == [f"d{index}" for index in range(10)]
+    assert len(domxml._PARSED) <= 4
+    assert xmls[-1] in domxml._PARSED  # the newest are kept
