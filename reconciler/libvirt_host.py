@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from reconciler.sizes import KIB, parse_libvirt_size
 
 T = TypeVar("T")
 
+_XML_READERS = 8  # XML reads in flight at once while observing a host through libvirtd
 _XML_FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 _UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -93,49 +95,61 @@ class LibvirtHypervisor:
         return self._call(f"domain {name!r}", self.conn.lookupByName, name)
 
     def observe(self) -> HostObservation:
-        """Capacity and every domain: three bulk calls plus one XML read per domain."""
-        info = self._call("node info", self.conn.getInfo)
-        memory = info[1] * 1024 * 1024
-        # The kernel's total, not node info's NUMA cell sum; drivers without memory stats (the
-        # test driver) only have node info.
-        with contextlib.suppress(libvirt.libvirtError, KeyError):
-            memory = int(self.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)["total"]) * KIB
+        """Capacity and every domain: a few host-wide calls plus one XML read per domain.
+
+        The XML reads are round trips to libvirtd, which works on up to ``max_client_requests``
+        (default 5) calls of one connection at once and queues the rest: with eight in flight, and
+        the host-wide calls made meanwhile, 100 domains are observed in about half the time of one
+        call after another. The test driver runs in process, so there the reads stay sequential.
+        """
         stats = self._call(
             "domain stats",
             self.conn.getAllDomainStats,
             libvirt.VIR_DOMAIN_STATS_STATE,  # not BALLOON: that asks every running QEMU (~5 ms each)
             0,
         )
-        autostart = {
-            d.name()
-            for d in self._call(
-                "list domains", self.conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
-            )
-        }
-        domains = []
-        for dom, values in stats:
-            name = dom.name()
-            try:
-                xml = dom.XMLDesc(_XML_FLAGS)
-            except libvirt.libvirtError as err:
-                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    continue  # undefined between the list and the read: it is gone
-                raise _wrap(self.name, f"XML of {name!r}", err) from err
-            domains.append(
-                DomainObservation(
-                    name=name,
-                    xml=xml,
-                    active=values.get("state.state") in _ACTIVE_STATES,
-                    autostart=name in autostart,
+        doms = [dom for dom, _ in stats]
+        concurrent = not self._is_test_driver and len(doms) >= 2 * _XML_READERS
+        with ThreadPoolExecutor(
+            _XML_READERS, thread_name_prefix="vr-observe"
+        ) as pool:  # no threads until used
+            pending = pool.map(self._read_xml, doms) if concurrent else None
+            info = self._call("node info", self.conn.getInfo)
+            memory = info[1] * 1024 * 1024
+            # The kernel's total, not node info's NUMA cell sum; drivers without memory stats (the
+            # test driver) only have node info.
+            with contextlib.suppress(libvirt.libvirtError, KeyError):
+                memory = int(self.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)["total"]) * KIB
+            autostart = {
+                d.name()
+                for d in self._call(
+                    "list domains", self.conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
                 )
+            }
+            swap = local_swap() if self.local else None
+            ksm_saved = self._ksm_saved()
+            xmls = list(pending) if pending is not None else [self._read_xml(dom) for dom in doms]
+        domains = [
+            DomainObservation(
+                name=dom.name(),
+                xml=xml,
+                active=values.get("state.state") in _ACTIVE_STATES,
+                autostart=dom.name() in autostart,
             )
+            for (dom, values), xml in zip(stats, xmls, strict=True)
+            if xml is not None
+        ]
         return HostObservation(
-            cpus=int(info[2]),
-            memory=memory,
-            domains=tuple(domains),
-            swap=local_swap() if self.local else None,
-            ksm_saved=self._ksm_saved(),
+            cpus=int(info[2]), memory=memory, domains=tuple(domains), swap=swap, ksm_saved=ksm_saved
         )
+
+    def _read_xml(self, dom: libvirt.virDomain) -> str | None:
+        try:
+            return dom.XMLDesc(_XML_FLAGS)  # type: ignore[no-any-return]
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None  # undefined between the list and the read: it is gone
+            raise _wrap(self.name, f"XML of {dom.name()!r}", err) from err
 
     def _ksm_saved(self) -> int:
         """Memory KSM saves now: ``shm_pages_sharing`` pages of the host's base page size; 0 without KSM."""
