@@ -22,6 +22,7 @@ from rich.markup import escape
 from reconciler import __version__
 from reconciler.adopt import Report
 from reconciler.errors import ManifestError, ReconcilerError
+from reconciler.manifest_cache import ManifestCache
 from reconciler.manifests import ManifestSet, load_manifests
 from reconciler.models import Host
 from reconciler.plan import HostPlan
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(path: str) -> ManifestSet:
-    return load_manifests(Path(path))
+    return load_manifests(Path(path), ManifestCache.default())
 
 
 def _validate(args: argparse.Namespace) -> int:

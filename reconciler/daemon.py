@@ -39,6 +39,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.hypervisor import HostObservation
+from reconciler.manifest_cache import ManifestCache
 from reconciler.manifests import ManifestSet, load_manifests
 from reconciler.models import Host
 from reconciler.reconcile import Connector, reconcile
@@ -223,6 +224,7 @@ class Daemon:
         self.reconciled_revision = ""
         self.loop_beat = time.monotonic()
         self._watchers: dict[str, Any] = {}
+        self.manifest_cache = ManifestCache.default()  # kept between passes: unchanged files skip YAML
         self._failures = 0
         self._host_failures: dict[str, int] = {}
         self._retry_timers: list[threading.Timer] = []
@@ -314,7 +316,7 @@ class Daemon:
         if not moved and kinds <= {Trigger.POLL}:
             return  # a routine poll that found nothing new
         try:
-            manifests = load_manifests(self.source.manifests)
+            manifests = load_manifests(self.source.manifests, self.manifest_cache)
         except ManifestError as err:
             self._report_all(revision, "error", f"manifests invalid at {revision[:12]}: {err}")
             self.reconciled_revision = revision

@@ -6,6 +6,7 @@ naming the file, the line and the field, so an operator fixes a pull request in 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ManifestError, Problem
+from reconciler.manifest_cache import CachedDocument, ManifestCache
 from reconciler.models import API_VERSION, Domain, Host
 
 try:
@@ -95,58 +97,106 @@ class _Document:
 
 def manifest_files(path: Path) -> list[Path]:
     """Every manifest file at or below ``path``, in a stable order, hidden folders skipped."""
+    return [Path(file) for file, _ in _manifest_paths(path)]
+
+
+def _manifest_paths(path: Path) -> list[tuple[str, str]]:
+    """Each manifest file as (path, path shown to people), sorted folder by folder.
+
+    Plain strings rather than Path objects: for a tree of small files, building and comparing Paths
+    cost as much as reading the files.
+    """
     if path.is_file():
-        return [path]
-    files: list[Path] = []
-    for folder, subfolders, names in os.walk(path):
+        return [(str(path), path.name)]
+    top = str(path)
+    found: list[tuple[str, str]] = []
+    for folder, subfolders, names in os.walk(top):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        files.extend(
-            Path(folder, name)
+        relative = os.path.relpath(folder, top)
+        found.extend(
+            (os.path.join(folder, name), name if relative == "." else os.path.join(relative, name))
             for name in names
             if name.endswith((".yaml", ".yml")) and not name.startswith(".")
         )
-    return sorted(files)
+    found.sort(key=lambda item: item[1].split(os.sep))  # as Paths sort: "vms/a" before "vms-old/a"
+    return found
 
 
-def load_manifests(path: Path | str) -> ManifestSet:
-    """Load and validate every manifest below ``path``; raise ManifestError listing every problem."""
+def load_manifests(path: Path | str, cache: ManifestCache | None = None) -> ManifestSet:
+    """Load and validate every manifest below ``path``; raise ManifestError listing every problem.
+
+    With a ``cache``, files whose content loaded cleanly before skip YAML parsing (same result).
+    """
     root = Path(path)
     if not root.exists():
         raise ManifestError([Problem(str(root), None, None, "no such file or directory")])
     base = root if root.is_dir() else root.parent
+    if cache is not None:
+        cache.begin(root)
     problems: list[Problem] = []
-    documents: list[_Document] = []
-    for file in manifest_files(root):
-        display = _display_path(file, base)
+    loaded: list[tuple[BaseModel, _Document]] = []
+    for file, display in _manifest_paths(root):
         try:
-            text = file.read_text(encoding="utf-8")
+            with open(file, "rb") as stream:
+                content = stream.read()
+            text = content.decode("utf-8")
         except (OSError, UnicodeDecodeError) as err:
             problems.append(Problem(display, None, None, f"cannot read: {err}"))
             continue
-        documents.extend(_parse_yaml(text, display, problems))
-    if not documents and not problems:
+        loaded.extend(_load_file(content, text, display, problems, cache))
+    if not loaded and not problems:
         problems.append(Problem(str(root), None, None, "no manifests (*.yaml, *.yml) found"))
 
     manifests = ManifestSet(root=base.resolve())
     domain_docs: list[tuple[Domain, _Document]] = []
-    for doc in documents:
-        model = _validate(doc, problems)
+    for model, doc in loaded:
         if isinstance(model, Host):
             _add_host(manifests, model, doc, base, problems)
         elif isinstance(model, Domain):
             domain_docs.append((model, doc))
     for domain, doc in domain_docs:
         _add_domain(manifests, domain, doc, problems)
+    if cache is not None:
+        cache.finish()
     if problems:
         raise ManifestError(sorted(problems, key=lambda p: (p.file, p.line or 0)))
     return manifests
 
 
-def _display_path(file: Path, base: Path) -> str:
-    try:
-        return str(file.relative_to(base))
-    except ValueError:
-        return str(file)
+def _load_file(
+    content: bytes, text: str, file: str, problems: list[Problem], cache: ManifestCache | None
+) -> list[tuple[BaseModel, _Document]]:
+    """Every valid document of one file, from the cache when its content loaded cleanly before."""
+    digest = hashlib.sha256(content).hexdigest() if cache is not None else ""
+    cached = cache.get(digest) if cache is not None else None
+    if cache is not None and cached is not None:
+        try:
+            return [
+                (
+                    KINDS[entry.kind].model_validate_json(entry.model),
+                    _Document(file, entry.line, None, text, entry.index),
+                )
+                for entry in cached
+            ]
+        except (ValidationError, KeyError):
+            cache.forget(digest)  # the models changed under an unchanged code version: parse again
+    before = len(problems)
+    loaded = []
+    for doc in _parse_yaml(text, file, problems):
+        model = _validate(doc, problems)
+        if model is not None:
+            loaded.append((model, doc))
+    if cache is not None and len(problems) == before:
+        cache.put(
+            digest,
+            tuple(
+                CachedDocument(
+                    doc.line, doc.index, type(model).__name__, model.model_dump_json(by_alias=True)
+                )
+                for model, doc in loaded
+            ),
+        )
+    return loaded
 
 
 def _parse_yaml(text: str, file: str, problems: list[Problem]) -> Iterator[_Document]:
