@@ -21,8 +21,8 @@ from rich.markup import escape
 
 from reconciler import __version__
 from reconciler.adopt import Report
+from reconciler.content_cache import ContentCache
 from reconciler.errors import ManifestError, ReconcilerError
-from reconciler.manifest_cache import ManifestCache
 from reconciler.manifests import ManifestSet, load_manifests
 from reconciler.models import Host
 from reconciler.plan import HostPlan
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(path: str) -> ManifestSet:
-    return load_manifests(Path(path), ManifestCache.default())
+    return load_manifests(Path(path), ContentCache.default("manifests"))
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -245,6 +245,7 @@ def _plan(args: argparse.Namespace) -> int:
         allow_delete=args.allow_delete,
         revision=_revision(manifests),
         on_plan=(lambda host: render_host_text(out, host, blank_after=True)) if text else None,
+        parse_cache=None if args.state else ContentCache.default("domains"),
     )
     if text:
         out.print(f"[bold]{escape(summary_line(outcome.plan))}[/bold]")
@@ -418,6 +419,7 @@ def _apply(args: argparse.Namespace) -> int:
         revision=_revision(manifests),
         shutdown_timeout=args.shutdown_timeout,
         on_plan=show_plan,
+        parse_cache=ContentCache.default("domains"),
         on_result=lambda result: render_result(out, result),
         workers=max(args.parallel, 1),
     )

@@ -37,9 +37,9 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from reconciler.content_cache import ContentCache
 from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.hypervisor import HostObservation
-from reconciler.manifest_cache import ManifestCache
 from reconciler.manifests import ManifestSet, load_manifests
 from reconciler.models import Host
 from reconciler.reconcile import Connector, reconcile
@@ -224,7 +224,8 @@ class Daemon:
         self.reconciled_revision = ""
         self.loop_beat = time.monotonic()
         self._watchers: dict[str, Any] = {}
-        self.manifest_cache = ManifestCache.default()  # kept between passes: unchanged files skip YAML
+        self.manifest_cache = ContentCache.default("manifests")  # both kept between passes
+        self.domain_cache = ContentCache.default("domains")
         self._failures = 0
         self._host_failures: dict[str, int] = {}
         self._retry_timers: list[threading.Timer] = []
@@ -358,6 +359,7 @@ class Daemon:
             revision=revision,
             shutdown_timeout=self.config.shutdown_timeout,
             stop=self.stop,
+            parse_cache=self.domain_cache,
         )
         self.metrics.duration.labels(host).observe(time.monotonic() - started)
         plan = outcome.plan.hosts.get(host)

@@ -14,13 +14,15 @@ one, so merging a domain with its own parsed model returns the XML unchanged.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from itertools import islice
 from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
+from reconciler.content_cache import ContentCache, content_digest
 from reconciler.errors import DomainXMLError
 from reconciler.models import BUS_TARGET_PREFIX, Boot, Disk, DomainSpec, Interface, Owner
 from reconciler.sizes import KIB, format_size, parse_libvirt_size
@@ -68,11 +70,7 @@ def parse_domain(xml: str, *, state: str = "stopped", autostart: bool = False) -
     parsed = _PARSED.get(xml)
     if parsed is None:
         parsed = _parse(xml)
-        with _PARSED_LOCK:
-            if len(_PARSED) >= _PARSED_LIMIT:
-                for old in list(islice(_PARSED, _PARSED_LIMIT // 2)):  # the oldest half
-                    del _PARSED[old]
-            _PARSED[xml] = parsed
+        _remember(xml, parsed)
     if (parsed.spec.state, parsed.spec.autostart) == (state, autostart):
         return parsed
     if state not in ("running", "stopped"):
@@ -80,9 +78,59 @@ def parse_domain(xml: str, *, state: str = "stopped", autostart: bool = False) -
     return replace(parsed, spec=parsed.spec.model_copy(update={"state": state, "autostart": bool(autostart)}))
 
 
+@contextmanager
+def cached_parses(cache: ContentCache | None, scope: str, xmls: Sequence[str]) -> Iterator[None]:
+    """Within the block, XML parsed in an earlier run (of any process) is not parsed again.
+
+    On entry the memo gets every XML of ``xmls`` the cache holds (read back through pydantic);
+    on exit the cache gets what the block parsed, and forgets XML no longer seen in ``scope``.
+    A cached domain is a list ``[name, uuid, spec JSON, owner JSON or None]``.
+    """
+    if cache is None:
+        yield
+        return
+    cache.begin(scope)
+    digests = [content_digest(xml) for xml in xmls]
+    fresh = []
+    for xml, digest in zip(xmls, digests, strict=True):
+        entry = cache.get(digest)
+        if entry is None:
+            fresh.append((xml, digest))
+        elif xml not in _PARSED:
+            try:
+                name, uuid, spec, owner = entry
+                if not isinstance(name, str) or not isinstance(uuid, str | None):
+                    raise TypeError("name and uuid must be strings")
+                parsed = ParsedDomain(
+                    name=name,
+                    uuid=uuid,
+                    spec=DomainSpec.model_validate_json(spec),
+                    owner=Owner.model_validate_json(owner) if owner is not None else None,
+                )
+            except (ValueError, TypeError):
+                cache.forget(digest)  # not what this code would have written: parse it again
+                fresh.append((xml, digest))
+                continue
+            _remember(xml, parsed)
+    yield
+    for xml, digest in fresh:
+        if (done := _PARSED.get(xml)) is not None:
+            owner = done.owner.model_dump_json(by_alias=True) if done.owner is not None else None
+            cache.put(digest, [done.name, done.uuid, done.spec.model_dump_json(by_alias=True), owner])
+    cache.finish()
+
+
 def forget_parsed() -> None:
     """Empty the parsed-XML memo (benchmarks start each run as a new process would)."""
     _PARSED.clear()
+
+
+def _remember(xml: str, parsed: ParsedDomain) -> None:
+    with _PARSED_LOCK:
+        if len(_PARSED) >= _PARSED_LIMIT:
+            for old in list(islice(_PARSED, _PARSED_LIMIT // 2)):  # the oldest half
+                del _PARSED[old]
+        _PARSED[xml] = parsed
 
 
 def _parse(xml: str) -> ParsedDomain:

@@ -6,7 +6,6 @@ naming the file, the line and the field, so an operator fixes a pull request in 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,8 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from reconciler.content_cache import ContentCache, content_digest
 from reconciler.errors import ManifestError, Problem
-from reconciler.manifest_cache import CachedDocument, ManifestCache
 from reconciler.models import API_VERSION, Domain, Host
 
 try:
@@ -122,7 +121,7 @@ def _manifest_paths(path: Path) -> list[tuple[str, str]]:
     return found
 
 
-def load_manifests(path: Path | str, cache: ManifestCache | None = None) -> ManifestSet:
+def load_manifests(path: Path | str, cache: ContentCache | None = None) -> ManifestSet:
     """Load and validate every manifest below ``path``; raise ManifestError listing every problem.
 
     With a ``cache``, files whose content loaded cleanly before skip YAML parsing (same result).
@@ -132,7 +131,7 @@ def load_manifests(path: Path | str, cache: ManifestCache | None = None) -> Mani
         raise ManifestError([Problem(str(root), None, None, "no such file or directory")])
     base = root if root.is_dir() else root.parent
     if cache is not None:
-        cache.begin(root)
+        cache.begin(str(root.resolve()))
     problems: list[Problem] = []
     loaded: list[tuple[BaseModel, _Document]] = []
     for file, display in _manifest_paths(root):
@@ -164,22 +163,22 @@ def load_manifests(path: Path | str, cache: ManifestCache | None = None) -> Mani
 
 
 def _load_file(
-    content: bytes, text: str, file: str, problems: list[Problem], cache: ManifestCache | None
+    content: bytes, text: str, file: str, problems: list[Problem], cache: ContentCache | None
 ) -> list[tuple[BaseModel, _Document]]:
-    """Every valid document of one file, from the cache when its content loaded cleanly before."""
-    digest = hashlib.sha256(content).hexdigest() if cache is not None else ""
+    """Every valid document of one file, from the cache when this content loaded cleanly before.
+
+    A cached file is a list of ``[line, index, kind, model JSON]``, one per document.
+    """
+    digest = content_digest(content) if cache is not None else ""
     cached = cache.get(digest) if cache is not None else None
     if cache is not None and cached is not None:
         try:
             return [
-                (
-                    KINDS[entry.kind].model_validate_json(entry.model),
-                    _Document(file, entry.line, None, text, entry.index),
-                )
-                for entry in cached
+                (KINDS[kind].model_validate_json(model), _Document(file, line, None, text, index))
+                for line, index, kind, model in cached
             ]
-        except (ValidationError, KeyError):
-            cache.forget(digest)  # the models changed under an unchanged code version: parse again
+        except (ValidationError, KeyError, TypeError, ValueError):
+            cache.forget(digest)  # not what this code would have written: parse the file again
     before = len(problems)
     loaded = []
     for doc in _parse_yaml(text, file, problems):
@@ -189,12 +188,10 @@ def _load_file(
     if cache is not None and len(problems) == before:
         cache.put(
             digest,
-            tuple(
-                CachedDocument(
-                    doc.line, doc.index, type(model).__name__, model.model_dump_json(by_alias=True)
-                )
+            [
+                [doc.line, doc.index, type(model).__name__, model.model_dump_json(by_alias=True)]
                 for model, doc in loaded
-            ),
+            ],
         )
     return loaded
 

@@ -12,6 +12,8 @@ from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 
 from reconciler.apply import DEFAULT_WORKERS, ActionResult, apply_host_plan
+from reconciler.content_cache import ContentCache
+from reconciler.domxml import cached_parses
 from reconciler.errors import HostError, ReconcilerError
 from reconciler.hypervisor import HostObservation, Hypervisor
 from reconciler.manifests import ManifestSet
@@ -63,19 +65,29 @@ def owner_of(manifests: ManifestSet, host: str, revision: str) -> Callable[[str]
 
 
 def plan_host(
-    manifests: ManifestSet, host: str, hypervisor: Hypervisor, *, revision: str, allow_delete: bool
+    manifests: ManifestSet,
+    host: str,
+    hypervisor: Hypervisor,
+    *,
+    revision: str,
+    allow_delete: bool,
+    parse_cache: ContentCache | None = None,
 ) -> HostPlan:
-    """Observe one connected host, plan it, and check the plan against the host's overcommit policy."""
+    """Observe one connected host, plan it, and check the plan against the host's overcommit policy.
+
+    With a ``parse_cache``, domain XML parsed in an earlier run is not parsed again.
+    """
     spec = manifests.hosts[host].spec
     observed = hypervisor.observe()
-    plan = build_host_plan(
-        host,
-        spec.uri,
-        manifests.domains[host],
-        owner_of(manifests, host, revision),
-        observed,
-        allow_delete=allow_delete or spec.prune,
-    )
+    with cached_parses(parse_cache, f"{host} {spec.uri}", [domain.xml for domain in observed.domains]):
+        plan = build_host_plan(
+            host,
+            spec.uri,
+            manifests.domains[host],
+            owner_of(manifests, host, revision),
+            observed,
+            allow_delete=allow_delete or spec.prune,
+        )
     check_policy(plan, spec.capacity, spec.overcommit, observed)
     return plan
 
@@ -182,6 +194,7 @@ def reconcile(
     on_result: Callable[[ActionResult], None] | None = None,
     stop: threading.Event | None = None,
     workers: int = DEFAULT_WORKERS,
+    parse_cache: ContentCache | None = None,
 ) -> Outcome:
     """Plan (and with ``apply``, execute) every selected host; one host's failure spares the others."""
     outcome = Outcome(Plan(revision=revision))
@@ -190,7 +203,12 @@ def reconcile(
         try:
             with connect(host, apply) as hypervisor:
                 host_plan = plan_host(
-                    manifests, name, hypervisor, revision=revision, allow_delete=allow_delete
+                    manifests,
+                    name,
+                    hypervisor,
+                    revision=revision,
+                    allow_delete=allow_delete,
+                    parse_cache=parse_cache,
                 )
                 outcome.plan.hosts[name] = host_plan
                 if on_plan is not None:

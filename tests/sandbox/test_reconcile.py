@@ -210,3 +210,23 @@ def test_many_starts_and_stops_run_concurrently_and_all_report(sandbox):
     stopped = cli("apply", str(sandbox.root), "--parallel", "1")
     assert stopped.code == 0 and stopped.out.count("shut down gracefully") == 12
     assert cli("plan", str(sandbox.root)).code == 0
+
+
+def test_cached_parses_still_see_a_change_made_behind_our_back(sandbox, private_cache_folder):
+    from reconciler.domxml import forget_parsed
+
+    sandbox.domains(web={"vcpus": 2})
+    assert cli("apply", str(sandbox.root)).code == 0
+    forget_parsed()  # each run below starts as a new process: only the cache files carry over
+    assert cli("plan", str(sandbox.root)).code == 0
+    assert list((private_cache_folder / "manifests").glob("*.json"))
+    assert list((private_cache_folder / "domains").glob("*.json"))
+    state = sandbox.state.read_text()
+    assert state.count("<vcpu placement='static'>2</vcpu>") == 1
+    sandbox.state.write_text(
+        state.replace("<vcpu placement='static'>2</vcpu>", "<vcpu placement='static'>3</vcpu>")
+    )
+    forget_parsed()
+    code, doc = plan_json(sandbox)
+    assert code == 2
+    assert doc["actions"][0]["changes"] == [{"field": "vcpus", "before": 3, "after": 2}]

@@ -1,4 +1,4 @@
-"""The parsed-manifest cache: same result as parsing, keyed by content, never trusted blindly."""
+"""The manifest cache: the same result as parsing, keyed by content, never trusted blindly."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reconciler.content_cache import ContentCache, default_cache_dir
 from reconciler.errors import ManifestError
-from reconciler.manifest_cache import ManifestCache, default_cache_dir
 from reconciler.manifests import ManifestSet, load_manifests
 from tests.helpers import domain_yaml, host_yaml, write
 
@@ -54,12 +54,16 @@ def same(left: ManifestSet, right: ManifestSet) -> None:
     assert list(left.domains["hv2"]) == list(right.domains["hv2"])
 
 
+def cache_at(folder: Path | None) -> ContentCache:
+    return ContentCache(folder, "manifests")
+
+
 def cache_file(folder: Path) -> Path:
     (found,) = (folder / "manifests").glob("*.json")
     return found
 
 
-def problems_of(root: Path, cache: ManifestCache | None) -> list[str]:
+def problems_of(root: Path, cache: ContentCache | None) -> list[str]:
     with pytest.raises(ManifestError) as info:
         load_manifests(root, cache)
     return [str(p) for p in info.value.problems]
@@ -68,10 +72,10 @@ def problems_of(root: Path, cache: ManifestCache | None) -> list[str]:
 def test_a_cached_load_equals_a_parsed_one(tmp_path):
     root = tree(tmp_path / "m")
     parsed = load_manifests(root)
-    first = ManifestCache(tmp_path / "cache")
+    first = cache_at(tmp_path / "cache")
     same(load_manifests(root, first), parsed)
     assert (first.hits, first.misses) == (0, 3)
-    second = ManifestCache(tmp_path / "cache")  # a new process: reads the file written by the first
+    second = cache_at(tmp_path / "cache")  # a new process: reads the file written by the first
     same(load_manifests(root, second), parsed)
     assert (second.hits, second.misses) == (3, 0)
     assert cache_file(tmp_path / "cache").stat().st_mode & 0o777 == 0o600
@@ -79,13 +83,13 @@ def test_a_cached_load_equals_a_parsed_one(tmp_path):
 
 def test_an_edit_is_seen_even_with_the_same_size_and_modification_time(tmp_path):
     root = tree(tmp_path / "m")
-    load_manifests(root, ManifestCache(tmp_path / "cache"))
+    load_manifests(root, cache_at(tmp_path / "cache"))
     path = root / "vms/db.yaml"
     before = path.stat()
     path.write_text(path.read_text().replace("vcpus: 2", "vcpus: 3"))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert path.stat().st_size == before.st_size
-    cache = ManifestCache(tmp_path / "cache")
+    cache = cache_at(tmp_path / "cache")
     assert load_manifests(root, cache).domains["hv2"]["db-01"].spec.vcpus == 3
     assert (cache.hits, cache.misses) == (2, 1)
 
@@ -98,34 +102,34 @@ def test_files_with_problems_are_not_cached_and_report_the_same_every_time(tmp_p
         "apiVersion: virt-reconcile/v1\nkind: Domain\nmetadata: {name: x}\nspec: {memory: 3}\n",
     )
     expected = problems_of(root, None)
-    assert problems_of(root, ManifestCache(tmp_path / "cache")) == expected
-    cache = ManifestCache(tmp_path / "cache")
+    assert problems_of(root, cache_at(tmp_path / "cache")) == expected
+    cache = cache_at(tmp_path / "cache")
     assert problems_of(root, cache) == expected
     assert (cache.hits, cache.misses) == (3, 1)
 
 
 def test_cross_file_problems_in_cached_files_keep_their_lines(tmp_path):
     root = tree(tmp_path / "m")
-    load_manifests(root, ManifestCache(tmp_path / "cache"))
+    load_manifests(root, cache_at(tmp_path / "cache"))
     write(root, "hosts.yaml", host_yaml())  # hv2 is gone: db-01 and db-02 now name an unknown host
     expected = problems_of(root, None)
     assert expected == [
         "vms/db.yaml:5: metadata.host: unknown host 'hv2' (hosts: hv1)",
         "vms/db.yaml:14: metadata.host: unknown host 'hv2' (hosts: hv1)",
     ]
-    cache = ManifestCache(tmp_path / "cache")
+    cache = cache_at(tmp_path / "cache")
     assert problems_of(root, cache) == expected
     assert cache.hits == 2
 
 
 def test_deleted_files_drop_out_of_the_cache(tmp_path):
     root = tree(tmp_path / "m")
-    load_manifests(root, ManifestCache(tmp_path / "cache"))
-    assert len(json.loads(cache_file(tmp_path / "cache").read_text())["files"]) == 3
+    load_manifests(root, cache_at(tmp_path / "cache"))
+    assert len(json.loads(cache_file(tmp_path / "cache").read_text())["entries"]) == 3
     (root / "vms/db.yaml").unlink()
     write(root, "hosts.yaml", host_yaml())
-    load_manifests(root, ManifestCache(tmp_path / "cache"))
-    assert len(json.loads(cache_file(tmp_path / "cache").read_text())["files"]) == 2
+    load_manifests(root, cache_at(tmp_path / "cache"))
+    assert len(json.loads(cache_file(tmp_path / "cache").read_text())["entries"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -139,30 +143,30 @@ def test_deleted_files_drop_out_of_the_cache(tmp_path):
 )
 def test_an_untrustworthy_cache_is_ignored_and_replaced(tmp_path, spoil):
     root = tree(tmp_path / "m")
-    load_manifests(root, ManifestCache(tmp_path / "cache"))
+    load_manifests(root, cache_at(tmp_path / "cache"))
     spoil(cache_file(tmp_path / "cache"))
-    cache = ManifestCache(tmp_path / "cache")
+    cache = cache_at(tmp_path / "cache")
     same(load_manifests(root, cache), load_manifests(root))
     assert (cache.hits, cache.misses) == (0, 3)
     assert cache_file(tmp_path / "cache").stat().st_mode & 0o777 == 0o600
-    again = ManifestCache(tmp_path / "cache")
+    again = cache_at(tmp_path / "cache")
     load_manifests(root, again)
     assert again.hits == 3
 
 
 def test_an_entry_that_no_longer_validates_is_parsed_again(tmp_path):
     root = tree(tmp_path / "m")
-    load_manifests(root, ManifestCache(tmp_path / "cache"))
+    load_manifests(root, cache_at(tmp_path / "cache"))
     path = cache_file(tmp_path / "cache")
     content = json.loads(path.read_text())
-    for documents in content["files"].values():
+    for documents in content["entries"].values():
         for document in documents:
-            document["model"] = document["model"].replace('"apiVersion"', '"bogus":1,"apiVersion"')
+            document[3] = document[3].replace('"apiVersion"', '"bogus":1,"apiVersion"')
     path.write_text(json.dumps(content))
-    cache = ManifestCache(tmp_path / "cache")
+    cache = cache_at(tmp_path / "cache")
     same(load_manifests(root, cache), load_manifests(root))
     assert (cache.hits, cache.misses) == (0, 3)  # found, refused by validation, parsed again
-    again = ManifestCache(tmp_path / "cache")
+    again = cache_at(tmp_path / "cache")
     load_manifests(root, again)
     assert again.hits == 3
 
@@ -171,13 +175,13 @@ def test_an_unwritable_cache_folder_only_costs_speed(tmp_path):
     root = tree(tmp_path / "m")
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
-    same(load_manifests(root, ManifestCache(blocked / "cache")), load_manifests(root))
-    same(load_manifests(root, ManifestCache(None)), load_manifests(root))
+    same(load_manifests(root, cache_at(blocked / "cache")), load_manifests(root))
+    same(load_manifests(root, cache_at(None)), load_manifests(root))
 
 
 def test_one_cache_instance_serves_many_loads(tmp_path):
     root = tree(tmp_path / "m")
-    cache = ManifestCache(tmp_path / "cache")
+    cache = cache_at(tmp_path / "cache")
     load_manifests(root, cache)
     load_manifests(root, cache)
     assert (cache.hits, cache.misses) == (3, 0)
@@ -244,8 +248,8 @@ def test_any_valid_domain_reads_back_from_the_cache_unchanged(tmp_path_factory, 
         parsed = load_manifests(root)
     except ManifestError:
         return  # e.g. two disks on one target: such files are never cached
-    load_manifests(root, ManifestCache(root / ".cache"))
-    cache = ManifestCache(root / ".cache")
+    load_manifests(root, cache_at(root / ".cache"))
+    cache = cache_at(root / ".cache")
     same_domains = load_manifests(root, cache).domains
     assert cache.hits == 2
     assert same_domains == parsed.domains
