@@ -28,8 +28,10 @@ class ActionResult:
     seconds: float
 
 
-#: Lifecycle actions whose time is QEMU's start-up and teardown: run side by side within a phase.
-CONCURRENT = frozenset({ActionKind.START, ActionKind.STOP, ActionKind.UNDEFINE})
+#: Actions whose time is spent in each domain's own QEMU (start-up, teardown, a balloon request over
+#: its monitor): run side by side within a phase. Every phase moves usage one way only (frees or
+#: takes), so running its actions at once never passes through a state worse than its end.
+CONCURRENT = frozenset({ActionKind.START, ActionKind.STOP, ActionKind.UNDEFINE, ActionKind.BALLOON})
 DEFAULT_WORKERS = 8
 
 
@@ -44,9 +46,10 @@ def apply_host_plan(
 ) -> list[ActionResult]:
     """Run ``plan`` phase by phase; stop after the first phase with a failure. Blocked plans do nothing.
 
-    Within a phase, starts, stops and undefines of different domains run concurrently from a pool
-    of ``workers`` threads (libvirt serialises per domain, not per host); everything else runs one
-    by one. Phases never overlap, so the shrink-before-grow guarantee holds as in a serial apply.
+    Within a phase, starts, stops, undefines and balloon changes of different domains run
+    concurrently from a pool of ``workers`` threads (libvirt serialises per domain, not per host);
+    everything else runs one by one. Phases never overlap, so the shrink-before-grow guarantee
+    holds as in a serial apply.
     ``stop`` (the daemon's SIGTERM) lets actions in flight finish and starts no new one.
     """
     results: list[ActionResult] = []

@@ -199,13 +199,17 @@ def test_seeded_sandbox_capacity_and_domains_survive_apply(sandbox):
     assert not view["theirs"].active and view["web"].active
 
 
-def test_many_starts_and_stops_run_concurrently_and_all_report(sandbox):
+def test_many_starts_balloons_and_stops_run_concurrently_and_all_report(sandbox):
     sandbox.domains(**{f"vm{i}": {"state": "stopped"} for i in range(12)})
     assert cli("apply", str(sandbox.root)).code == 0
     sandbox.domains(**{f"vm{i}": {} for i in range(12)})
     started = cli("apply", str(sandbox.root), "--parallel", "4")
     assert started.code == 0 and started.out.count(": started") == 12
     assert all(view.active for view in sandbox.view().values())
+    sandbox.domains(**{f"vm{i}": {"currentMemory": "512MiB"} for i in range(12)})
+    ballooned = cli("apply", str(sandbox.root), "--parallel", "4")
+    assert ballooned.code == 0 and ballooned.out.count("live and persistent target set") == 12
+    assert {view.current_kib for view in sandbox.view().values()} == {512 * 1024}
     sandbox.domains(**{f"vm{i}": {"state": "stopped"} for i in range(12)})
     stopped = cli("apply", str(sandbox.root), "--parallel", "1")
     assert stopped.code == 0 and stopped.out.count("shut down gracefully") == 12
