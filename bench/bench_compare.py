@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,8 @@ URI = "qemu:///system"
 COUNT, RUNNING, CHANGED = 100, 20, 10
 MEMORY_MIB, LOWERED_MIB = 64, 48
 SCENARIOS = ("converge", "no-op", "memory", "remove")
+SETTLE = 3.0  # seconds between preparing a scenario and timing it
+NOOP_SAMPLES, NOOP_BUDGET = 10, 2.0
 ANSIBLE_VENV = REPO / ".cache" / "bench" / "ansible-venv"
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -82,6 +85,7 @@ def cleanup(prefix: str) -> None:
 
 
 #: libvirt-python methods answered from the object itself, with no call into libvirt's daemon.
+COUNT_LOCK = threading.Lock()
 LOCAL_METHODS = frozenset({"name", "UUIDString", "UUID", "connect", "c_pointer"})
 
 
@@ -97,7 +101,8 @@ class Counting:
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self._counter[0] += 1
+            with COUNT_LOCK:  # the tools call from several threads
+                self._counter[0] += 1
             return _wrap(attribute(*args, **kwargs), self._counter)
 
         return call
@@ -141,6 +146,9 @@ class Tool:
     def initial_xml(self, name: str) -> str:
         return domain_xml(name)
 
+    def reset(self) -> None:
+        """Forget what an earlier run left in this process (not timed)."""
+
     def run(self, scenario: str) -> int | None:
         raise NotImplementedError
 
@@ -153,6 +161,7 @@ class VirtReconcile(Tool):
 
     def __init__(self, work: Path) -> None:
         self.root = work / "vr"
+        self.cache = work / "vr-cache"
 
     def manifests(self, scenario: str) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -179,8 +188,14 @@ class VirtReconcile(Tool):
             self.apply()
         self.manifests(scenario)
 
+    def reset(self) -> None:
+        from reconciler.domxml import forget_parsed
+
+        forget_parsed()  # each timed run starts with nothing parsed in memory, as a new CLI process does
+
     def apply(self, counter: list[int] | None = None) -> None:
         sys.path.insert(0, str(REPO))
+        from reconciler.content_cache import ContentCache
         from reconciler.libvirt_host import LibvirtHypervisor
         from reconciler.manifests import load_manifests
         from reconciler.reconcile import reconcile
@@ -196,8 +211,15 @@ class VirtReconcile(Tool):
             finally:
                 conn.close()
 
+        # As the CLI does it: manifests and domain XML parsed in an earlier run come from its cache.
+        manifests = load_manifests(self.root, ContentCache(self.cache, "manifests"))
         outcome = reconcile(
-            load_manifests(self.root), connect, apply=True, allow_delete=True, shutdown_timeout=0
+            manifests,
+            connect,
+            apply=True,
+            allow_delete=True,
+            shutdown_timeout=0,
+            parse_cache=ContentCache(self.cache, "domains"),
         )
         assert not outcome.failed and not outcome.plan.refused, outcome.plan
 
@@ -361,20 +383,39 @@ class Ansible(Tool):
 
 
 def measure(tool: Tool, scenario: str, repeat: int) -> tuple[list[float], int | None]:
-    times, calls = [], None
+    """Seconds of each timed run and the libvirt calls of the last; the no-op is sampled more.
+
+    The no-op changes nothing, so after one preparation it is run again until NOOP_SAMPLES runs or
+    NOOP_BUDGET seconds: a run of tens of milliseconds on a shared machine needs many samples.
+    """
+    times: list[float] = []
+    calls = None
     for _ in range(repeat):
         tool.prepare(scenario)
-        started = time.perf_counter()
-        counted = tool.run(scenario)
-        times.append(time.perf_counter() - started)
-        calls = counted if counted is not None else calls
+        time.sleep(SETTLE)  # let freshly started guests finish their firmware's busy start-up
+        spent = 0.0
+        for sample in range(NOOP_SAMPLES if scenario == "no-op" else 1):
+            if sample and spent > NOOP_BUDGET:
+                break
+            tool.reset()
+            started = time.perf_counter()
+            counted = tool.run(scenario)
+            times.append(time.perf_counter() - started)
+            spent += times[-1]
+            calls = counted if counted is not None else calls
     cleanup(tool.prefix)
     return times, calls
+
+
+def measured(results: dict[str, dict[str, tuple[list[float], int | None]]]) -> list[str]:
+    """The scenarios every tool ran, in the usual order (``--scenarios`` may pick a few)."""
+    return [s for s in SCENARIOS if all(s in scenarios for scenarios in results.values())]
 
 
 def report(results: dict[str, dict[str, tuple[list[float], int | None]]], repeat: int) -> str:
     floor = "libvirt-python floor, one by one"
     ours = "virt-reconcile"
+    shown = measured(results)
     lines = [
         "# Benchmarks: virt-reconcile side by side",
         "",
@@ -382,14 +423,16 @@ def report(results: dict[str, dict[str, tuple[list[float], int | None]]], repeat
         f"{platform.freedesktop_os_release().get('PRETTY_NAME', platform.system())}, libvirt "
         f"{libvirt.getVersion() // 1_000_000}.{libvirt.getVersion() // 1000 % 1000}, "
         f"QEMU via {URI}), {COUNT} domains of type qemu without a guest OS, {RUNNING} running; "
-        f"median of {repeat} runs (min–max). Ratios: to the one-by-one floor and to virt-reconcile.",
+        f"median of {repeat} runs (min–max), each {SETTLE:.0f} s after its preparation; the no-op, which "
+        f"changes nothing, runs up to {NOOP_SAMPLES} times after each preparation. Ratios: to the "
+        "one-by-one floor and to virt-reconcile.",
         "",
-        "| tool | " + " | ".join(SCENARIOS) + " |",
-        "|---|" + "---|" * len(SCENARIOS),
+        "| tool | " + " | ".join(shown) + " |",
+        "|---|" + "---|" * len(shown),
     ]
     for tool, scenarios in results.items():
         cells = []
-        for scenario in SCENARIOS:
+        for scenario in shown:
             times, calls = scenarios[scenario]
             median = statistics.median(times)
             base = statistics.median(results[floor][scenario][0]) if floor in results else None
@@ -425,12 +468,13 @@ def chart(results: dict[str, dict[str, tuple[list[float], int | None]]], path: P
     import matplotlib.pyplot as plt
 
     tools = list(results)
+    shown = measured(results)
     fig, ax = plt.subplots(figsize=(10, 5))
     width = 0.8 / len(tools)
     for index, tool in enumerate(tools):
-        values = [statistics.median(results[tool][s][0]) for s in SCENARIOS]
-        ax.bar([x + index * width for x in range(len(SCENARIOS))], values, width, label=tool)
-    ax.set_xticks([x + width * (len(tools) - 1) / 2 for x in range(len(SCENARIOS))], SCENARIOS)
+        values = [statistics.median(results[tool][s][0]) for s in shown]
+        ax.bar([x + index * width for x in range(len(shown))], values, width, label=tool)
+    ax.set_xticks([x + width * (len(tools) - 1) / 2 for x in range(len(shown))], shown)
     ax.set_ylabel("seconds (median, log scale)")
     ax.set_yscale("log")
     ax.set_title(f"{COUNT} domains, {RUNNING} running, on one libvirtd")
@@ -445,6 +489,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tools", default="virt-reconcile,floor1,floor8,virsh,ansible")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="a subset, e.g. no-op")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vr-compare-") as folder:
@@ -460,7 +505,7 @@ def main() -> None:
         for key in args.tools.split(","):
             tool = available[key]()
             results[tool.label] = {}
-            for scenario in SCENARIOS:
+            for scenario in args.scenarios.split(","):
                 results[tool.label][scenario] = measure(tool, scenario, args.repeat)
                 times = results[tool.label][scenario][0]
                 print(f"{tool.label:<45} {scenario:<9} {statistics.median(times):7.2f} s", flush=True)
