@@ -28,10 +28,6 @@ class ActionResult:
     seconds: float
 
 
-#: Actions whose time is spent in each domain's own QEMU (start-up, teardown, a balloon request over
-#: its monitor): run side by side within a phase. Every phase moves usage one way only (frees or
-#: takes), so running its actions at once never passes through a state worse than its end.
-CONCURRENT = frozenset({ActionKind.START, ActionKind.STOP, ActionKind.UNDEFINE, ActionKind.BALLOON})
 DEFAULT_WORKERS = 8
 
 
@@ -46,10 +42,12 @@ def apply_host_plan(
 ) -> list[ActionResult]:
     """Run ``plan`` phase by phase; stop after the first phase with a failure. Blocked plans do nothing.
 
-    Within a phase, starts, stops, undefines and balloon changes of different domains run
-    concurrently from a pool of ``workers`` threads (libvirt serialises per domain, not per host);
-    everything else runs one by one. Phases never overlap, so the shrink-before-grow guarantee
-    holds as in a serial apply.
+    Within a phase, the actions (each on a different domain) run concurrently from a pool of
+    ``workers`` threads: libvirt serialises per domain, not per host, and most of the time is
+    QEMU starting, stopping or answering its monitor, or a round trip to a remote libvirtd.
+    Phases never overlap, and each phase moves usage one way only (it frees or it takes), so
+    running a phase's actions at once never passes a state worse than the phase's end: the
+    shrink-before-grow guarantee holds as in a serial apply.
     ``stop`` (the daemon's SIGTERM) lets actions in flight finish and starts no new one.
     """
     results: list[ActionResult] = []
@@ -76,7 +74,7 @@ def apply_host_plan(
     for group in _phases(plan.actions):
         if stopped():
             break
-        if len(group) > 1 and workers > 1 and group[0].kind in CONCURRENT:
+        if len(group) > 1 and workers > 1:
             with ThreadPoolExecutor(max_workers=min(workers, len(group))) as pool:
                 outcomes = list(pool.map(lambda action: None if stopped() else run(action), group))
             failed = any(outcome is not None and not outcome.ok for outcome in outcomes)

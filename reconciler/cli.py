@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8,
         metavar="N",
-        help="starts, stops, undefines, balloon changes: N at a time per host (default: 8; 1 = one by one)",
+        help="the actions of one phase run N at a time per host (default: 8; 1 = one by one)",
     )
     apply.add_argument(
         "--shutdown-timeout",

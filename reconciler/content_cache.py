@@ -25,6 +25,8 @@ from typing import Any
 
 import pydantic
 
+from reconciler import __version__
+
 FORMAT = 1
 #: The modules that decide what a manifest or a domain XML means.
 _SOURCES = ("content_cache.py", "domxml.py", "manifests.py", "models.py", "sizes.py")
@@ -33,10 +35,13 @@ _SOURCES = ("content_cache.py", "domxml.py", "manifests.py", "models.py", "sizes
 @functools.cache
 def code_version() -> str:
     """A digest of the code that gives cached values their meaning: another version never reads them."""
-    digest = hashlib.sha256(f"{FORMAT} pydantic {pydantic.VERSION}".encode())
+    digest = hashlib.sha256(f"{FORMAT} {__version__} pydantic {pydantic.VERSION}".encode())
     here = Path(__file__).parent
     for name in _SOURCES:
-        digest.update((here / name).read_bytes())
+        try:
+            digest.update((here / name).read_bytes())
+        except OSError:  # installed without readable sources (a zip): the release number must do
+            digest.update(name.encode())
     return digest.hexdigest()
 
 

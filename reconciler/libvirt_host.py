@@ -110,9 +110,8 @@ class LibvirtHypervisor:
         )
         doms = [dom for dom, _ in stats]
         concurrent = not self._is_test_driver and len(doms) >= 2 * _XML_READERS
-        with ThreadPoolExecutor(
-            _XML_READERS, thread_name_prefix="vr-observe"
-        ) as pool:  # no threads until used
+        # A pool starts no thread until it is given work: the sequential case costs nothing.
+        with ThreadPoolExecutor(_XML_READERS, thread_name_prefix="vr-observe") as pool:
             pending = pool.map(self._read_xml, doms) if concurrent else None
             info = self._call("node info", self.conn.getInfo)
             memory = info[1] * 1024 * 1024
