@@ -126,6 +126,7 @@ def forget_parsed() -> None:
 
 
 def _remember(xml: str, parsed: ParsedDomain) -> None:
+    """Memo a parse; past the limit the oldest half goes (a huge host costs speed, never memory)."""
     with _PARSED_LOCK:
         if len(_PARSED) >= _PARSED_LIMIT:
             for old in list(islice(_PARSED, _PARSED_LIMIT // 2)):  # the oldest half
