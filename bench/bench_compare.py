@@ -84,8 +84,8 @@ def cleanup(prefix: str) -> None:
 # ------------------------------------------------------------------------------ counting libvirt
 
 
+COUNT_LOCK = threading.Lock()  # counted calls come from several threads
 #: libvirt-python methods answered from the object itself, with no call into libvirt's daemon.
-COUNT_LOCK = threading.Lock()
 LOCAL_METHODS = frozenset({"name", "UUIDString", "UUID", "connect", "c_pointer"})
 
 
