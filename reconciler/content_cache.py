@@ -80,6 +80,7 @@ class ContentCache:
         self.kind = kind
         self._path: Path | None = None
         self._entries: dict[str, Any] = {}
+        self._by_path: dict[Path, dict[str, Any]] = {}  # each scope's file is read once per instance
         self._seen: set[str] = set()
         self._dirty = False
         self.hits = 0
@@ -99,7 +100,9 @@ class ContentCache:
         path = self.folder / self.kind / f"{content_digest(scope)[:24]}.json"
         if path != self._path:
             self._path = path
-            self._entries = self._read(path)
+            if path not in self._by_path:
+                self._by_path[path] = self._read(path)
+            self._entries = self._by_path[path]
             self._dirty = False
 
     def get(self, digest: str) -> Any | None:

@@ -253,3 +253,16 @@ def test_any_valid_domain_reads_back_from_the_cache_unchanged(tmp_path_factory, 
     same_domains = load_manifests(root, cache).domains
     assert cache.hits == 2
     assert same_domains == parsed.domains
+
+
+def test_one_instance_reads_each_scope_file_once(tmp_path):
+    first, second = tree(tmp_path / "a"), tree(tmp_path / "b")
+    cache = cache_at(tmp_path / "cache")
+    load_manifests(first, cache)
+    load_manifests(second, cache)
+    for path in (tmp_path / "cache" / "manifests").glob("*.json"):
+        path.write_text("{not json")  # what is on disk no longer matters to this instance
+    load_manifests(first, cache)
+    assert (cache.hits, cache.misses) == (3, 0)
+    load_manifests(second, cache)
+    assert (cache.hits, cache.misses) == (3, 0)
