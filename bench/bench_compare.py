@@ -189,16 +189,16 @@ class VirtReconcile(Tool):
         self.manifests(scenario)
 
     def reset(self) -> None:
-        from reconciler.domxml import forget_parsed
+        from reconciler.libvirtxml.domain import forget_parsed
 
         forget_parsed()  # each timed run starts with nothing parsed in memory, as a new CLI process does
 
     def apply(self, counter: list[int] | None = None) -> None:
         sys.path.insert(0, str(REPO))
-        from reconciler.content_cache import ContentCache
-        from reconciler.libvirt_host import LibvirtHypervisor
-        from reconciler.manifests import load_manifests
-        from reconciler.reconcile import reconcile
+        from reconciler.adapters.libvirt_host import LibvirtHypervisor
+        from reconciler.engine.reconcile import reconcile
+        from reconciler.files.content_cache import ContentCache
+        from reconciler.spec.manifests import load_manifests
 
         calls = counter if counter is not None else [0]
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import libvirt
 import yaml
 
-from reconciler.cli import main
-from reconciler.domxml import forget_parsed
-from reconciler.sandbox import new_node_xml
+from reconciler.adapters.sandbox import new_node_xml
+from reconciler.cli.main import main
+from reconciler.libvirtxml.domain import forget_parsed
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 

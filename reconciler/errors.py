@@ -59,3 +59,7 @@ class TemporaryHostError(HostError):
 
 class PermanentHostError(HostError):
     """A host error that a retry will not fix (invalid XML, unsupported operation)."""
+
+
+class StalePlanError(ReconcilerError):
+    """A saved plan whose hosts moved since it was made: nothing is applied."""

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
-from reconciler.domxml import render_domain
-from reconciler.hypervisor import DomainObservation
-from reconciler.models import Domain, DomainSpec, Owner
+from reconciler.cli.main import main
+from reconciler.engine.hypervisor import DomainObservation
+from reconciler.libvirtxml.domain import render_domain
+from reconciler.spec.models import Domain, DomainSpec, Owner
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DOMAINS = REPO.parent / "shared" / "testdata" / "libvirt-domains"

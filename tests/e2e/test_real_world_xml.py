@@ -8,9 +8,9 @@ import libvirt
 import yaml
 from lxml import etree
 
-from reconciler.diff import normalise, spec_changes
-from reconciler.domxml import merge_domain, parse_domain
-from reconciler.models import Owner
+from reconciler.engine.diff import normalise, spec_changes
+from reconciler.libvirtxml.domain import merge_domain, parse_domain
+from reconciler.spec.models import Owner
 from tests.helpers import shared_domain_files, write
 
 OWNER = Owner(manifest="imported.yaml")

@@ -8,7 +8,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from reconciler.sandbox import autostart_names
+from reconciler.adapters.sandbox import autostart_names
 from tests.helpers import domain_yaml, host_yaml, write
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -67,7 +67,7 @@ class Sandbox:
 
     def seed(self, xml: str, running: bool = True) -> None:
         """Add a domain to the state file by hand, as an operator seeding the sandbox would."""
-        from reconciler.sandbox import SandboxDomain, compose_node_xml, new_node_xml
+        from reconciler.adapters.sandbox import SandboxDomain, compose_node_xml, new_node_xml
 
         previous = self.state.read_text() if self.state.exists() else new_node_xml(16, 64 * 1024**3)
         conn = libvirt.open(f"test://{self.state}") if self.state.exists() else None

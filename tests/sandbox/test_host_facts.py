@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.libvirt_host import connect, is_local, local_swap
-from reconciler.models import Host
+from reconciler.adapters.libvirt_host import connect, is_local, local_swap
+from reconciler.spec.models import Host
 
 
 @pytest.mark.parametrize(

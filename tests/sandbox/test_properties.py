@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler import libvirt_host
-from reconciler.manifests import load_manifests
-from reconciler.reconcile import reconcile
+from reconciler.adapters import libvirt_host
+from reconciler.engine.reconcile import reconcile
+from reconciler.spec.manifests import load_manifests
 from tests.helpers import domain_yaml, host_yaml, write
 
 

@@ -8,8 +8,8 @@ import uuid
 import yaml
 from lxml import etree
 
-from reconciler.domxml import merge_domain, parse_domain
-from reconciler.models import Owner
+from reconciler.libvirtxml.domain import merge_domain, parse_domain
+from reconciler.spec.models import Owner
 from tests.helpers import cli, shared_domain_files, write
 
 OWNER = Owner(manifest="imported.yaml", revision="", spec_hash="")

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from reconciler import libvirt_host, sandbox
-from reconciler.manifests import load_manifests
-from reconciler.reconcile import reconcile
+from reconciler.adapters import libvirt_host, sandbox
+from reconciler.engine.reconcile import reconcile
+from reconciler.spec.manifests import load_manifests
 from tests.helpers import cli
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
-from reconciler import libvirt_host
-from reconciler.manifests import load_manifests
-from reconciler.reconcile import reconcile
-from reconciler.render import plan_document
-from reconciler.snapshot import Snapshot, SnapshotHypervisor, snapshot_host
+from reconciler.adapters import libvirt_host
+from reconciler.engine.reconcile import reconcile
+from reconciler.offline.snapshot import Snapshot, SnapshotHypervisor, snapshot_host
+from reconciler.report.render import plan_document
+from reconciler.spec.manifests import load_manifests
 from tests.helpers import cli, domain_yaml, host_yaml, write
 from tests.sandbox.test_properties import desired_sets
 

@@ -3,7 +3,8 @@
 import os
 from pathlib import Path
 
-from reconciler.doctor import (
+from reconciler.errors import TemporaryHostError
+from reconciler.ops.doctor import (
     OK,
     PROBLEM,
     WARN,
@@ -18,7 +19,6 @@ from reconciler.doctor import (
     check_swap,
     qemu_user,
 )
-from reconciler.errors import TemporaryHostError
 
 GiB = 1024**3
 

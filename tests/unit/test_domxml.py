@@ -5,10 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from reconciler.diff import normalise, spec_changes
-from reconciler.domxml import merge_domain, owner_xml, parse_domain, render_domain
+from reconciler.engine.diff import normalise, spec_changes
 from reconciler.errors import DomainXMLError
-from reconciler.models import DomainSpec, Owner
+from reconciler.libvirtxml.domain import merge_domain, owner_xml, parse_domain, render_domain
+from reconciler.spec.models import DomainSpec, Owner
 from tests.helpers import shared_domain_files
 
 OWNER = Owner(manifest="vms/web.yaml", revision="abc123", spec_hash="0123456789abcdef")
@@ -279,7 +279,7 @@ def test_the_parse_memo_gives_each_caller_its_own_state_and_autostart():
 
 
 def test_the_parse_memo_is_bounded(monkeypatch):
-    from reconciler import domxml
+    from reconciler.libvirtxml import domain as domxml
 
     monkeypatch.setattr(domxml, "_PARSED_LIMIT", 4)
     domxml.forget_parsed()

@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.content_cache import ContentCache, default_cache_dir
 from reconciler.errors import ManifestError
-from reconciler.manifests import ManifestSet, load_manifests
+from reconciler.files.content_cache import ContentCache, default_cache_dir
+from reconciler.spec.manifests import ManifestSet, load_manifests
 from tests.helpers import domain_yaml, host_yaml, write
 
 FULL_DOMAIN = """\

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ManifestError
-from reconciler.manifests import load_manifests
+from reconciler.spec.manifests import load_manifests
 from tests.helpers import host_yaml, write
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.hypervisor import DomainObservation, HostObservation
-from reconciler.models import Domain, Overcommit, Owner
-from reconciler.plan import Plan, build_host_plan
-from reconciler.policy import HostFacts, evaluate
-from reconciler.render import MARKDOWN_MARKER, render_markdown
+from reconciler.engine.hypervisor import DomainObservation, HostObservation
+from reconciler.engine.plan import Plan, build_host_plan
+from reconciler.engine.policy import HostPolicy
+from reconciler.report.render import MARKDOWN_MARKER, render_markdown
+from reconciler.spec.models import Capacity, Domain, Overcommit, Owner
 from tests.helpers import domain_model, observed_domain
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -28,16 +28,15 @@ def live(name: str, *, managed: bool = True, active: bool = True, **spec) -> Dom
 
 
 def host_plan(name, uri, desired, observed, *, cpus=8, allow_delete=False, policy=None):
-    plan = build_host_plan(
+    return build_host_plan(
         name,
         uri,
         {d.name: d for d in desired},
         lambda _n: OWNER,
         HostObservation(cpus=cpus, memory=16 * GiB, domains=tuple(observed)),
         allow_delete=allow_delete,
+        policy=HostPolicy(Capacity(), policy or Overcommit()),
     )
-    plan.policy = evaluate(policy or Overcommit(), HostFacts(cpus, 16 * GiB, 0, 0), plan.before, plan.actions)
-    return plan
 
 
 def scenario(name: str) -> Plan:

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from reconciler.models import Domain, DomainSpec, Host, Interface
+from reconciler.spec.models import Domain, DomainSpec, Host, Interface
 
 
 def spec(**fields):

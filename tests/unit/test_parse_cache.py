@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import domxml
-from reconciler.content_cache import ContentCache
-from reconciler.domxml import cached_parses, forget_parsed, parse_domain, render_domain
-from reconciler.models import DomainSpec, Owner
+from reconciler.files.content_cache import ContentCache
+from reconciler.libvirtxml import domain as domxml
+from reconciler.libvirtxml.domain import cached_parses, forget_parsed, parse_domain, render_domain
+from reconciler.spec.models import DomainSpec, Owner
 from tests.helpers import shared_domain_files
 
 OWNER = Owner(manifest="vms/a.yaml", revision="abc", spec_hash="0123456789abcdef")

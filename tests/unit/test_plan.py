@@ -2,11 +2,11 @@
 
 from lxml import etree
 
-from reconciler.diff import machine_matches, spec_changes
-from reconciler.domxml import render_domain
-from reconciler.hypervisor import DomainObservation, HostObservation
-from reconciler.models import Domain, DomainSpec, Owner
-from reconciler.plan import ActionKind, Phase, build_host_plan
+from reconciler.engine.diff import machine_matches, spec_changes
+from reconciler.engine.hypervisor import DomainObservation, HostObservation
+from reconciler.engine.plan import ActionKind, Phase, build_host_plan
+from reconciler.libvirtxml.domain import render_domain
+from reconciler.spec.models import Domain, DomainSpec, Owner
 from tests.helpers import domain_model, observed_domain
 
 OWNER = Owner(manifest="m.yaml", revision="r1", spec_hash="h")
@@ -126,18 +126,18 @@ def test_state_changes():
 
 def test_conflict_with_an_unmanaged_domain():
     host = plan([domain("a", vcpus=4)], [live("a", managed=False)])
-    assert host.actions == [] and host.blocked
+    assert host.actions == () and host.blocked
     assert [c.domain for c in host.conflicts] == ["a"]
 
 
 def test_unmanaged_domains_are_never_touched():
     host = plan([], [live("theirs", managed=False)], allow_delete=True)
-    assert host.actions == [] and host.orphans == [] and not host.blocked
+    assert host.actions == () and host.orphans == () and not host.blocked
 
 
 def test_orphans_kept_unless_delete_is_allowed():
     kept = plan([], [live("old")])
-    assert kept.actions == [] and [(o.domain, o.delete) for o in kept.orphans] == [("old", False)]
+    assert kept.actions == () and [(o.domain, o.delete) for o in kept.orphans] == [("old", False)]
     removed = plan([], [live("old")], allow_delete=True)
     assert kinds(removed) == [("undefine", "old")]
     assert removed.actions[0].stop_first

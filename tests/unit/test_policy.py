@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.models import Capacity, DomainSpec, Overcommit
-from reconciler.plan import Action, ActionKind, Phase
-from reconciler.policy import HostFacts, evaluate, host_facts, limit, usage
-from reconciler.sizes import parse_size
-from reconciler.usage import Usage
+from reconciler.engine.plan import Action, ActionKind, Phase
+from reconciler.engine.policy import HostFacts, evaluate, host_facts, limit, usage
+from reconciler.engine.usage import Usage
+from reconciler.spec.models import Capacity, DomainSpec, Overcommit
+from reconciler.spec.sizes import parse_size
 
 GiB = 1024**3
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.domxml import render_domain
-from reconciler.hypervisor import DomainObservation, HostObservation
-from reconciler.models import Domain, DomainSpec, Overcommit, Owner
-from reconciler.plan import build_host_plan
-from reconciler.policy import HostFacts, evaluate, step, usage
+from reconciler.engine.hypervisor import DomainObservation, HostObservation
+from reconciler.engine.plan import build_host_plan
+from reconciler.engine.policy import HostFacts, evaluate, step, usage
+from reconciler.libvirtxml.domain import render_domain
+from reconciler.spec.models import Domain, DomainSpec, Overcommit, Owner
 
 OWNER = Owner(manifest="m.yaml")
 GiB = 1024**3

@@ -4,9 +4,9 @@ import io
 
 from rich.markup import escape
 
-from reconciler.diff import Change
-from reconciler.plan import Action, ActionKind, HostPlan, Orphan, Phase, Plan
-from reconciler.render import Printer, plain, render_text, summary_line, wants_color
+from reconciler.engine.diff import Change
+from reconciler.engine.plan import Action, ActionKind, HostPlan, Orphan, Phase, Plan
+from reconciler.report.render import Printer, plain, render_text, summary_line, wants_color
 
 
 class Terminal(io.StringIO):
@@ -15,8 +15,7 @@ class Terminal(io.StringIO):
 
 
 def sample_plan() -> Plan:
-    host = HostPlan("hv1", "qemu:///system")
-    host.actions = [
+    actions = [
         Action(
             ActionKind.BALLOON,
             "hv1",
@@ -28,7 +27,8 @@ def sample_plan() -> Plan:
             ActionKind.UPDATE, "hv1", "db", Phase.UPDATE_GROW, changes=(Change("vcpus", 2, 4),), restart=True
         ),
     ]
-    host.orphans = [Orphan("hv1", "old", running=True, delete=False)]
+    orphans = (Orphan("hv1", "old", running=True, delete=False),)
+    host = HostPlan("hv1", "qemu:///system", actions=tuple(actions), orphans=orphans)
     return Plan(hosts={"hv1": host})
 
 

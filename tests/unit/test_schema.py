@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from reconciler.manifests import load_manifests, manifest_files
-from reconciler.schema import render, schemas
+from reconciler.ops.schema import render, schemas
+from reconciler.spec.manifests import load_manifests, manifest_files
 from tests.helpers import REPO, cli
 
 

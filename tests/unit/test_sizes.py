@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.sizes import format_size, parse_libvirt_size, parse_size
+from reconciler.spec.sizes import format_size, parse_libvirt_size, parse_size
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import re
 
 import yaml
 
-from reconciler.cli import build_parser
+from reconciler.cli.main import build_parser
 from tests.helpers import REPO
 
 WORKFLOWS = REPO / ".github" / "workflows"

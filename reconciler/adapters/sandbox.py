@@ -20,7 +20,7 @@ from xml.sax.saxutils import quoteattr, unescape
 
 from lxml import etree
 
-from reconciler.sizes import KIB, parse_size
+from reconciler.spec.sizes import KIB, parse_size
 
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 SANDBOX_NS = "https://virt-reconcile.dev/xmlns/sandbox/v1"

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from reconciler.engine.hypervisor import Hypervisor, StopOutcome
+from reconciler.engine.plan import Action, ActionKind, HostPlan
 from reconciler.errors import HostError
-from reconciler.hypervisor import Hypervisor, StopOutcome
-from reconciler.plan import Action, ActionKind, HostPlan
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def apply_host_plan(
     return results
 
 
-def _phases(actions: list[Action]) -> list[list[Action]]:
+def _phases(actions: Sequence[Action]) -> list[list[Action]]:
     """Consecutive actions of the same phase and kind (the plan is already in apply order)."""
     groups: list[list[Action]] = []
     for action in actions:

@@ -23,10 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from reconciler.models import Capacity, Overcommit
-from reconciler.plan import Action, ActionKind
-from reconciler.sizes import human_size
-from reconciler.usage import HostState, Usage
+from reconciler.engine.actions import Action, ActionKind
+from reconciler.engine.hypervisor import HostObservation
+from reconciler.engine.usage import HostState, Usage
+from reconciler.spec.models import Capacity, Overcommit
+from reconciler.spec.sizes import human_size
 
 RULES = ("cpu.total", "cpu.perDomain", "memory.commit", "memory.balloon")
 TOP_CONTRIBUTORS = 3
@@ -50,6 +51,25 @@ def host_facts(capacity: Capacity, *, cpus: int, memory: int, swap: int | None, 
         swap=capacity.swap if capacity.swap is not None else (swap or 0),
         ksm_saved=ksm_saved,
     )
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """A host's overcommit policy and the capacity its manifest sets (overriding what is observed)."""
+
+    capacity: Capacity
+    overcommit: Overcommit
+
+    def judge(self, observed: HostObservation, before: HostState, actions: Iterable[Action]) -> PolicyReport:
+        """Every rule on the state ``actions`` leave, with the facts observed on the host."""
+        facts = host_facts(
+            self.capacity,
+            cpus=observed.cpus,
+            memory=observed.memory,
+            swap=observed.swap,
+            ksm_saved=observed.ksm_saved,
+        )
+        return evaluate(self.overcommit, facts, before, actions)
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from typing import Any, Protocol
 import yaml
 from lxml import etree
 
-from reconciler.domxml import OWNER_NS, parse_domain
+from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.errors import DomainXMLError, HostError, ReconcilerError
-from reconciler.hypervisor import DomainObservation, HostObservation
-from reconciler.models import API_VERSION, DomainSpec, Owner
+from reconciler.libvirtxml.domain import OWNER_NS, parse_domain
+from reconciler.spec.models import API_VERSION, DomainSpec, Owner
 
 CHUNK = 1024 * 1024
 _ZERO = bytes(CHUNK)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.models import DomainSpec
+from reconciler.spec.models import DomainSpec
 
 
 @dataclass(frozen=True)

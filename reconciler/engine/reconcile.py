@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
 
-from reconciler.apply import DEFAULT_WORKERS, ActionResult, apply_host_plan
-from reconciler.content_cache import ContentCache
-from reconciler.domxml import cached_parses
-from reconciler.errors import HostError, ReconcilerError
-from reconciler.hypervisor import HostObservation, Hypervisor
-from reconciler.manifests import ManifestSet
-from reconciler.models import Capacity, Host, Overcommit, Owner
-from reconciler.plan import HostPlan, Plan, build_host_plan
-from reconciler.policy import evaluate, host_facts
-from reconciler.savedplan import SavedPlan
-from reconciler.snapshot import fingerprint
+from reconciler.engine.apply import DEFAULT_WORKERS, ActionResult, apply_host_plan
+from reconciler.engine.hypervisor import Hypervisor
+from reconciler.engine.plan import HostPlan, Plan, build_host_plan
+from reconciler.engine.policy import HostPolicy
+from reconciler.errors import HostError
+from reconciler.files.content_cache import ContentCache
+from reconciler.libvirtxml.domain import cached_parses
+from reconciler.spec.manifests import ManifestSet
+from reconciler.spec.models import Host, Owner
 
 Connector = Callable[[Host, bool], AbstractContextManager[Hypervisor]]
 
@@ -87,98 +85,9 @@ def plan_host(
             owner_of(manifests, host, revision),
             observed,
             allow_delete=allow_delete or spec.prune,
+            policy=HostPolicy(spec.capacity, spec.overcommit),
         )
-    check_policy(plan, spec.capacity, spec.overcommit, observed)
     return plan
-
-
-def check_policy(
-    plan: HostPlan, capacity: Capacity, overcommit: Overcommit, observed: HostObservation
-) -> None:
-    """Evaluate a host's overcommit policy on its plan, with the facts observed (capacity overriding)."""
-    facts = host_facts(
-        capacity,
-        cpus=observed.cpus,
-        memory=observed.memory,
-        swap=observed.swap,
-        ksm_saved=observed.ksm_saved,
-    )
-    plan.policy = evaluate(overcommit, facts, plan.before, plan.actions)
-    plan.observed = observed
-
-
-class StalePlanError(ReconcilerError):
-    """A saved plan whose hosts moved since it was made: nothing is applied."""
-
-
-def apply_saved(
-    saved: SavedPlan,
-    connect: Connector,
-    *,
-    shutdown_timeout: float = 60.0,
-    on_plan: Callable[[HostPlan], None] | None = None,
-    on_result: Callable[[ActionResult], None] | None = None,
-    workers: int = DEFAULT_WORKERS,
-) -> Outcome:
-    """Apply exactly the actions of a saved plan, after checking no host moved and the policy holds.
-
-    Every host is observed before anything changes: one stale host refuses the whole plan.
-    """
-    outcome = Outcome(Plan(revision=saved.revision))
-    hosts = {
-        name: Host.model_validate(
-            {
-                "apiVersion": "virt-reconcile/v1",
-                "kind": "Host",
-                "metadata": {"name": name},
-                "spec": {
-                    "uri": entry.uri,
-                    "capacity": entry.capacity.model_dump(by_alias=True, mode="json"),
-                    "overcommit": entry.overcommit.model_dump(by_alias=True, mode="json"),
-                },
-            }
-        )
-        for name, entry in saved.hosts.items()
-    }
-    with ExitStack() as stack:
-        hypervisors = {name: stack.enter_context(connect(host, True)) for name, host in hosts.items()}
-        stale = []
-        for name, hypervisor in hypervisors.items():
-            entry = saved.hosts[name]
-            observed = hypervisor.observe()
-            if fingerprint(observed) != entry.fingerprint:
-                stale.append(name)
-                continue
-            current = build_host_plan(name, entry.uri, {}, _no_owner, observed, allow_delete=False)
-            host_plan = HostPlan(
-                host=name,
-                uri=entry.uri,
-                actions=list(entry.actions),
-                errors=current.errors,
-                before=current.before,
-            )
-            check_policy(host_plan, entry.capacity, entry.overcommit, observed)
-            outcome.plan.hosts[name] = host_plan
-        if stale:
-            raise StalePlanError(
-                f"the saved plan is stale: {', '.join(stale)} changed since it was made; nothing was "
-                "applied (plan again)"
-            )
-        for name, host_plan in outcome.plan.hosts.items():
-            if on_plan is not None:
-                on_plan(host_plan)
-            outcome.results[name] = apply_host_plan(
-                hypervisors[name],
-                host_plan,
-                shutdown_timeout=shutdown_timeout,
-                on_result=on_result,
-                workers=workers,
-            )
-    return outcome
-
-
-def _no_owner(name: str) -> Owner:
-    raise AssertionError(f"nothing is defined while re-observing for a saved plan ({name})")
 
 
 def reconcile(
@@ -223,8 +132,11 @@ def reconcile(
                         workers=workers,
                     )
         except HostError as err:
-            failed = outcome.plan.hosts.setdefault(name, HostPlan(host=name, uri=host.spec.uri))
-            failed.errors.append(str(err))
-            if on_plan is not None and not failed.actions:
+            planned = outcome.plan.hosts.get(name)
+            failed = HostPlan.failed(name, host.spec.uri, str(err))
+            if planned is not None:  # planned, then failed while applying: keep what the plan said
+                failed = replace(planned, errors=(*planned.errors, str(err)))
+            outcome.plan.hosts[name] = failed
+            if on_plan is not None and planned is None:
                 on_plan(failed)
     return outcome

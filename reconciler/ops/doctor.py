@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import HostError
-from reconciler.sizes import KIB, human_size
+from reconciler.spec.sizes import KIB, human_size
 
 OK, WARN, PROBLEM = "ok", "warn", "problem"
 VENDOR_MODULES = ("kvm_intel", "kvm_amd", "kvm_pvm")

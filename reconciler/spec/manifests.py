@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from reconciler.content_cache import ContentCache, content_digest
 from reconciler.errors import ManifestError, Problem
-from reconciler.models import API_VERSION, Domain, Host
+from reconciler.files.content_cache import ContentCache, content_digest
+from reconciler.spec.models import API_VERSION, Domain, Host
 
 try:
     _Base: type[yaml.CSafeLoader] = yaml.CSafeLoader

@@ -22,10 +22,10 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
-from reconciler.content_cache import ContentCache, content_digest
 from reconciler.errors import DomainXMLError
-from reconciler.models import BUS_TARGET_PREFIX, Boot, Disk, DomainSpec, Interface, Owner
-from reconciler.sizes import KIB, format_size, parse_libvirt_size
+from reconciler.files.content_cache import ContentCache, content_digest
+from reconciler.spec.models import BUS_TARGET_PREFIX, Boot, Disk, DomainSpec, Interface, Owner
+from reconciler.spec.sizes import KIB, format_size, parse_libvirt_size
 
 OWNER_NS = "https://virt-reconcile.dev/xmlns/owner/v1"
 OWNER_PREFIX = "vr"

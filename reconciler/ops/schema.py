@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reconciler.models import Domain, Host
-from reconciler.snapshot import Snapshot
+from reconciler.offline.snapshot import Snapshot
+from reconciler.spec.models import Domain, Host
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

@@ -16,9 +16,9 @@ from typing import IO, Any
 from rich.console import Console
 from rich.markup import escape
 
-from reconciler.apply import ActionResult
-from reconciler.plan import Action, ActionKind, HostPlan, Plan
-from reconciler.policy import PolicyReport
+from reconciler.engine.apply import ActionResult
+from reconciler.engine.plan import Action, ActionKind, HostPlan, Plan
+from reconciler.engine.policy import PolicyReport
 
 FORMAT_VERSION = 1
 _STYLE = {

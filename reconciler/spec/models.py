@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from reconciler.sizes import SIZE_PATTERN, format_size, parse_size
+from reconciler.spec.sizes import SIZE_PATTERN, format_size, parse_size
 
 API_VERSION = "virt-reconcile/v1"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

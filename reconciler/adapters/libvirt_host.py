@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 import libvirt
 from lxml import etree
 
-from reconciler import sandbox
-from reconciler.doctor import DaemonFacts
-from reconciler.domxml import OWNER_NS, OWNER_PREFIX, owner_metadata
+from reconciler.adapters import sandbox
+from reconciler.engine.hypervisor import DomainObservation, HostObservation, StopOutcome
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
-from reconciler.hypervisor import DomainObservation, HostObservation, StopOutcome
-from reconciler.models import Host, Owner
-from reconciler.sizes import KIB, parse_libvirt_size
+from reconciler.libvirtxml.domain import OWNER_NS, OWNER_PREFIX, owner_metadata
+from reconciler.ops.doctor import DaemonFacts
+from reconciler.spec.models import Host, Owner
+from reconciler.spec.sizes import KIB, parse_libvirt_size
 
 T = TypeVar("T")
 

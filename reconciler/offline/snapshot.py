@@ -16,10 +16,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from reconciler.domxml import parse_domain
+from reconciler.engine.hypervisor import DomainObservation, HostObservation, StopOutcome
 from reconciler.errors import DomainXMLError, PermanentHostError, ReconcilerError
-from reconciler.hypervisor import DomainObservation, HostObservation, StopOutcome
-from reconciler.models import DomainSpec, Owner
+from reconciler.libvirtxml.domain import parse_domain
+from reconciler.spec.models import DomainSpec, Owner
 
 FORMAT_VERSION = 1
 

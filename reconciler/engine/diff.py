@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.models import DomainSpec
+from reconciler.spec.models import DomainSpec
 
 #: Machine aliases that libvirt expands to a versioned type with a different stem.
 MACHINE_ALIASES: dict[str, str] = {"pc": "pc-i440fx-", "q35": "pc-q35-"}

@@ -20,14 +20,12 @@ from pathlib import Path
 from rich.markup import escape
 
 from reconciler import __version__
-from reconciler.adopt import Report
-from reconciler.content_cache import ContentCache
+from reconciler.engine.plan import HostPlan
+from reconciler.engine.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.errors import ManifestError, ReconcilerError
-from reconciler.manifests import ManifestSet, load_manifests
-from reconciler.models import Host
-from reconciler.plan import HostPlan
-from reconciler.reconcile import Connector, Outcome, reconcile, select_hosts
-from reconciler.render import (
+from reconciler.files.content_cache import ContentCache
+from reconciler.ops.adopt import Report
+from reconciler.report.render import (
     Printer,
     render_host_text,
     render_json,
@@ -35,6 +33,8 @@ from reconciler.render import (
     render_result,
     summary_line,
 )
+from reconciler.spec.manifests import ManifestSet, load_manifests
+from reconciler.spec.models import Host
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_REFUSED = 0, 1, 2, 3
 DEFAULT_PATH = "manifests"
@@ -220,13 +220,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _connector() -> Connector:
     """The libvirt adapter, imported only by the commands that talk to hosts."""
-    from reconciler import libvirt_host
+    from reconciler.adapters import libvirt_host
 
     return lambda host, write: libvirt_host.connect(host, write=write)
 
 
 def _revision(manifests: ManifestSet) -> str:
-    from reconciler.gitsource import revision_of
+    from reconciler.adapters.gitsource import revision_of
 
     return revision_of(manifests.root)
 
@@ -265,7 +265,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _snapshot_connector(path: Path) -> Connector:
     """Hosts read from snapshot files: plans with no connection to any hypervisor."""
     from reconciler.errors import PermanentHostError
-    from reconciler.snapshot import SnapshotHypervisor, load_snapshots
+    from reconciler.offline.snapshot import SnapshotHypervisor, load_snapshots
 
     hosts = load_snapshots(path)
 
@@ -279,8 +279,8 @@ def _snapshot_connector(path: Path) -> Connector:
 
 
 def _save(path: Path, outcome: Outcome, manifests: ManifestSet) -> None:
-    from reconciler.savedplan import save_plan
-    from reconciler.snapshot import fingerprint
+    from reconciler.offline.savedplan import save_plan
+    from reconciler.offline.snapshot import fingerprint
 
     observed = {name: host.observed for name, host in outcome.plan.hosts.items() if host.observed is not None}
     save_plan(
@@ -311,14 +311,14 @@ def _report(report: Report, verb: str) -> int:
 
 
 def _is_local(host: Host) -> bool:
-    from reconciler import libvirt_host
+    from reconciler.adapters import libvirt_host
 
     return host.spec.uri.startswith("sandbox:") or libvirt_host.is_local(host.spec.uri)
 
 
 def _import(args: argparse.Namespace) -> int:
-    from reconciler import libvirt_host
-    from reconciler.adopt import import_domains
+    from reconciler.adapters import libvirt_host
+    from reconciler.ops.adopt import import_domains
 
     manifests, host = _adopt_host(args)
     out = Path(args.out).resolve()
@@ -345,8 +345,8 @@ def _import(args: argparse.Namespace) -> int:
 def _backup(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from reconciler import libvirt_host
-    from reconciler.adopt import backup_domains
+    from reconciler.adapters import libvirt_host
+    from reconciler.ops.adopt import backup_domains
 
     _, host = _adopt_host(args)
     with libvirt_host.connect(host, write=False) as hypervisor, Progress(transient=True) as progress:
@@ -369,8 +369,8 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from reconciler import libvirt_host
-    from reconciler.adopt import read_backup, restore_domains
+    from reconciler.adapters import libvirt_host
+    from reconciler.ops.adopt import read_backup, restore_domains
 
     _, host = _adopt_host(args)
     backup = read_backup(Path(args.source), args.domains)
@@ -382,8 +382,8 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
-    from reconciler import libvirt_host
-    from reconciler.snapshot import Snapshot, snapshot_host
+    from reconciler.adapters import libvirt_host
+    from reconciler.offline.snapshot import Snapshot, snapshot_host
 
     manifests = _load(args.path)
     hosts = {}
@@ -448,8 +448,7 @@ def _apply_verdict(out: Printer, outcome: Outcome) -> int:
 
 
 def _apply_saved(args: argparse.Namespace) -> int:
-    from reconciler.reconcile import apply_saved
-    from reconciler.savedplan import load_plan
+    from reconciler.offline.savedplan import apply_saved, load_plan
 
     out = Printer(sys.stdout)
 
@@ -473,8 +472,9 @@ GIT_URL = re.compile(r"^(file|ssh|https?|git)://|^[\w.-]+@[\w.-]+:")
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from reconciler import libvirt_host
-    from reconciler.daemon import (
+    from reconciler.adapters import libvirt_host
+    from reconciler.adapters.watch import watch_directory
+    from reconciler.daemon.loop import (
         Daemon,
         DaemonConfig,
         DirectorySource,
@@ -482,7 +482,6 @@ def _daemon(args: argparse.Namespace) -> int:
         parse_duration,
         parse_listen,
     )
-    from reconciler.watch import watch_directory
 
     state_dir = Path(args.state_dir)
     secret = Path(args.webhook_secret_file).read_bytes().strip() if args.webhook_secret_file else None
@@ -542,8 +541,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from reconciler import libvirt_host
-    from reconciler.doctor import PROBLEM, WARN, run_checks
+    from reconciler.adapters import libvirt_host
+    from reconciler.ops.doctor import PROBLEM, WARN, run_checks
 
     out = Printer(sys.stdout)
     checks = run_checks(args.uri, libvirt_host.daemon_facts)
@@ -556,7 +555,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from reconciler.schema import write_schemas
+    from reconciler.ops.schema import write_schemas
 
     for path in write_schemas(Path(args.out)):
         print(f"wrote {path}")

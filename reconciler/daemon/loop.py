@@ -37,13 +37,13 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from reconciler.content_cache import ContentCache
+from reconciler.engine.hypervisor import HostObservation
+from reconciler.engine.reconcile import Connector, reconcile
 from reconciler.errors import ManifestError, ReconcilerError
-from reconciler.hypervisor import HostObservation
-from reconciler.manifests import ManifestSet, load_manifests
-from reconciler.models import Host
-from reconciler.reconcile import Connector, reconcile
-from reconciler.snapshot import Snapshot, snapshot_host
+from reconciler.files.content_cache import ContentCache
+from reconciler.offline.snapshot import Snapshot, snapshot_host
+from reconciler.spec.manifests import ManifestSet, load_manifests
+from reconciler.spec.models import Host
 
 MAX_BACKOFF = 60.0
 COALESCE_SECONDS = 0.05
@@ -81,7 +81,7 @@ class GitSource:
     watchable = False
 
     def __init__(self, url: str, branch: str, path: str, state_dir: Path) -> None:
-        from reconciler.gitsource import GitCheckout
+        from reconciler.adapters.gitsource import GitCheckout
 
         self.checkout = GitCheckout(url, branch, state_dir / "checkout")
         self.manifests = state_dir / "checkout" / path
@@ -101,7 +101,7 @@ class DirectorySource:
 
     def update(self) -> str:
         """A digest of every manifest file's name and content."""
-        from reconciler.manifests import manifest_files
+        from reconciler.spec.manifests import manifest_files
 
         digest = hashlib.sha256()
         for file in manifest_files(self.manifests):

@@ -10,111 +10,49 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING
 
-from reconciler.diff import LIVE_FIELDS, Change, normalise, spec_changes
-from reconciler.domxml import OWNER_NS, ParsedDomain, merge_domain, parse_domain, read_usage, render_domain
+from reconciler.engine.actions import Action, ActionKind, Conflict, Orphan, Phase
+from reconciler.engine.diff import LIVE_FIELDS, Change, normalise, spec_changes
+from reconciler.engine.hypervisor import DomainObservation, HostObservation
+from reconciler.engine.policy import HostPolicy, PolicyReport
+from reconciler.engine.usage import Usage
 from reconciler.errors import DomainXMLError
-from reconciler.hypervisor import DomainObservation, HostObservation
-from reconciler.models import Domain, DomainSpec, Owner
-from reconciler.sizes import format_size
-from reconciler.usage import Usage
+from reconciler.libvirtxml.domain import (
+    OWNER_NS,
+    ParsedDomain,
+    merge_domain,
+    parse_domain,
+    read_usage,
+    render_domain,
+)
+from reconciler.spec.models import Domain, DomainSpec, Owner
+from reconciler.spec.sizes import format_size
 
-if TYPE_CHECKING:
-    from reconciler.policy import PolicyReport
-
-
-class ActionKind(StrEnum):
-    """The closed set of things a plan can do to a domain."""
-
-    DEFINE = "define"
-    UPDATE = "update"
-    BALLOON = "balloon"
-    START = "start"
-    STOP = "stop"
-    UNDEFINE = "undefine"
-
-    @property
-    def symbol(self) -> str:
-        """The one-character mark plan output shows before the action."""
-        return _SYMBOLS[self]
-
-
-_SYMBOLS = {
-    ActionKind.DEFINE: "+",
-    ActionKind.UPDATE: "~",
-    ActionKind.BALLOON: "~",
-    ActionKind.START: ">",
-    ActionKind.STOP: "<",
-    ActionKind.UNDEFINE: "-",
-}
-
-
-class Phase:
-    """Apply order: everything that frees resources first, everything that takes them last."""
-
-    UNDEFINE = 0
-    STOP = 1
-    BALLOON_DOWN = 2
-    UPDATE_SHRINK = 3
-    UPDATE_GROW = 4
-    DEFINE = 5
-    BALLOON_UP = 6
-    START = 7
+__all__ = ["Action", "ActionKind", "Conflict", "HostPlan", "Orphan", "Phase", "Plan", "build_host_plan"]
 
 
 @dataclass(frozen=True)
-class Action:
-    """One step of a plan. ``xml`` is what define/update will define; ``memory`` the balloon targets."""
-
-    kind: ActionKind
-    host: str
-    domain: str
-    phase: int
-    changes: tuple[Change, ...] = ()
-    restart: bool = False
-    reason: str = ""
-    xml: str | None = None
-    autostart: bool | None = None
-    spec: DomainSpec | None = None  # define/update: the spec the domain will have afterwards
-    config_memory: int | None = None
-    live_memory: int | None = None
-    stop_first: bool = False
-
-
-@dataclass(frozen=True)
-class Orphan:
-    """A managed domain that no manifest names any more."""
-
-    host: str
-    domain: str
-    running: bool
-    delete: bool
-
-
-@dataclass(frozen=True)
-class Conflict:
-    """A manifest names a domain that exists on the host but is not ours: never overwritten."""
-
-    host: str
-    domain: str
-    reason: str
-
-
-@dataclass
 class HostPlan:
-    """What the plan will do on one host, and what it refuses to touch."""
+    """What the plan will do on one host, what it refuses to touch, and the policy's verdict.
+
+    Built once, complete, by :func:`build_host_plan` (or :meth:`failed` for a host that could not be
+    planned); nothing fills it in afterwards.
+    """
 
     host: str
     uri: str
-    actions: list[Action] = field(default_factory=list)
-    orphans: list[Orphan] = field(default_factory=list)
-    conflicts: list[Conflict] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    before: dict[str, Usage] = field(default_factory=dict)  # every domain's claim, as observed
+    actions: tuple[Action, ...] = ()
+    orphans: tuple[Orphan, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    errors: tuple[str, ...] = ()
+    before: Mapping[str, Usage] = field(default_factory=dict)  # every domain's claim, as observed
     policy: PolicyReport | None = None
     observed: HostObservation | None = None  # what the plan was made from (snapshots, saved plans)
+
+    @classmethod
+    def failed(cls, host: str, uri: str, error: str) -> HostPlan:
+        """The plan of a host that could not be observed or planned: one error, nothing to do."""
+        return cls(host=host, uri=uri, errors=(error,))
 
     @property
     def refused(self) -> bool:
@@ -125,6 +63,19 @@ class HostPlan:
     def blocked(self) -> bool:
         """Nothing is applied on a host with a conflict, an unreadable managed domain or a refusal."""
         return bool(self.conflicts or self.errors) or self.refused
+
+
+@dataclass
+class _Draft:
+    """The host plan while it is being worked out (private: callers only ever see a HostPlan)."""
+
+    host: str
+    uri: str
+    actions: list[Action] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    before: dict[str, Usage] = field(default_factory=dict)
 
 
 @dataclass
@@ -163,9 +114,13 @@ def build_host_plan(
     observed: HostObservation,
     *,
     allow_delete: bool,
+    policy: HostPolicy | None = None,
 ) -> HostPlan:
-    """Plan one host: define what is missing, change what differs, report orphans and conflicts."""
-    plan = HostPlan(host=host, uri=uri)
+    """Plan one host: define what is missing, change what differs, report orphans and conflicts.
+
+    With a ``policy``, the plan carries the policy's verdict on its actions.
+    """
+    plan = _Draft(host=host, uri=uri)
     seen: dict[str, tuple[DomainObservation, ParsedDomain | None]] = {}
     for live in observed.domains:
         try:
@@ -216,7 +171,17 @@ def build_host_plan(
                 )
             )
     plan.actions.sort(key=lambda action: action.phase)
-    return plan
+    return HostPlan(
+        host=host,
+        uri=uri,
+        actions=tuple(plan.actions),
+        orphans=tuple(plan.orphans),
+        conflicts=tuple(plan.conflicts),
+        errors=tuple(plan.errors),
+        before=plan.before,
+        policy=policy.judge(observed, plan.before, plan.actions) if policy is not None else None,
+        observed=observed,
+    )
 
 
 def _carries_owner(xml: str) -> bool:
@@ -224,7 +189,7 @@ def _carries_owner(xml: str) -> bool:
     return OWNER_NS in xml
 
 
-def _plan_define(plan: HostPlan, domain: Domain, owner: Owner) -> None:
+def _plan_define(plan: _Draft, domain: Domain, owner: Owner) -> None:
     spec = domain.spec
     plan.actions.append(
         Action(
@@ -252,7 +217,7 @@ def _plan_define(plan: HostPlan, domain: Domain, owner: Owner) -> None:
 
 
 def _plan_change(
-    plan: HostPlan,
+    plan: _Draft,
     domain: Domain,
     owner_of: Callable[[str], Owner],
     live: DomainObservation,
@@ -302,7 +267,7 @@ def _resources(spec: DomainSpec) -> tuple[int, int, int]:
 
 
 def _plan_updates(
-    plan: HostPlan,
+    plan: _Draft,
     name: str,
     *,
     current: DomainSpec,
@@ -364,7 +329,7 @@ def _plan_updates(
 
 
 def _balloon(
-    plan: HostPlan,
+    plan: _Draft,
     name: str,
     *,
     current: DomainSpec,

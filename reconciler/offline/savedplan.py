@@ -9,15 +9,21 @@ Apply re-observes each host first; any host whose state moved makes the whole pl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.diff import Change
-from reconciler.errors import ReconcilerError
-from reconciler.models import Capacity, DomainSpec, Overcommit
-from reconciler.plan import Action, ActionKind, Plan
-from reconciler.render import plan_document
+from reconciler.engine.apply import DEFAULT_WORKERS, ActionResult, apply_host_plan
+from reconciler.engine.diff import Change
+from reconciler.engine.plan import Action, ActionKind, HostPlan, Phase, Plan, build_host_plan
+from reconciler.engine.policy import HostPolicy
+from reconciler.engine.reconcile import Connector, Outcome
+from reconciler.errors import ReconcilerError, StalePlanError
+from reconciler.offline.snapshot import fingerprint
+from reconciler.report.render import plan_document
+from reconciler.spec.models import Capacity, DomainSpec, Host, Overcommit, Owner
 
 KIND = "virt-reconcile/saved-plan"
 FORMAT_VERSION = 1
@@ -65,7 +71,7 @@ def _load_action(data: dict[str, Any]) -> Action:
         kind=ActionKind(data["kind"]),
         host=data["host"],
         domain=data["domain"],
-        phase=int(data["phase"]),
+        phase=Phase(int(data["phase"])),
         changes=tuple(Change(*change) for change in data["changes"]),
         restart=bool(data["restart"]),
         reason=data["reason"],
@@ -125,3 +131,70 @@ def load_plan(path: Path) -> SavedPlan:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ReconcilerError(f"{path}: not a saved virt-reconcile plan: {err}") from err
     return SavedPlan(revision=data.get("revision", ""), hosts=hosts)
+
+
+def apply_saved(
+    saved: SavedPlan,
+    connect: Connector,
+    *,
+    shutdown_timeout: float = 60.0,
+    on_plan: Callable[[HostPlan], None] | None = None,
+    on_result: Callable[[ActionResult], None] | None = None,
+    workers: int = DEFAULT_WORKERS,
+) -> Outcome:
+    """Apply exactly the actions of a saved plan, after checking no host moved and the policy holds.
+
+    Every host is observed before anything changes: one stale host refuses the whole plan.
+    """
+    outcome = Outcome(Plan(revision=saved.revision))
+    hosts = {
+        name: Host.model_validate(
+            {
+                "apiVersion": "virt-reconcile/v1",
+                "kind": "Host",
+                "metadata": {"name": name},
+                "spec": {
+                    "uri": entry.uri,
+                    "capacity": entry.capacity.model_dump(by_alias=True, mode="json"),
+                    "overcommit": entry.overcommit.model_dump(by_alias=True, mode="json"),
+                },
+            }
+        )
+        for name, entry in saved.hosts.items()
+    }
+    with ExitStack() as stack:
+        hypervisors = {name: stack.enter_context(connect(host, True)) for name, host in hosts.items()}
+        stale = []
+        for name, hypervisor in hypervisors.items():
+            entry = saved.hosts[name]
+            observed = hypervisor.observe()
+            if fingerprint(observed) != entry.fingerprint:
+                stale.append(name)
+                continue
+            current = build_host_plan(name, entry.uri, {}, _no_owner, observed, allow_delete=False)
+            policy = HostPolicy(entry.capacity, entry.overcommit)
+            outcome.plan.hosts[name] = replace(
+                current,
+                actions=tuple(entry.actions),
+                policy=policy.judge(observed, current.before, entry.actions),
+            )
+        if stale:
+            raise StalePlanError(
+                f"the saved plan is stale: {', '.join(stale)} changed since it was made; nothing was "
+                "applied (plan again)"
+            )
+        for name, host_plan in outcome.plan.hosts.items():
+            if on_plan is not None:
+                on_plan(host_plan)
+            outcome.results[name] = apply_host_plan(
+                hypervisors[name],
+                host_plan,
+                shutdown_timeout=shutdown_timeout,
+                on_result=on_result,
+                workers=workers,
+            )
+    return outcome
+
+
+def _no_owner(name: str) -> Owner:
+    raise AssertionError(f"nothing is defined while re-observing for a saved plan ({name})")

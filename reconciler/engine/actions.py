@@ -1,0 +1,89 @@
+"""The closed set of plan actions, and what a plan reports but will not touch (pure, a leaf).
+
+Both the planner and the policy read these; neither imports the other's module for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+from reconciler.engine.diff import Change
+from reconciler.spec.models import DomainSpec
+
+
+class ActionKind(StrEnum):
+    """The closed set of things a plan can do to a domain."""
+
+    DEFINE = "define"
+    UPDATE = "update"
+    BALLOON = "balloon"
+    START = "start"
+    STOP = "stop"
+    UNDEFINE = "undefine"
+
+    @property
+    def symbol(self) -> str:
+        """The one-character mark plan output shows before the action."""
+        return _SYMBOLS[self]
+
+
+_SYMBOLS = {
+    ActionKind.DEFINE: "+",
+    ActionKind.UPDATE: "~",
+    ActionKind.BALLOON: "~",
+    ActionKind.START: ">",
+    ActionKind.STOP: "<",
+    ActionKind.UNDEFINE: "-",
+}
+
+
+class Phase(IntEnum):
+    """Apply order: everything that frees resources first, everything that takes them last."""
+
+    UNDEFINE = 0
+    STOP = 1
+    BALLOON_DOWN = 2
+    UPDATE_SHRINK = 3
+    UPDATE_GROW = 4
+    DEFINE = 5
+    BALLOON_UP = 6
+    START = 7
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a plan. ``xml`` is what define/update will define; ``memory`` the balloon targets."""
+
+    kind: ActionKind
+    host: str
+    domain: str
+    phase: Phase
+    changes: tuple[Change, ...] = ()
+    restart: bool = False
+    reason: str = ""
+    xml: str | None = None
+    autostart: bool | None = None
+    spec: DomainSpec | None = None  # define/update: the spec the domain will have afterwards
+    config_memory: int | None = None
+    live_memory: int | None = None
+    stop_first: bool = False
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A managed domain that no manifest names any more."""
+
+    host: str
+    domain: str
+    running: bool
+    delete: bool
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A manifest names a domain that exists on the host but is not ours: never overwritten."""
+
+    host: str
+    domain: str
+    reason: str
