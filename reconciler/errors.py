@@ -1,22 +1,36 @@
 """The exception tree. Callers catch these, never a library's own exception types.
 
+Every error the reconciler raises on purpose is a ``ReconcilerError``; an adapter wraps the library
+error it met (``raise ... from err``) so the cause stays visible. ``retryable`` says what a caller
+that keeps running (the daemon) should do: retry with backoff (the world may change by itself), or
+wait for new input (a new revision, a new command line).
+
 ::
 
-    ReconcilerError
-    ├── ManifestError          bad input: every problem found, each with file, line and field
-    ├── DomainXMLError         domain XML the reconciler cannot read
-    └── HostError              talking to a host failed (wraps libvirt errors)
-        ├── TemporaryHostError     worth retrying: connection lost, daemon busy, timeout
-        └── PermanentHostError     retrying will not help: refused definition, missing domain
+    ReconcilerError                 retryable?
+    ├── ManifestError               no    bad input: every problem found, each with file, line and field
+    ├── SelectionError              no    --host names a host the manifests do not have
+    ├── DomainXMLError              no    domain XML the reconciler cannot read as a domain
+    ├── StalePlanError              no    a saved plan whose hosts moved since it was made
+    ├── SavedPlanError              no    a file that is not a readable saved plan
+    ├── AdoptionError               no    import / backup / restore cannot go ahead (and says why)
+    ├── SourceError                 yes   the manifest source (git) could not be fetched
+    └── HostError                   -     talking to a host failed (wraps libvirt errors)
+        ├── TemporaryHostError      yes   connection lost, daemon busy, timeout
+        └── PermanentHostError      no    refused definition, unsupported operation
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class ReconcilerError(Exception):
     """Base of every error the reconciler raises on purpose."""
+
+    #: Whether trying the same thing again later, with the same input, may succeed.
+    retryable: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -41,8 +55,30 @@ class ManifestError(ReconcilerError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class SelectionError(ReconcilerError):
+    """A host selection (``--host``) names hosts the manifests do not define."""
+
+
 class DomainXMLError(ReconcilerError):
     """Domain XML that cannot be read as a domain."""
+
+
+class StalePlanError(ReconcilerError):
+    """A saved plan whose hosts moved since it was made: nothing is applied."""
+
+
+class SavedPlanError(ReconcilerError):
+    """A file given as a saved plan that cannot be read as one."""
+
+
+class AdoptionError(ReconcilerError):
+    """import, backup or restore cannot go ahead; the message says why and what to do."""
+
+
+class SourceError(ReconcilerError):
+    """The git source could not be cloned or fetched (the last good checkout stays in place)."""
+
+    retryable = True
 
 
 class HostError(ReconcilerError):
@@ -56,10 +92,8 @@ class HostError(ReconcilerError):
 class TemporaryHostError(HostError):
     """A host error that may go away on retry (connection lost, timeout)."""
 
+    retryable = True
+
 
 class PermanentHostError(HostError):
     """A host error that a retry will not fix (invalid XML, unsupported operation)."""
-
-
-class StalePlanError(ReconcilerError):
-    """A saved plan whose hosts moved since it was made: nothing is applied."""

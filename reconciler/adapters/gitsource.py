@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.errors import ReconcilerError
-
-
-class SourceError(ReconcilerError):
-    """The git source could not be cloned or fetched (the last good checkout stays in place)."""
+from reconciler.errors import SourceError
 
 
 def revision_of(path: Path) -> str:

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import libvirt
 from lxml import etree
@@ -78,11 +77,14 @@ def _wrap(host: str, what: str, err: libvirt.libvirtError) -> HostError:
 class LibvirtHypervisor:
     """A libvirt connection speaking the Hypervisor protocol."""
 
-    def __init__(self, name: str, conn: libvirt.virConnect, *, local: bool = False) -> None:
+    def __init__(
+        self, name: str, conn: libvirt.virConnect, *, local: bool = False, in_process: bool = False
+    ) -> None:
         self.name = name
         self.conn = conn
         self.local = local  # the hypervisor is this machine: its swap can be read from /proc
-        self._is_test_driver = conn.getType() == "TEST"
+        self._in_process = in_process  # an in-process driver: concurrent reads gain nothing
+        self._is_test_driver = conn.getType() == "TEST"  # takes LIVE or CONFIG, never both at once
         self.changed = False  # whether any method below changed the host
 
     def _call(self, what: str, func: Callable[..., T], *args: Any) -> T:
@@ -100,7 +102,8 @@ class LibvirtHypervisor:
         The XML reads are round trips to libvirtd, which works on up to ``max_client_requests``
         (default 5) calls of one connection at once and queues the rest: with eight in flight, and
         the host-wide calls made meanwhile, 100 domains are observed in about half the time of one
-        call after another. The test driver runs in process, so there the reads stay sequential.
+        call after another. An in-process driver (the sandbox, ``test:///``) answers as a plain function
+        call, so there the reads stay sequential; the test driver behind libvirtd is read concurrently.
         """
         stats = self._call(
             "domain stats",
@@ -109,7 +112,7 @@ class LibvirtHypervisor:
             0,
         )
         doms = [dom for dom, _ in stats]
-        concurrent = not self._is_test_driver and len(doms) >= 2 * _XML_READERS
+        concurrent = not self._in_process and len(doms) >= 2 * _XML_READERS
         # A pool starts no thread until it is given work: the sequential case costs nothing.
         with ThreadPoolExecutor(_XML_READERS, thread_name_prefix="vr-observe") as pool:
             pending = pool.map(self._read_xml, doms) if concurrent else None
@@ -273,12 +276,6 @@ def local_swap(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     return None
 
 
-def is_local(uri: str) -> bool:
-    """Whether a libvirt URI names a hypervisor on this machine (no host part, or localhost)."""
-    parts = urlsplit(uri)
-    return parts.scheme.split("+")[0] not in ("test", "sandbox") and parts.hostname in (None, "", "localhost")
-
-
 _EVENT_LOOP_LOCK = threading.Lock()
 _EVENT_LOOP_RUNNING = threading.Event()
 
@@ -406,15 +403,15 @@ def connect(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
     The sandbox is saved even when apply stops half-way, exactly like a real host keeps the
     actions that completed before a crash; the next run re-plans from there.
     """
-    uri = host.spec.uri
-    if not uri.startswith("sandbox:"):
-        conn = _open(host.name, uri)
+    uri = host.spec.address
+    if not uri.is_sandbox:
+        conn = _open(host.name, uri.text)
         try:
-            yield LibvirtHypervisor(host.name, conn, local=is_local(uri))
+            yield LibvirtHypervisor(host.name, conn, local=uri.is_local, in_process=uri.in_process)
         finally:
             conn.close()
         return
-    path = Path(uri[len("sandbox:") :])
+    path = uri.sandbox_path
     capacity = host.spec.capacity
     with sandbox.locked(path, write=write) as state:
         node_xml = state.read()
@@ -425,7 +422,7 @@ def connect(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
             loaded.flush()
             conn = _open(host.name, f"test://{loaded.name}")
         try:
-            hypervisor = LibvirtHypervisor(host.name, conn)
+            hypervisor = LibvirtHypervisor(host.name, conn, in_process=True)
             for name in sandbox.autostart_names(node_xml):
                 hypervisor.set_autostart(name, True)
             hypervisor.changed = False  # replaying the file's own autostart flags changes nothing

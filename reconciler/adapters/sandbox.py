@@ -10,8 +10,6 @@ This module handles files and XML only; ``libvirt_host`` drives libvirt.
 from __future__ import annotations
 
 import fcntl
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from xml.sax.saxutils import quoteattr, unescape
 
 from lxml import etree
 
+from reconciler.files.atomic import write_atomically
 from reconciler.spec.sizes import KIB, parse_size
 
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
@@ -108,18 +107,8 @@ class SandboxFile:
             return None
 
     def write(self, node_xml: str) -> None:
-        """Replace the state atomically: a temp file in the same folder, fsync, then rename."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(node_xml)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        """Replace the state atomically (a crash leaves the old state or the new, never half)."""
+        write_atomically(self.path, node_xml)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from reconciler import __version__
 from reconciler.engine.plan import HostPlan
 from reconciler.engine.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.errors import ManifestError, ReconcilerError
+from reconciler.files.atomic import write_atomically
 from reconciler.files.content_cache import ContentCache
 from reconciler.ops.adopt import Report
 from reconciler.report.render import (
@@ -311,9 +312,8 @@ def _report(report: Report, verb: str) -> int:
 
 
 def _is_local(host: Host) -> bool:
-    from reconciler.adapters import libvirt_host
-
-    return host.spec.uri.startswith("sandbox:") or libvirt_host.is_local(host.spec.uri)
+    """Whether the host's disk images are files on this machine (the sandbox's are, in the test sense)."""
+    return host.spec.address.is_sandbox or host.spec.address.is_local
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -392,7 +392,7 @@ def _snapshot(args: argparse.Namespace) -> int:
         with libvirt_host.connect(host, write=False) as hypervisor:
             hosts[name] = snapshot_host(host.spec.uri, hypervisor.observe())
     snapshot = Snapshot(taken_at=datetime.now(UTC).isoformat(timespec="seconds"), hosts=hosts)
-    Path(args.out).write_text(snapshot.model_dump_json(by_alias=True, indent=2) + "\n", encoding="utf-8")
+    write_atomically(Path(args.out), snapshot.model_dump_json(by_alias=True, indent=2) + "\n", mode=0o644)
     domains = sum(len(h.domains) for h in hosts.values())
     Printer(sys.stderr).print(f"wrote {escape(args.out)}: {len(hosts)} host(s), {domains} domain(s)")
     return EXIT_OK

@@ -436,7 +436,7 @@ class Daemon:
             return
         for name in self._selected(manifests):
             host = manifests.hosts[name]
-            if host.spec.uri.startswith("sandbox:"):
+            if host.spec.address.is_sandbox:
                 continue  # the sandbox lives in this process only while a reconcile runs
             watcher = self._watchers.get(name)
             if watcher is None:

@@ -15,7 +15,7 @@ from reconciler.engine.apply import DEFAULT_WORKERS, ActionResult, apply_host_pl
 from reconciler.engine.hypervisor import Hypervisor
 from reconciler.engine.plan import HostPlan, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
-from reconciler.errors import HostError
+from reconciler.errors import HostError, SelectionError
 from reconciler.files.content_cache import ContentCache
 from reconciler.libvirtxml.domain import cached_parses
 from reconciler.spec.manifests import ManifestSet
@@ -45,7 +45,7 @@ def select_hosts(manifests: ManifestSet, names: Iterable[str] | None) -> list[st
     unknown = [name for name in wanted if name not in manifests.hosts]
     if unknown:
         known = ", ".join(manifests.hosts) or "none"
-        raise ValueError(f"unknown host {', '.join(map(repr, unknown))} (hosts: {known})")
+        raise SelectionError(f"unknown host {', '.join(map(repr, unknown))} (hosts: {known})")
     return wanted
 
 

@@ -19,13 +19,13 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pydantic
 
 from reconciler import __version__
+from reconciler.files.atomic import write_atomically
 
 FORMAT = 1
 #: The modules that decide what a manifest or a domain XML means.
@@ -160,14 +160,6 @@ class ContentCache:
         content = {"format": FORMAT, "code": code_version(), "entries": self._entries}
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".cache-", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                    json.dump(content, stream, separators=(",", ":"))
-                os.replace(temporary, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+            write_atomically(path, json.dumps(content, separators=(",", ":")), mode=0o600)
         except OSError:
             pass  # a read-only or full disk only costs the next round its speed

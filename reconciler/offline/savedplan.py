@@ -20,7 +20,8 @@ from reconciler.engine.diff import Change
 from reconciler.engine.plan import Action, ActionKind, HostPlan, Phase, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
 from reconciler.engine.reconcile import Connector, Outcome
-from reconciler.errors import ReconcilerError, StalePlanError
+from reconciler.errors import SavedPlanError, StalePlanError
+from reconciler.files.atomic import write_atomically
 from reconciler.offline.snapshot import fingerprint
 from reconciler.report.render import plan_document
 from reconciler.spec.models import Capacity, DomainSpec, Host, Overcommit, Owner
@@ -109,7 +110,7 @@ def save_plan(
         },
         "plan": plan_document(plan),
     }
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(document, indent=2) + "\n")
 
 
 def load_plan(path: Path) -> SavedPlan:
@@ -129,7 +130,7 @@ def load_plan(path: Path) -> SavedPlan:
             for name, host in data["hosts"].items()
         }
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ReconcilerError(f"{path}: not a saved virt-reconcile plan: {err}") from err
+        raise SavedPlanError(f"{path}: not a saved virt-reconcile plan: {err}") from err
     return SavedPlan(revision=data.get("revision", ""), hosts=hosts)
 
 

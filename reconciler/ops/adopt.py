@@ -28,16 +28,13 @@ import yaml
 from lxml import etree
 
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
-from reconciler.errors import DomainXMLError, HostError, ReconcilerError
+from reconciler.errors import AdoptionError, DomainXMLError, HostError
+from reconciler.files.atomic import write_atomically
 from reconciler.libvirtxml.domain import OWNER_NS, parse_domain
 from reconciler.spec.models import API_VERSION, DomainSpec, Owner
 
 CHUNK = 1024 * 1024
 _ZERO = bytes(CHUNK)
-
-
-class AdoptionError(ReconcilerError):
-    """Bad input to import, backup or restore: nothing was written or changed."""
 
 
 class AdoptingHypervisor(Protocol):
@@ -146,7 +143,7 @@ def import_domains(
             text = "# yaml-language-server: $schema=https://virt-reconcile.dev/schemas/manifest.schema.json\n"
             text += f"# imported by virt-reconcile from host {host}\n"
             text += yaml.safe_dump(document, sort_keys=False)
-            (folder / f"{name}.yaml").write_text(text, encoding="utf-8")
+            write_atomically(folder / f"{name}.yaml", text, mode=0o644)
     for domain, document in documents:
         owner = Owner(
             manifest=manifest_path(out / f"{domain.name}.yaml"),
@@ -229,7 +226,7 @@ def backup_domains(
         for domain in chosen:
             target = folder / domain.name
             target.mkdir()
-            (target / "domain.xml").write_text(domain.xml, encoding="utf-8")
+            write_atomically(target / "domain.xml", domain.xml)
             images = [image_record(path, local=local) for path in _disk_paths(domain.xml)]
             for number, image in enumerate(images):
                 if with_images and image["present"] and image["size"] is not None:
@@ -239,7 +236,7 @@ def backup_domains(
                     sparse_copy(Path(image["path"]), copy, step)
                     image["copy"] = str(copy.relative_to(target))
             manifest = {"host": host, "domain": domain.name, "active": domain.active, "images": images}
-            (target / "images.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            write_atomically(target / "images.json", json.dumps(manifest, indent=2) + "\n")
             report.done.append(domain.name)
     return report
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from reconciler.files.atomic import write_atomically
 from reconciler.offline.snapshot import Snapshot
 from reconciler.spec.models import Domain, Host
 
@@ -41,6 +42,6 @@ def write_schemas(directory: Path) -> list[Path]:
     written = []
     for name, schema in schemas().items():
         path = directory / name
-        path.write_text(render(schema), encoding="utf-8")
+        write_atomically(path, render(schema), mode=0o644)
         written.append(path)
     return written

@@ -318,14 +318,9 @@ def _add_host(
             )
         )
         return
-    uri = host.spec.uri
-    if uri.startswith("sandbox:"):
-        state = Path(uri[len("sandbox:") :])
-        if not state.is_absolute():
-            state = (base / doc.file).parent / state
-        host = host.model_copy(
-            update={"spec": host.spec.model_copy(update={"uri": f"sandbox:{state.resolve()}"})}
-        )
+    uri = host.spec.address.resolved((base / doc.file).parent)
+    if uri.text != host.spec.uri:
+        host = host.model_copy(update={"spec": host.spec.model_copy(update={"uri": uri.text})})
     manifests.hosts[name] = host
     manifests.domains.setdefault(name, {})
     manifests.sources[("Host", name)] = Source(doc.file, doc.line)

@@ -8,7 +8,6 @@ unit strings such as ``4GiB`` in YAML and JSON.
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,6 +23,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from reconciler.spec.hosturi import HostURI
 from reconciler.spec.sizes import SIZE_PATTERN, format_size, parse_size
 
 API_VERSION = "virt-reconcile/v1"
@@ -102,11 +102,12 @@ class HostSpec(Model):
     @field_validator("uri")
     @classmethod
     def _uri_has_scheme(cls, uri: str) -> str:
-        if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
-            raise ValueError(f"{uri!r} is not a libvirt URI (e.g. qemu:///system) or sandbox:PATH")
-        if uri.startswith("sandbox:") and not uri[len("sandbox:") :].strip():
-            raise ValueError("sandbox: needs a state file path, e.g. sandbox:state/hv1.xml")
-        return uri
+        return HostURI.parse(uri).text
+
+    @property
+    def address(self) -> HostURI:
+        """The URI as a value object that knows sandbox from libvirt, local from remote."""
+        return HostURI(self.uri)
 
 
 class HostMetadata(Model):

@@ -2,26 +2,8 @@
 
 from pathlib import Path
 
-import pytest
-
-from reconciler.adapters.libvirt_host import connect, is_local, local_swap
+from reconciler.adapters.libvirt_host import connect, local_swap
 from reconciler.spec.models import Host
-
-
-@pytest.mark.parametrize(
-    ("uri", "local"),
-    [
-        ("qemu:///system", True),
-        ("qemu:///session", True),
-        ("qemu+unix:///system", True),
-        ("qemu+ssh://localhost/system", True),
-        ("qemu+ssh://root@hv1.example.com/system", False),
-        ("qemu+tcp://10.0.0.5/system", False),
-        ("test:///default", False),
-    ],
-)
-def test_is_local(uri, local):
-    assert is_local(uri) is local
 
 
 def test_local_swap_reads_the_kernel(tmp_path: Path):
