@@ -196,7 +196,8 @@ class VirtReconcile(Tool):
     def apply(self, counter: list[int] | None = None) -> None:
         sys.path.insert(0, str(REPO))
         from reconciler.adapters.libvirt_host import LibvirtHypervisor
-        from reconciler.engine.reconcile import reconcile
+        from reconciler.engine.apply import ApplySettings
+        from reconciler.engine.reconcile import ReconcileOptions, reconcile
         from reconciler.files.content_cache import ContentCache
         from reconciler.spec.manifests import load_manifests
 
@@ -216,9 +217,7 @@ class VirtReconcile(Tool):
         outcome = reconcile(
             manifests,
             connect,
-            apply=True,
-            allow_delete=True,
-            shutdown_timeout=0,
+            ReconcileOptions(apply=True, allow_delete=True, settings=ApplySettings(shutdown_timeout=0)),
             parse_cache=ContentCache(self.cache, "domains"),
         )
         assert not outcome.failed and not outcome.plan.refused, outcome.plan

@@ -20,8 +20,9 @@ from pathlib import Path
 from rich.markup import escape
 
 from reconciler import __version__
+from reconciler.engine.apply import ApplySettings, Hooks
 from reconciler.engine.plan import HostPlan
-from reconciler.engine.reconcile import Connector, Outcome, reconcile, select_hosts
+from reconciler.engine.reconcile import Connector, Outcome, ReconcileOptions, reconcile, select_hosts
 from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.files.atomic import write_atomically
 from reconciler.files.content_cache import ContentCache
@@ -206,6 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
 
 
+def _hosts(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The ``--host`` selection, or None for every host."""
+    return tuple(args.host) if args.host else None
+
+
+def _apply_settings(args: argparse.Namespace) -> ApplySettings:
+    return ApplySettings(shutdown_timeout=args.shutdown_timeout, workers=max(args.parallel, 1))
+
+
 def _load(path: str) -> ManifestSet:
     return load_manifests(Path(path), ContentCache.default("manifests"))
 
@@ -241,11 +251,8 @@ def _plan(args: argparse.Namespace) -> int:
     outcome = reconcile(
         manifests,
         connect,
-        hosts=args.host,
-        apply=False,
-        allow_delete=args.allow_delete,
-        revision=_revision(manifests),
-        on_plan=(lambda host: render_host_text(out, host, blank_after=True)) if text else None,
+        ReconcileOptions(hosts=_hosts(args), allow_delete=args.allow_delete, revision=_revision(manifests)),
+        Hooks(on_plan=(lambda host: render_host_text(out, host, blank_after=True)) if text else None),
         parse_cache=None if args.state else ContentCache.default("domains"),
     )
     if text:
@@ -413,15 +420,15 @@ def _apply(args: argparse.Namespace) -> int:
     outcome: Outcome = reconcile(
         manifests,
         _connector(),
-        hosts=args.host,
-        apply=True,
-        allow_delete=args.allow_delete,
-        revision=_revision(manifests),
-        shutdown_timeout=args.shutdown_timeout,
-        on_plan=show_plan,
+        ReconcileOptions(
+            apply=True,
+            hosts=_hosts(args),
+            allow_delete=args.allow_delete,
+            revision=_revision(manifests),
+            settings=_apply_settings(args),
+        ),
+        Hooks(on_plan=show_plan, on_result=lambda result: render_result(out, result)),
         parse_cache=ContentCache.default("domains"),
-        on_result=lambda result: render_result(out, result),
-        workers=max(args.parallel, 1),
     )
     return _apply_verdict(out, outcome)
 
@@ -460,10 +467,8 @@ def _apply_saved(args: argparse.Namespace) -> int:
     outcome = apply_saved(
         load_plan(Path(args.plan)),
         _connector(),
-        shutdown_timeout=args.shutdown_timeout,
-        on_plan=show_plan,
-        on_result=lambda result: render_result(out, result),
-        workers=max(args.parallel, 1),
+        _apply_settings(args),
+        Hooks(on_plan=show_plan, on_result=lambda result: render_result(out, result)),
     )
     return _apply_verdict(out, outcome)
 

@@ -37,8 +37,9 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from reconciler.engine.apply import ApplySettings, Hooks
 from reconciler.engine.hypervisor import HostObservation
-from reconciler.engine.reconcile import Connector, reconcile
+from reconciler.engine.reconcile import Connector, ReconcileOptions, reconcile
 from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.files.content_cache import ContentCache
 from reconciler.offline.snapshot import Snapshot, snapshot_host
@@ -353,12 +354,14 @@ class Daemon:
         outcome = reconcile(
             manifests,
             self.connect,
-            hosts=[host],
-            apply=True,
-            allow_delete=self.config.allow_delete,
-            revision=revision,
-            shutdown_timeout=self.config.shutdown_timeout,
-            stop=self.stop,
+            ReconcileOptions(
+                apply=True,
+                hosts=(host,),
+                allow_delete=self.config.allow_delete,
+                revision=revision,
+                settings=ApplySettings(shutdown_timeout=self.config.shutdown_timeout),
+            ),
+            Hooks(stop=self.stop),
             parse_cache=self.domain_cache,
         )
         self.metrics.duration.labels(host).observe(time.monotonic() - started)

@@ -31,14 +31,41 @@ class ActionResult:
 DEFAULT_WORKERS = 8
 
 
+@dataclass(frozen=True)
+class ApplySettings:
+    """How actions are carried out: the graceful-shutdown timeout (s) and the actions in flight."""
+
+    shutdown_timeout: float = 60.0
+    workers: int = DEFAULT_WORKERS
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a caller watches or controls while a pass runs (all optional).
+
+    ``on_plan`` sees each host's plan before it is applied, ``on_result`` each action's result as it
+    ends, and ``stop`` (the daemon's SIGTERM) lets actions in flight finish and starts no new one.
+    """
+
+    on_plan: Callable[[HostPlan], None] | None = None
+    on_result: Callable[[ActionResult], None] | None = None
+    stop: threading.Event | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the caller asked to stop."""
+        return self.stop is not None and self.stop.is_set()
+
+
+DEFAULT_SETTINGS = ApplySettings()
+NO_HOOKS = Hooks()
+
+
 def apply_host_plan(
     hypervisor: Hypervisor,
     plan: HostPlan,
-    *,
-    shutdown_timeout: float,
-    on_result: Callable[[ActionResult], None] | None = None,
-    stop: threading.Event | None = None,
-    workers: int = DEFAULT_WORKERS,
+    settings: ApplySettings = DEFAULT_SETTINGS,
+    hooks: Hooks = NO_HOOKS,
 ) -> list[ActionResult]:
     """Run ``plan`` phase by phase; stop after the first phase with a failure. Blocked plans do nothing.
 
@@ -48,7 +75,7 @@ def apply_host_plan(
     Phases never overlap, and each phase moves usage one way only (it frees or it takes), so
     running a phase's actions at once never passes a state worse than the phase's end: the
     shrink-before-grow guarantee holds as in a serial apply.
-    ``stop`` (the daemon's SIGTERM) lets actions in flight finish and starts no new one.
+    ``hooks.stop`` (the daemon's SIGTERM) lets actions in flight finish and starts no new one.
     """
     results: list[ActionResult] = []
     if plan.blocked:
@@ -58,30 +85,27 @@ def apply_host_plan(
     def run(action: Action) -> ActionResult:
         started = time.monotonic()
         try:
-            detail = _execute(hypervisor, action, shutdown_timeout)
+            detail = _execute(hypervisor, action, settings.shutdown_timeout)
             result = ActionResult(action, True, detail, time.monotonic() - started)
         except HostError as err:
             result = ActionResult(action, False, str(err), time.monotonic() - started)
         with lock:
             results.append(result)
-            if on_result is not None:
-                on_result(result)
+            if hooks.on_result is not None:
+                hooks.on_result(result)
         return result
 
-    def stopped() -> bool:
-        return stop is not None and stop.is_set()
-
     for group in _phases(plan.actions):
-        if stopped():
+        if hooks.stopped:
             break
-        if len(group) > 1 and workers > 1:
-            with ThreadPoolExecutor(max_workers=min(workers, len(group))) as pool:
-                outcomes = list(pool.map(lambda action: None if stopped() else run(action), group))
+        if len(group) > 1 and settings.workers > 1:
+            with ThreadPoolExecutor(max_workers=min(settings.workers, len(group))) as pool:
+                outcomes = list(pool.map(lambda action: None if hooks.stopped else run(action), group))
             failed = any(outcome is not None and not outcome.ok for outcome in outcomes)
         else:
             failed = False
             for action in group:
-                if stopped() or not run(action).ok:
+                if hooks.stopped or not run(action).ok:
                     failed = True
                     break
         if failed:

@@ -6,12 +6,18 @@ this module never imports libvirt; tests can pass a connector that wraps the rea
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 
-from reconciler.engine.apply import DEFAULT_WORKERS, ActionResult, apply_host_plan
+from reconciler.engine.apply import (
+    DEFAULT_SETTINGS,
+    NO_HOOKS,
+    ActionResult,
+    ApplySettings,
+    Hooks,
+    apply_host_plan,
+)
 from reconciler.engine.hypervisor import Hypervisor
 from reconciler.engine.plan import HostPlan, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
@@ -90,53 +96,51 @@ def plan_host(
     return plan
 
 
+@dataclass(frozen=True)
+class ReconcileOptions:
+    """What one pass does: plan only or apply, which hosts, whether orphans may be undefined, the
+    revision recorded in ownership metadata, and how actions are carried out."""
+
+    apply: bool = False
+    hosts: tuple[str, ...] | None = None  # None: every host of the manifests
+    allow_delete: bool = False
+    revision: str = ""
+    settings: ApplySettings = DEFAULT_SETTINGS
+
+
 def reconcile(
     manifests: ManifestSet,
     connect: Connector,
-    *,
-    hosts: Iterable[str] | None = None,
-    apply: bool,
-    allow_delete: bool = False,
-    revision: str = "",
-    shutdown_timeout: float = 60.0,
-    on_plan: Callable[[HostPlan], None] | None = None,
-    on_result: Callable[[ActionResult], None] | None = None,
-    stop: threading.Event | None = None,
-    workers: int = DEFAULT_WORKERS,
+    options: ReconcileOptions,
+    hooks: Hooks = NO_HOOKS,
     parse_cache: ContentCache | None = None,
 ) -> Outcome:
-    """Plan (and with ``apply``, execute) every selected host; one host's failure spares the others."""
-    outcome = Outcome(Plan(revision=revision))
-    for name in select_hosts(manifests, hosts):
+    """Plan (and with ``options.apply``, execute) every selected host; one host's failure spares the
+    others. With a ``parse_cache``, domain XML parsed in an earlier run is not parsed again."""
+    outcome = Outcome(Plan(revision=options.revision))
+    for name in select_hosts(manifests, options.hosts):
         host = manifests.hosts[name]
         try:
-            with connect(host, apply) as hypervisor:
+            with connect(host, options.apply) as hypervisor:
                 host_plan = plan_host(
                     manifests,
                     name,
                     hypervisor,
-                    revision=revision,
-                    allow_delete=allow_delete,
+                    revision=options.revision,
+                    allow_delete=options.allow_delete,
                     parse_cache=parse_cache,
                 )
                 outcome.plan.hosts[name] = host_plan
-                if on_plan is not None:
-                    on_plan(host_plan)
-                if apply:
-                    outcome.results[name] = apply_host_plan(
-                        hypervisor,
-                        host_plan,
-                        shutdown_timeout=shutdown_timeout,
-                        on_result=on_result,
-                        stop=stop,
-                        workers=workers,
-                    )
+                if hooks.on_plan is not None:
+                    hooks.on_plan(host_plan)
+                if options.apply:
+                    outcome.results[name] = apply_host_plan(hypervisor, host_plan, options.settings, hooks)
         except HostError as err:
             planned = outcome.plan.hosts.get(name)
             failed = HostPlan.failed(name, host.spec.uri, str(err))
             if planned is not None:  # planned, then failed while applying: keep what the plan said
                 failed = replace(planned, errors=(*planned.errors, str(err)))
             outcome.plan.hosts[name] = failed
-            if on_plan is not None and planned is None:
-                on_plan(failed)
+            if hooks.on_plan is not None and planned is None:
+                hooks.on_plan(failed)
     return outcome

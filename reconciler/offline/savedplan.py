@@ -9,15 +9,14 @@ Apply re-observes each host first; any host whose state moved makes the whole pl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.engine.apply import DEFAULT_WORKERS, ActionResult, apply_host_plan
+from reconciler.engine.apply import DEFAULT_SETTINGS, NO_HOOKS, ApplySettings, Hooks, apply_host_plan
 from reconciler.engine.diff import Change
-from reconciler.engine.plan import Action, ActionKind, HostPlan, Phase, Plan, build_host_plan
+from reconciler.engine.plan import Action, ActionKind, Phase, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
 from reconciler.engine.reconcile import Connector, Outcome
 from reconciler.errors import SavedPlanError, StalePlanError
@@ -137,11 +136,8 @@ def load_plan(path: Path) -> SavedPlan:
 def apply_saved(
     saved: SavedPlan,
     connect: Connector,
-    *,
-    shutdown_timeout: float = 60.0,
-    on_plan: Callable[[HostPlan], None] | None = None,
-    on_result: Callable[[ActionResult], None] | None = None,
-    workers: int = DEFAULT_WORKERS,
+    settings: ApplySettings = DEFAULT_SETTINGS,
+    hooks: Hooks = NO_HOOKS,
 ) -> Outcome:
     """Apply exactly the actions of a saved plan, after checking no host moved and the policy holds.
 
@@ -185,15 +181,9 @@ def apply_saved(
                 "applied (plan again)"
             )
         for name, host_plan in outcome.plan.hosts.items():
-            if on_plan is not None:
-                on_plan(host_plan)
-            outcome.results[name] = apply_host_plan(
-                hypervisors[name],
-                host_plan,
-                shutdown_timeout=shutdown_timeout,
-                on_result=on_result,
-                workers=workers,
-            )
+            if hooks.on_plan is not None:
+                hooks.on_plan(host_plan)
+            outcome.results[name] = apply_host_plan(hypervisors[name], host_plan, settings, hooks)
     return outcome
 
 

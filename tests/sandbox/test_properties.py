@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.adapters import libvirt_host
-from reconciler.engine.reconcile import reconcile
+from reconciler.engine.reconcile import ReconcileOptions, reconcile
 from reconciler.spec.manifests import load_manifests
 from tests.helpers import domain_yaml, host_yaml, write
 
@@ -62,9 +62,9 @@ desired_sets = st.dictionaries(st.sampled_from([f"vm-{i}" for i in range(6)]), d
 def converge(root: Path, domains: dict) -> None:
     text = "---\n".join(domain_yaml(name, **spec) for name, spec in domains.items())
     write(root, "domains.yaml", text or "# none\n")
-    applied = reconcile(load_manifests(root), connect, apply=True, allow_delete=True)
+    applied = reconcile(load_manifests(root), connect, ReconcileOptions(apply=True, allow_delete=True))
     assert not applied.failed, applied.results
-    replanned = reconcile(load_manifests(root), connect, apply=False)
+    replanned = reconcile(load_manifests(root), connect, ReconcileOptions(apply=False))
     assert replanned.plan.actions == [], [(a.kind, a.domain, a.changes) for a in replanned.plan.actions]
 
 

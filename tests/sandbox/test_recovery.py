@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 
 from reconciler.adapters import libvirt_host, sandbox
-from reconciler.engine.reconcile import reconcile
+from reconciler.engine.reconcile import ReconcileOptions, reconcile
 from reconciler.spec.manifests import load_manifests
 from tests.helpers import cli
 
@@ -49,7 +49,7 @@ def crashing_connector(limit: int):
 def test_crash_between_two_actions_is_recovered_by_the_next_apply(sandbox):
     sandbox.domains(a={}, b={}, c={"state": "stopped"})
     with pytest.raises(Crash):
-        reconcile(load_manifests(sandbox.root), crashing_connector(2), apply=True)
+        reconcile(load_manifests(sandbox.root), crashing_connector(2), ReconcileOptions(apply=True))
     assert set(sandbox.view()) == {"a", "b"}, "the two defines done before the crash are kept"
     assert not any(d.active for d in sandbox.view().values())
     recovered = cli("apply", str(sandbox.root))
@@ -65,7 +65,7 @@ def test_crash_mid_update_is_recovered(sandbox):
     cli("apply", str(sandbox.root))
     sandbox.domains(a={"vcpus": 2, "currentMemory": "512MiB"}, b={"vcpus": 2})
     with pytest.raises(Crash):
-        reconcile(load_manifests(sandbox.root), crashing_connector(1), apply=True)
+        reconcile(load_manifests(sandbox.root), crashing_connector(1), ReconcileOptions(apply=True))
     assert cli("apply", str(sandbox.root)).code == 0
     view = sandbox.view()
     assert (view["a"].vcpus, view["a"].current_kib, view["b"].vcpus) == (2, 512 * 1024, 2)

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 
 from reconciler.adapters import libvirt_host
-from reconciler.engine.reconcile import reconcile
+from reconciler.engine.reconcile import ReconcileOptions, reconcile
 from reconciler.offline.snapshot import Snapshot, SnapshotHypervisor, snapshot_host
 from reconciler.report.render import plan_document
 from reconciler.spec.manifests import load_manifests
@@ -54,12 +54,12 @@ def test_offline_plan_equals_live_plan_for_any_state(first, second):
         root = Path(folder)
         write(root, "hosts.yaml", host_yaml(cpus=64, memory="64GiB"))
         write(root, "domains.yaml", "---\n".join(domain_yaml(n, **s) for n, s in first.items()) or "# none\n")
-        reconcile(load_manifests(root), live_connect, apply=True)
+        reconcile(load_manifests(root), live_connect, ReconcileOptions(apply=True))
         write(
             root, "domains.yaml", "---\n".join(domain_yaml(n, **s) for n, s in second.items()) or "# none\n"
         )
         manifests = load_manifests(root)
-        live = reconcile(manifests, live_connect, apply=False, allow_delete=True)
+        live = reconcile(manifests, live_connect, ReconcileOptions(apply=False, allow_delete=True))
         host = manifests.hosts["hv1"]
         with libvirt_host.connect(host, write=False) as hypervisor:
             recorded = Snapshot.model_validate_json(
@@ -73,7 +73,7 @@ def test_offline_plan_equals_live_plan_for_any_state(first, second):
 
             return nullcontext(SnapshotHypervisor(host_.name, recorded.hosts["hv1"]))
 
-        offline = reconcile(manifests, offline_connect, apply=False, allow_delete=True)
+        offline = reconcile(manifests, offline_connect, ReconcileOptions(apply=False, allow_delete=True))
         assert plan_document(offline.plan) == plan_document(live.plan)
 
 
