@@ -189,7 +189,7 @@ class VirtReconcile(Tool):
         self.manifests(scenario)
 
     def reset(self) -> None:
-        from reconciler.libvirtxml.domain import forget_parsed
+        from reconciler.libvirtxml.parse import forget_parsed
 
         forget_parsed()  # each timed run starts with nothing parsed in memory, as a new CLI process does
 

@@ -25,7 +25,7 @@ import yaml
 
 from reconciler.adapters.sandbox import new_node_xml
 from reconciler.cli.main import main
-from reconciler.libvirtxml.domain import forget_parsed
+from reconciler.libvirtxml.parse import forget_parsed
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 

@@ -12,7 +12,7 @@ import pytest
 
 from reconciler.cli.main import main
 from reconciler.engine.hypervisor import DomainObservation
-from reconciler.libvirtxml.domain import render_domain
+from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import Domain, DomainSpec, Owner
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,6 +3,9 @@
 Comparisons are on normalised models, never raw XML: values libvirt fills in (expanded machine
 types, generated MACs) are copied from the observed side before comparing, so they are never
 reported as differences.
+
+Hand-written rather than deepdiff: on 2,000 domains each with one change, deepdiff made the diff
+~33x and the whole host plan ~10x slower for the same changes (bench/bench_diff.py re-measures).
 """
 
 from __future__ import annotations
@@ -59,24 +62,25 @@ def normalise(desired: DomainSpec, observed: DomainSpec) -> DomainSpec:
 
 def flatten(spec: DomainSpec) -> dict[str, Any]:
     """A spec as ``field path -> JSON value``; disks keyed by target, interfaces by position."""
-    data = spec.model_dump(mode="json", by_alias=True)
     flat: dict[str, Any] = {}
-    for key, value in data.items():
+    for key, value in spec.model_dump(mode="json", by_alias=True).items():
         if key == "disks":
             for disk in value:
-                for sub, item in disk.items():
-                    if sub != "target":
-                        flat[f"disks[{disk['target']}].{sub}"] = item
+                _put(flat, f"disks[{disk.pop('target')}]", disk)
         elif key == "interfaces":
             for index, nic in enumerate(value):
-                for sub, item in nic.items():
-                    flat[f"interfaces[{index}].{sub}"] = item
+                _put(flat, f"interfaces[{index}]", nic)
         elif isinstance(value, dict):
-            for sub, item in value.items():
-                flat[f"{key}.{sub}"] = item
+            _put(flat, key, value)
         else:
             flat[key] = value
     return flat
+
+
+def _put(flat: dict[str, Any], prefix: str, fields: dict[str, Any]) -> None:
+    """Add a nested object's fields to ``flat`` as ``prefix.field``."""
+    for sub, item in fields.items():
+        flat[f"{prefix}.{sub}"] = item
 
 
 def spec_changes(observed: DomainSpec | None, desired: DomainSpec) -> tuple[Change, ...]:

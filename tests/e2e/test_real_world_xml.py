@@ -9,7 +9,8 @@ import yaml
 from lxml import etree
 
 from reconciler.engine.diff import normalise, spec_changes
-from reconciler.libvirtxml.domain import merge_domain, parse_domain
+from reconciler.libvirtxml.merge import merge_domain
+from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.models import Owner
 from tests.helpers import shared_domain_files, write
 

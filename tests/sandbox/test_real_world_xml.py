@@ -8,7 +8,8 @@ import uuid
 import yaml
 from lxml import etree
 
-from reconciler.libvirtxml.domain import merge_domain, parse_domain
+from reconciler.libvirtxml.merge import merge_domain
+from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.models import Owner
 from tests.helpers import cli, shared_domain_files, write
 

@@ -7,7 +7,10 @@ from lxml import etree
 
 from reconciler.engine.diff import normalise, spec_changes
 from reconciler.errors import DomainXMLError
-from reconciler.libvirtxml.domain import merge_domain, owner_xml, parse_domain, render_domain
+from reconciler.libvirtxml.merge import merge_domain
+from reconciler.libvirtxml.ownership import owner_xml
+from reconciler.libvirtxml.parse import parse_domain
+from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import DomainSpec, Owner
 from tests.helpers import shared_domain_files
 
@@ -279,7 +282,7 @@ def test_the_parse_memo_gives_each_caller_its_own_state_and_autostart():
 
 
 def test_the_parse_memo_is_bounded(monkeypatch):
-    from reconciler.libvirtxml import domain as domxml
+    from reconciler.libvirtxml import parse as domxml
 
     monkeypatch.setattr(domxml, "_PARSED_LIMIT", 4)
     domxml.forget_parsed()

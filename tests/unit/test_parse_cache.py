@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.errors import DomainXMLError
 from reconciler.files.content_cache import ContentCache
-from reconciler.libvirtxml import domain as domxml
-from reconciler.libvirtxml.domain import cached_parses, forget_parsed, parse_domain, render_domain
+from reconciler.libvirtxml import parse as domxml
+from reconciler.libvirtxml.parse import cached_parses, forget_parsed, parse_domain
+from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import DomainSpec, Owner
 from tests.helpers import shared_domain_files
 
@@ -59,7 +61,7 @@ def test_every_corpus_domain_reads_back_from_the_cache_unchanged(tmp_path, monke
         xml = path.read_text()
         try:
             parse_domain(xml)
-        except domxml.DomainXMLError:
+        except DomainXMLError:
             continue  # what the model cannot read is never cached
         xmls.append(xml)
     assert len(xmls) > 30
