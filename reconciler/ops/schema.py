@@ -20,7 +20,7 @@ def schemas() -> dict[str, dict[str, Any]]:
     combined = {
         "$schema": SCHEMA_DIALECT,
         "title": "virt-reconcile manifest",
-        "description": "A Host or a Domain document (DESIGN §2); files may hold many, separated by ---.",
+        "description": "A Host or a Domain document; a file may hold many, separated by ---.",
         "anyOf": [{"$ref": "host.schema.json"}, {"$ref": "domain.schema.json"}],
     }
     return {

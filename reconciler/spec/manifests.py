@@ -6,11 +6,12 @@ naming the file, the line and the field, so an operator fixes a pull request in 
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -49,6 +50,24 @@ class Source:
     line: int
 
 
+@dataclass(frozen=True, slots=True)
+class HostKey:
+    """Key of a Host document in :attr:`ManifestSet.sources` (a type of its own, so no domain meets it)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DomainKey:
+    """Key of a Domain document in :attr:`ManifestSet.sources`: the host it lives on and its name."""
+
+    host: str
+    name: str
+
+
+SourceKey = HostKey | DomainKey
+
+
 @dataclass
 class ManifestSet:
     """The validated manifests: hosts by name and, per host, its domains by name."""
@@ -56,11 +75,15 @@ class ManifestSet:
     root: Path
     hosts: dict[str, Host] = field(default_factory=dict)
     domains: dict[str, dict[str, Domain]] = field(default_factory=dict)
-    sources: dict[tuple[str, str], Source] = field(default_factory=dict)
+    sources: dict[SourceKey, Source] = field(default_factory=dict)
+
+    def host_source(self, name: str) -> Source:
+        """The file and line of a host's document."""
+        return self.sources[HostKey(name)]
 
     def domain_source(self, host: str, name: str) -> Source:
         """The file and line of a domain's document."""
-        return self.sources[(host, name)]
+        return self.sources[DomainKey(host, name)]
 
 
 @dataclass
@@ -130,9 +153,24 @@ def load_manifests(path: Path | str, cache: ContentCache | None = None) -> Manif
     if not root.exists():
         raise ManifestError([Problem(str(root), None, None, "no such file or directory")])
     base = root if root.is_dir() else root.parent
+    problems: list[Problem] = []
     if cache is not None:
         cache.begin(str(root.resolve()))
-    problems: list[Problem] = []
+    loaded = _load_tree(root, problems, cache)
+    if cache is not None:
+        cache.finish()
+    if not loaded and not problems:
+        problems.append(Problem(str(root), None, None, "no manifests (*.yaml, *.yml) found"))
+    manifests = _assemble(loaded, base, problems)
+    if problems:
+        raise ManifestError(sorted(problems, key=lambda p: (p.file, p.line or 0)))
+    return manifests
+
+
+def _load_tree(
+    root: Path, problems: list[Problem], cache: ContentCache | None
+) -> list[tuple[BaseModel, _Document]]:
+    """Every valid document of every manifest file below ``root``, in file order."""
     loaded: list[tuple[BaseModel, _Document]] = []
     for file, display in _manifest_paths(root):
         try:
@@ -143,9 +181,11 @@ def load_manifests(path: Path | str, cache: ContentCache | None = None) -> Manif
             problems.append(Problem(display, None, None, f"cannot read: {err}"))
             continue
         loaded.extend(_load_file(content, text, display, problems, cache))
-    if not loaded and not problems:
-        problems.append(Problem(str(root), None, None, "no manifests (*.yaml, *.yml) found"))
+    return loaded
 
+
+def _assemble(loaded: list[tuple[BaseModel, _Document]], base: Path, problems: list[Problem]) -> ManifestSet:
+    """Index the documents by name: every host first, so a domain may name a host from any file."""
     manifests = ManifestSet(root=base.resolve())
     domain_docs: list[tuple[Domain, _Document]] = []
     for model, doc in loaded:
@@ -155,10 +195,6 @@ def load_manifests(path: Path | str, cache: ContentCache | None = None) -> Manif
             domain_docs.append((model, doc))
     for domain, doc in domain_docs:
         _add_domain(manifests, domain, doc, problems)
-    if cache is not None:
-        cache.finish()
-    if problems:
-        raise ManifestError(sorted(problems, key=lambda p: (p.file, p.line or 0)))
     return manifests
 
 
@@ -252,6 +288,20 @@ def _dotted(loc: Loc) -> str:
 
 def _validate(doc: _Document, problems: list[Problem]) -> BaseModel | None:
     """Validate one document against the model its ``kind`` names."""
+    model_type = _model_type(doc, problems)
+    if model_type is None:
+        return None
+    try:
+        return model_type.model_validate(doc.data)
+    except ValidationError as err:
+        for error in err.errors(include_url=False):
+            loc = tuple(error["loc"])
+            problems.append(Problem(doc.file, doc.line_of(loc), _dotted(loc), _message(error, model_type)))
+        return None
+
+
+def _model_type(doc: _Document, problems: list[Problem]) -> type[BaseModel] | None:
+    """The model a document's ``kind`` names, or None (and a problem) when it is not a manifest."""
     data = doc.data
     if not isinstance(data, dict):
         problems.append(
@@ -279,22 +329,15 @@ def _validate(doc: _Document, problems: list[Problem]) -> BaseModel | None:
                 f"expected one of {', '.join(KINDS)}, got {kind!r}",
             )
         )
-        return None
-    try:
-        return model_type.model_validate(data)
-    except ValidationError as err:
-        for error in err.errors(include_url=False):
-            loc = tuple(error["loc"])
-            problems.append(Problem(doc.file, doc.line_of(loc), _dotted(loc), _message(error)))
-        return None
+    return model_type
 
 
-def _message(error: Any) -> str:
+def _message(error: Any, model_type: type[BaseModel]) -> str:
     """Turn a pydantic error into a sentence for a manifest author."""
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
-        return "unknown field"
+        return "unknown field" + _suggestion(model_type, tuple(error["loc"]))
     if kind == "missing":
         return "required field is missing"
     if kind == "string_type" and isinstance(value, int | float | bool):
@@ -303,12 +346,57 @@ def _message(error: Any) -> str:
     return message.removeprefix("Value error, ")
 
 
+def _suggestion(model_type: type[BaseModel], loc: Loc) -> str:
+    """``; did you mean X?`` naming the known field closest to the unknown one at ``loc``, or ``""``.
+
+    Computed only for a document that failed, so a clean load never pays for it.
+    """
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    owner = _model_at(model_type, loc[:-1])
+    if owner is None:
+        return ""
+    aliases = [info.alias or name for name, info in owner.model_fields.items()]
+    close = difflib.get_close_matches(loc[-1], aliases, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _model_at(model_type: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The model a field path leads to (list indexes stay on the item model), or None."""
+    current: type[BaseModel] | None = model_type
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a tuple of models: the item model was found with the tuple
+        field_type = _field_types(current).get(part) if current is not None else None
+        current = _model_in(field_type)
+    return current
+
+
+def _field_types(model_type: type[BaseModel]) -> dict[str, Any]:
+    """A model's field types by every key a manifest may use: alias, and name (populate_by_name)."""
+    types = {name: info.annotation for name, info in model_type.model_fields.items()}
+    types.update({info.alias: info.annotation for info in model_type.model_fields.values() if info.alias})
+    return types
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field's type holds: itself, or inside Optional, Annotated or tuple[...]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
+
+
 def _add_host(
     manifests: ManifestSet, host: Host, doc: _Document, base: Path, problems: list[Problem]
 ) -> None:
+    """Add a host, its sandbox path resolved against its file; a second host of that name is a problem."""
     name = host.name
     if name in manifests.hosts:
-        first = manifests.sources[("Host", name)]
+        first = manifests.host_source(name)
         problems.append(
             Problem(
                 doc.file,
@@ -323,40 +411,17 @@ def _add_host(
         host = host.model_copy(update={"spec": host.spec.model_copy(update={"uri": uri.text})})
     manifests.hosts[name] = host
     manifests.domains.setdefault(name, {})
-    manifests.sources[("Host", name)] = Source(doc.file, doc.line)
+    manifests.sources[HostKey(name)] = Source(doc.file, doc.line)
 
 
 def _add_domain(manifests: ManifestSet, domain: Domain, doc: _Document, problems: list[Problem]) -> None:
-    host = domain.metadata.host
+    """Add a domain to its host; an unknown host or a second domain of that name is a problem."""
+    host = _host_of(manifests, domain, doc, problems)
     if host is None:
-        if len(manifests.hosts) == 1:
-            host = next(iter(manifests.hosts))
-        else:
-            known = ", ".join(sorted(manifests.hosts)) or "none"
-            reason = "no Host document exists" if not manifests.hosts else f"several hosts exist ({known})"
-            problems.append(
-                Problem(
-                    doc.file,
-                    doc.line_of(("metadata",)),
-                    "metadata.host",
-                    f"required because {reason}",
-                )
-            )
-            return
-    elif host not in manifests.hosts:
-        known = ", ".join(sorted(manifests.hosts)) or "none"
-        problems.append(
-            Problem(
-                doc.file,
-                doc.line_of(("metadata", "host")),
-                "metadata.host",
-                f"unknown host {host!r} (hosts: {known})",
-            )
-        )
         return
     name = domain.name
     if name in manifests.domains[host]:
-        first = manifests.sources[(host, name)]
+        first = manifests.domain_source(host, name)
         problems.append(
             Problem(
                 doc.file,
@@ -367,4 +432,30 @@ def _add_domain(manifests: ManifestSet, domain: Domain, doc: _Document, problems
         )
         return
     manifests.domains[host][name] = domain
-    manifests.sources[(host, name)] = Source(doc.file, doc.line)
+    manifests.sources[DomainKey(host, name)] = Source(doc.file, doc.line)
+
+
+def _host_of(manifests: ManifestSet, domain: Domain, doc: _Document, problems: list[Problem]) -> str | None:
+    """The host a domain lives on: the one it names, else the only one; None (and a problem) if neither."""
+    host = domain.metadata.host
+    if host is None:
+        if len(manifests.hosts) == 1:
+            return next(iter(manifests.hosts))
+        known = ", ".join(sorted(manifests.hosts))
+        reason = "no Host document exists" if not manifests.hosts else f"several hosts exist ({known})"
+        problems.append(
+            Problem(doc.file, doc.line_of(("metadata",)), "metadata.host", f"required because {reason}")
+        )
+        return None
+    if host not in manifests.hosts:
+        known = ", ".join(sorted(manifests.hosts)) or "none"
+        problems.append(
+            Problem(
+                doc.file,
+                doc.line_of(("metadata", "host")),
+                "metadata.host",
+                f"unknown host {host!r} (hosts: {known})",
+            )
+        )
+        return None
+    return host

@@ -1,4 +1,4 @@
-"""Manifest models: Host and Domain documents exactly as DESIGN §2 describes them.
+"""Manifest models: Host and Domain documents exactly as docs/design.md §2 describes them.
 
 Frozen pydantic models with camelCase field names and ``extra="forbid"``, so an unknown or misspelt
 field is an error rather than a silently ignored setting. Sizes are bytes (whole KiB) in Python and
@@ -61,43 +61,95 @@ class Model(BaseModel):
 class Capacity(Model):
     """What the host holds, overriding what libvirt reports (and the size of a new sandbox)."""
 
-    cpus: Annotated[int, Field(ge=1)] | None = None
-    memory: Size | None = None
-    swap: Size | None = None
+    cpus: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="Host CPUs the policy counts; null takes libvirt's count (a new sandbox gets 8).",
+    )
+    memory: Size | None = Field(
+        default=None,
+        description="Host memory the policy counts, e.g. 64GiB; null takes the kernel's total "
+        "(a new sandbox gets 16GiB).",
+    )
+    swap: Size | None = Field(
+        default=None,
+        description="Swap that memory.countSwap may add; null reads /proc/meminfo on this machine, "
+        "0 for remote hosts (libvirt does not report swap).",
+    )
 
 
 class CpuPolicy(Model):
     """CPU overcommit: sum of vCPUs <= cpus x ratio, and no domain wider than maxVcpusPerDomain."""
 
-    ratio: Annotated[float, Field(gt=0)] = 4.0
-    max_vcpus_per_domain: Annotated[int, Field(ge=1)] | None = None
-    count_inactive: bool = True
+    ratio: Annotated[float, Field(gt=0)] = Field(
+        default=4.0, description="Sum of vCPUs may reach host CPUs × ratio (rounded down); default 4."
+    )
+    max_vcpus_per_domain: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="Most vCPUs any one domain may have; null means the host's CPU count.",
+    )
+    count_inactive: bool = Field(
+        default=True,
+        description="Whether shut-off domains count in cpu.total and memory.commit (they can be "
+        "started at any time); default true.",
+    )
 
 
 class MemoryPolicy(Model):
     """Memory overcommit: sum of maximum memory <= (memory - reserved) x ratio, plus the balloon bound."""
 
-    ratio: Annotated[float, Field(gt=0)] = 1.0
-    reserved: Size = "1GiB"  # type: ignore[assignment]  # validated (validate_default) into bytes
-    count_swap: bool = False
-    count_ksm: bool = False
+    ratio: Annotated[float, Field(gt=0)] = Field(
+        default=1.0,
+        description="Sum of domains' maximum memory may reach (host memory − reserved) × ratio; default 1.",
+    )
+    reserved: Size = Field(  # type: ignore[assignment]  # validate_default turns "1GiB" into bytes
+        default="1GiB",
+        description="Memory kept for the host itself, never given to domains; default 1GiB.",
+    )
+    count_swap: bool = Field(
+        default=False,
+        description="Whether swap adds to what running domains' current memory may reach; default false.",
+    )
+    count_ksm: bool = Field(
+        default=False,
+        description="Whether KSM savings add to what running domains' current memory may reach "
+        "(they shrink when sharing drops); default false.",
+    )
 
 
 class Overcommit(Model):
     """How far the host may be overcommitted, and whether a breach refuses the plan or only warns."""
 
-    enforcement: Literal["enforce", "warn"] = "enforce"
-    cpu: CpuPolicy = Field(default_factory=CpuPolicy)
-    memory: MemoryPolicy = Field(default_factory=MemoryPolicy)
+    enforcement: Literal["enforce", "warn"] = Field(
+        default="enforce",
+        description="'enforce' refuses a plan that breaks a limit on this host; 'warn' reports it and "
+        "applies anyway.",
+    )
+    cpu: CpuPolicy = Field(default_factory=CpuPolicy, description="Limits on vCPUs.")
+    memory: MemoryPolicy = Field(
+        default_factory=MemoryPolicy, description="Limits on domains' maximum and current memory."
+    )
 
 
 class HostSpec(Model):
     """How to reach a host and what may be done to it."""
 
-    uri: Annotated[str, Field(min_length=1)]
-    capacity: Capacity = Field(default_factory=Capacity)
-    prune: bool = False
-    overcommit: Overcommit = Field(default_factory=Overcommit)
+    uri: Annotated[str, Field(min_length=1)] = Field(
+        description="libvirt URI such as qemu:///system or qemu+ssh://root@hv1/system, or "
+        "sandbox:PATH for the embedded test-driver host (PATH relative to this file).",
+    )
+    capacity: Capacity = Field(
+        default_factory=Capacity,
+        description="CPUs, memory and swap to count instead of what libvirt reports.",
+    )
+    prune: bool = Field(
+        default=False,
+        description="Whether apply may undefine managed domains gone from the manifests without "
+        "--allow-delete; default false.",
+    )
+    overcommit: Overcommit = Field(
+        default_factory=Overcommit,
+        description="How far domains may overcommit this host; checked on every plan before applying.",
+    )
 
     @field_validator("uri")
     @classmethod
@@ -113,17 +165,23 @@ class HostSpec(Model):
 class HostMetadata(Model):
     """Identity of a Host document."""
 
-    name: Name
-    labels: dict[str, str] = Field(default_factory=dict)
+    name: Name = Field(
+        description="The host's name, which domains give as metadata.host and --host selects.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Free-form string labels for people and tools; not interpreted."
+    )
 
 
 class Host(Model):
     """A hypervisor the reconciler manages."""
 
-    api_version: Literal["virt-reconcile/v1"]
-    kind: Literal["Host"]
-    metadata: HostMetadata
-    spec: HostSpec
+    api_version: Literal["virt-reconcile/v1"] = Field(
+        description="Manifest format version; must be virt-reconcile/v1."
+    )
+    kind: Literal["Host"] = Field(description="Document type: Host describes a hypervisor.")
+    metadata: HostMetadata = Field(description="The host's name and labels.")
+    spec: HostSpec = Field(description="How to reach the host and what may be done to it.")
 
     @property
     def name(self) -> str:
@@ -137,10 +195,19 @@ class Host(Model):
 class Disk(Model):
     """A disk image attached to the domain (file, or block device when the path is under /dev)."""
 
-    path: Annotated[str, Field(min_length=1)]
-    format: Annotated[str, Field(pattern=r"^[a-z0-9]+$")] = "qcow2"
-    bus: Literal["virtio", "sata", "scsi", "ide", "usb"] = "virtio"
-    target: Annotated[str, Field(pattern=TARGET_PATTERN)] | None = None
+    path: Annotated[str, Field(min_length=1)] = Field(
+        description="Absolute path of the image on the host; under /dev it is attached as a block device.",
+    )
+    format: Annotated[str, Field(pattern=r"^[a-z0-9]+$")] = Field(
+        default="qcow2", description="Image format as QEMU names it (qcow2, raw, ...); default qcow2."
+    )
+    bus: Literal["virtio", "sata", "scsi", "ide", "usb"] = Field(
+        default="virtio", description="Bus the guest sees the disk on; default virtio."
+    )
+    target: Annotated[str, Field(pattern=TARGET_PATTERN)] | None = Field(
+        default=None,
+        description="Device name in the guest (vda, sdb, ...); null takes the next free one for the bus.",
+    )
 
     @field_validator("path")
     @classmethod
@@ -153,10 +220,19 @@ class Disk(Model):
 class Interface(Model):
     """A NIC on a libvirt network or a host bridge."""
 
-    network: Annotated[str, Field(min_length=1)] | None = None
-    bridge: Annotated[str, Field(min_length=1)] | None = None
-    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] | None = "virtio"
-    mac: Annotated[str, Field(pattern=MAC_PATTERN)] | None = None
+    network: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None, description="libvirt network to join (e.g. default); exactly one of network, bridge."
+    )
+    bridge: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None, description="Host bridge to join (e.g. br0); exactly one of network, bridge."
+    )
+    model: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] | None = Field(
+        default="virtio", description="NIC model the guest sees (virtio, e1000, ...); default virtio."
+    )
+    mac: Annotated[str, Field(pattern=MAC_PATTERN)] | None = Field(
+        default=None,
+        description='MAC address, quoted in YAML ("52:54:00:12:34:56"); null lets libvirt pick one.',
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Interface:
@@ -173,26 +249,56 @@ class Interface(Model):
 class Boot(Model):
     """Direct kernel boot; all null boots from the disks."""
 
-    kernel: str | None = None
-    initrd: str | None = None
-    cmdline: str | None = None
+    kernel: str | None = Field(
+        default=None, description="Path of the kernel on the host to boot directly; null boots the disks."
+    )
+    initrd: str | None = Field(default=None, description="Path of the initrd on the host, with kernel.")
+    cmdline: str | None = Field(default=None, description="Kernel command line, with kernel.")
 
 
 class DomainSpec(Model):
     """Everything the reconciler models about a domain; every other XML element is left alone."""
 
-    vcpus: Annotated[int, Field(ge=1, le=4096)] = 1
-    memory: Size
-    current_memory: Size
-    state: Literal["running", "stopped"] = "running"
-    autostart: bool = False
-    type: Literal["kvm", "qemu"] = "kvm"
-    arch: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = "x86_64"
-    machine: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None
-    boot: Boot = Field(default_factory=Boot)
-    disks: tuple[Disk, ...] = ()
-    interfaces: tuple[Interface, ...] = ()
-    balloon: Literal["virtio", "none"] = "virtio"
+    vcpus: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=1, description="Virtual CPUs; counted by the host's cpu overcommit limits; default 1."
+    )
+    memory: Size = Field(
+        description="Maximum memory with a unit, e.g. 4GiB; counted by the host's memory.commit limit.",
+    )
+    current_memory: Size = Field(
+        description="Balloon target, at most memory; changed live without a redefine; default memory.",
+    )
+    state: Literal["running", "stopped"] = Field(
+        default="running", description="Whether the domain should be running or shut off; default running."
+    )
+    autostart: bool = Field(
+        default=False, description="Whether libvirt starts the domain when the host boots; default false."
+    )
+    type: Literal["kvm", "qemu"] = Field(
+        default="kvm", description="Hypervisor: kvm (hardware acceleration) or qemu (emulation); default kvm."
+    )
+    arch: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = Field(
+        default="x86_64", description="Guest CPU architecture; default x86_64."
+    )
+    machine: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = Field(
+        default=None,
+        description="Machine type (e.g. q35, pc-q35-7.2); null lets libvirt choose its default.",
+    )
+    boot: Boot = Field(
+        default_factory=Boot, description="Direct kernel boot; left out, the domain boots from its disks."
+    )
+    disks: tuple[Disk, ...] = Field(
+        default=(),
+        description="Disk images to attach; those without a target are named in order (vda, vdb, ...).",
+    )
+    interfaces: tuple[Interface, ...] = Field(
+        default=(),
+        description="NICs, each on a libvirt network or a host bridge, in the order the guest sees them.",
+    )
+    balloon: Literal["virtio", "none"] = Field(
+        default="virtio",
+        description="Memory balloon device; without one (none) currentMemory cannot change live.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -267,18 +373,26 @@ def _next_target(prefix: str, taken: set[str]) -> str:
 class DomainMetadata(Model):
     """Identity of a Domain document: its libvirt name and the host it lives on."""
 
-    name: Name
-    host: Name | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    name: Name = Field(description="The libvirt domain name, unique on its host.")
+    host: Name | None = Field(
+        default=None,
+        description="Name of the Host document this domain lives on; may be left out when there is "
+        "exactly one host.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Free-form string labels for people and tools; not interpreted."
+    )
 
 
 class Domain(Model):
     """A VM that should exist on a host."""
 
-    api_version: Literal["virt-reconcile/v1"]
-    kind: Literal["Domain"]
-    metadata: DomainMetadata
-    spec: DomainSpec
+    api_version: Literal["virt-reconcile/v1"] = Field(
+        description="Manifest format version; must be virt-reconcile/v1."
+    )
+    kind: Literal["Domain"] = Field(description="Document type: Domain describes a VM.")
+    metadata: DomainMetadata = Field(description="The domain's name, its host and labels.")
+    spec: DomainSpec = Field(description="The VM's desired configuration and run state.")
 
     @property
     def name(self) -> str:
@@ -287,8 +401,12 @@ class Domain(Model):
 
 
 class Owner(Model):
-    """Ownership metadata written into every domain the reconciler defines (DESIGN §2)."""
+    """Ownership metadata written into every domain the reconciler defines (docs/design.md §2.6)."""
 
-    manifest: str
-    revision: str = ""
-    spec_hash: str = ""
+    manifest: str = Field(description="File of the manifest that defines the domain, relative to its root.")
+    revision: str = Field(
+        default="", description="Revision (git commit) of the manifests last applied; empty when unknown."
+    )
+    spec_hash: str = Field(
+        default="", description="Short hash of the spec last applied, to notice changes made outside git."
+    )

@@ -11,7 +11,7 @@ import re
 
 KIB = 1024
 
-#: Units accepted in manifests (DESIGN §2): binary with or without the ``B``, and decimal.
+#: Units accepted in manifests (docs/design.md §2.4): binary with or without the ``B``, and decimal.
 MANIFEST_UNITS: dict[str, int] = {
     "KiB": 1024,
     "Ki": 1024,

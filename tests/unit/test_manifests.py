@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ManifestError
-from reconciler.spec.manifests import load_manifests
+from reconciler.spec.manifests import Source, load_manifests
 from tests.helpers import host_yaml, write
 
 
@@ -61,7 +61,70 @@ def test_unknown_field(tmp_path):
         "apiVersion: virt-reconcile/v1\nkind: Domain\nmetadata: {name: a}\n"
         "spec:\n  memory: 1GiB\n  cpus: 2\n",
     )
-    assert problems(tmp_path) == ["d.yaml:6: spec.cpus: unknown field"]
+    assert problems(tmp_path) == ["d.yaml:6: spec.cpus: unknown field; did you mean vcpus?"]
+
+
+def test_unknown_field_suggests_the_closest_known_one_at_its_level(tmp_path):
+    write(
+        tmp_path,
+        "h.yaml",
+        host_yaml()
+        + "  overcommit:\n    cpu:\n      ratoi: 2\n    memroy: {ratio: 1}\n"
+        + "metdata: {labels: {}}\n",
+    )
+    write(
+        tmp_path,
+        "d.yaml",
+        "apiVersion: virt-reconcile/v1\nkind: Domain\nmetadata: {name: a}\n"
+        "spec:\n  memory: 1GiB\n  vcpu: 2\n  curentMemory: 1GiB\n"
+        "  disks:\n    - path: /a\n    - path: /b\n      formt: raw\n"
+        "  interfaces:\n    - {network: default, mdel: e1000}\n",
+    )
+    assert problems(tmp_path) == [
+        "d.yaml:6: spec.vcpu: unknown field; did you mean vcpus?",
+        "d.yaml:7: spec.curentMemory: unknown field; did you mean currentMemory?",
+        "d.yaml:11: spec.disks[1].formt: unknown field; did you mean format?",
+        "d.yaml:13: spec.interfaces[0].mdel: unknown field; did you mean model?",
+        "h.yaml:10: spec.overcommit.cpu.ratoi: unknown field; did you mean ratio?",
+        "h.yaml:11: spec.overcommit.memroy: unknown field; did you mean memory?",
+        "h.yaml:12: metdata: unknown field; did you mean metadata?",
+    ]
+
+
+def test_unknown_field_far_from_every_known_one_gets_no_suggestion(tmp_path):
+    write(tmp_path, "h.yaml", host_yaml())
+    write(
+        tmp_path,
+        "d.yaml",
+        "apiVersion: virt-reconcile/v1\nkind: Domain\nmetadata: {name: a, colour: red}\n"
+        "spec:\n  memory: 1GiB\n  zzz: 1\n  disks:\n    - {path: /a, qqq: 1}\n",
+    )
+    assert problems(tmp_path) == [
+        "d.yaml:3: metadata.colour: unknown field",
+        "d.yaml:6: spec.zzz: unknown field",
+        "d.yaml:8: spec.disks[0].qqq: unknown field",
+    ]
+
+
+def test_a_host_and_a_domain_of_the_same_name_keep_their_own_sources(tmp_path):
+    # A host named "Host" and a host "web", and a domain "web" on host "Host": keyed by plain
+    # (kind-or-host, name) tuples, the domain's source overwrote the host "web"'s.
+    write(tmp_path, "hosts.yaml", host_yaml("web") + "---\n" + host_yaml("Host", "state/Host.xml"))
+    write(
+        tmp_path,
+        "vms.yaml",
+        "apiVersion: virt-reconcile/v1\nkind: Domain\nmetadata: {name: web, host: Host}\n"
+        "spec: {memory: 1GiB}\n",
+    )
+    manifests = load_manifests(tmp_path)
+    assert sorted((s.file, s.line) for s in manifests.sources.values()) == [
+        ("hosts.yaml", 1),
+        ("hosts.yaml", 9),
+        ("vms.yaml", 1),
+    ]
+    assert manifests.host_source("web") == Source("hosts.yaml", 1)
+    assert manifests.host_source("Host") == Source("hosts.yaml", 9)
+    assert manifests.domain_source("Host", "web") == Source("vms.yaml", 1)
 
 
 def test_bare_number_size(tmp_path):
