@@ -20,12 +20,14 @@ from reconciler.errors import HostError
 
 @dataclass(frozen=True)
 class ActionResult:
-    """How one action went: ``detail`` says what happened (e.g. shut down or forced off)."""
+    """How one action went: ``detail`` says what happened (e.g. shut down or forced off); a failed
+    action keeps its ``error``, whose class says whether a retry may help."""
 
     action: Action
     ok: bool
     detail: str
     seconds: float
+    error: HostError | None = None
 
 
 DEFAULT_WORKERS = 8
@@ -88,7 +90,7 @@ def apply_host_plan(
             detail = _execute(hypervisor, action, settings.shutdown_timeout)
             result = ActionResult(action, True, detail, time.monotonic() - started)
         except HostError as err:
-            result = ActionResult(action, False, str(err), time.monotonic() - started)
+            result = ActionResult(action, False, str(err), time.monotonic() - started, err)
         with lock:
             results.append(result)
             if hooks.on_result is not None:

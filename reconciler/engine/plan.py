@@ -1,6 +1,6 @@
 """Plans as plain data, and ``build_host_plan``: desired domains vs one observed host (pure).
 
-A plan is, per host, an ordered list of actions from a closed set (DESIGN §3), plus what the plan
+A plan is, per host, an ordered list of actions from a closed set (docs/design.md §3), plus what the plan
 will not touch and why: orphans (managed, gone from git), conflicts (same name, not ours) and
 errors (managed domains whose XML cannot be read). Actions are ordered so a host shrinks before
 it grows: no intermediate state uses more than the larger of before and after.
@@ -16,19 +16,25 @@ from reconciler.engine.diff import LIVE_FIELDS, Change, normalise, spec_changes
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.engine.policy import HostPolicy, PolicyReport
 from reconciler.engine.usage import Usage
-from reconciler.errors import DomainXMLError
-from reconciler.libvirtxml.domain import (
-    OWNER_NS,
-    ParsedDomain,
-    merge_domain,
-    parse_domain,
-    read_usage,
-    render_domain,
-)
+from reconciler.errors import DomainXMLError, HostError
+from reconciler.libvirtxml.merge import merge_domain
+from reconciler.libvirtxml.ownership import OWNER_NS
+from reconciler.libvirtxml.parse import ParsedDomain, parse_domain, read_usage
+from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import Domain, DomainSpec, Owner
 from reconciler.spec.sizes import format_size
 
-__all__ = ["Action", "ActionKind", "Conflict", "HostPlan", "Orphan", "Phase", "Plan", "build_host_plan"]
+__all__ = [
+    "Action",
+    "ActionKind",
+    "Conflict",
+    "DesiredHost",
+    "HostPlan",
+    "Orphan",
+    "Phase",
+    "Plan",
+    "build_host_plan",
+]
 
 
 @dataclass(frozen=True)
@@ -48,11 +54,12 @@ class HostPlan:
     before: Mapping[str, Usage] = field(default_factory=dict)  # every domain's claim, as observed
     policy: PolicyReport | None = None
     observed: HostObservation | None = None  # what the plan was made from (snapshots, saved plans)
+    host_error: HostError | None = None  # the host could not be reached or failed: retryable or not
 
     @classmethod
-    def failed(cls, host: str, uri: str, error: str) -> HostPlan:
+    def failed(cls, host: str, uri: str, error: HostError) -> HostPlan:
         """The plan of a host that could not be observed or planned: one error, nothing to do."""
-        return cls(host=host, uri=uri, errors=(error,))
+        return cls(host=host, uri=uri, errors=(str(error),), host_error=error)
 
     @property
     def refused(self) -> bool:
@@ -106,22 +113,50 @@ class Plan:
         return any(host.refused for host in self.hosts.values())
 
 
-def build_host_plan(
-    host: str,
-    uri: str,
-    desired: Mapping[str, Domain],
-    owner_of: Callable[[str], Owner],
-    observed: HostObservation,
-    *,
-    allow_delete: bool,
-    policy: HostPolicy | None = None,
-) -> HostPlan:
+@dataclass(frozen=True)
+class DesiredHost:
+    """What the manifests want on one host: its domains, the ownership mark each will carry, whether
+    managed domains missing from git may be undefined, and the overcommit policy to keep."""
+
+    name: str
+    uri: str
+    domains: Mapping[str, Domain]
+    owner_of: Callable[[str], Owner]
+    allow_delete: bool = False
+    policy: HostPolicy | None = None
+
+
+_Seen = dict[str, tuple[DomainObservation, ParsedDomain | None]]
+
+
+def build_host_plan(desired: DesiredHost, observed: HostObservation) -> HostPlan:
     """Plan one host: define what is missing, change what differs, report orphans and conflicts.
 
-    With a ``policy``, the plan carries the policy's verdict on its actions.
+    With ``desired.policy``, the plan carries the policy's verdict on its actions.
     """
-    plan = _Draft(host=host, uri=uri)
-    seen: dict[str, tuple[DomainObservation, ParsedDomain | None]] = {}
+    plan = _Draft(host=desired.name, uri=desired.uri)
+    seen = _read_observed(plan, observed)
+    for name, domain in desired.domains.items():
+        _plan_domain(plan, domain, desired.owner_of, seen.get(name))
+    _plan_orphans(plan, seen, desired)
+    plan.actions.sort(key=lambda action: action.phase)
+    policy = desired.policy
+    return HostPlan(
+        host=desired.name,
+        uri=desired.uri,
+        actions=tuple(plan.actions),
+        orphans=tuple(plan.orphans),
+        conflicts=tuple(plan.conflicts),
+        errors=tuple(plan.errors),
+        before=plan.before,
+        policy=policy.judge(observed, plan.before, plan.actions) if policy is not None else None,
+        observed=observed,
+    )
+
+
+def _read_observed(plan: _Draft, observed: HostObservation) -> _Seen:
+    """Parse every observed domain and record its claim on the host (managed or not)."""
+    seen: _Seen = {}
     for live in observed.domains:
         try:
             parsed: ParsedDomain | None = parse_domain(
@@ -138,50 +173,54 @@ def build_host_plan(
             plan.before[live.name] = Usage(*claim, active=live.active)
         else:
             plan.errors.append(f"domain {live.name!r} has no readable vCPUs and memory to count")
+    return seen
 
-    for name, domain in desired.items():
-        if name not in seen:
-            _plan_define(plan, domain, owner_of(name))
-            continue
-        live, parsed = seen[name]
-        if parsed is None:
-            if not _carries_owner(live.xml):
-                plan.conflicts.append(Conflict(host, name, "exists on the host but is not managed"))
-            continue
-        if parsed.owner is None:
-            plan.conflicts.append(
-                Conflict(host, name, "exists on the host but is not managed by virt-reconcile")
-            )
-            continue
+
+def _plan_domain(
+    plan: _Draft,
+    domain: Domain,
+    owner_of: Callable[[str], Owner],
+    found: tuple[DomainObservation, ParsedDomain | None] | None,
+) -> None:
+    """Define a domain the host lacks, change one that differs, or report a conflict: never touch a
+    domain without our ownership mark."""
+    name = domain.name
+    if found is None:
+        _plan_define(plan, domain, owner_of(name))
+        return
+    live, parsed = found
+    if parsed is None:
+        if not _carries_owner(live.xml):
+            plan.conflicts.append(Conflict(plan.host, name, "exists on the host but is not managed"))
+        return
+    if parsed.owner is None:
+        plan.conflicts.append(
+            Conflict(plan.host, name, "exists on the host but is not managed by virt-reconcile")
+        )
+        return
+    try:
         _plan_change(plan, domain, owner_of, live, parsed)
+    except DomainXMLError as err:  # e.g. vCPUs pinned to NUMA cells: the merge cannot place new ones
+        plan.errors.append(f"managed domain {name!r} cannot be updated: {err}")
 
+
+def _plan_orphans(plan: _Draft, seen: _Seen, desired: DesiredHost) -> None:
+    """Managed domains no manifest names: reported, and undefined only when deleting is allowed."""
     for name, (live, parsed) in seen.items():
-        if name in desired or parsed is None or parsed.owner is None:
+        if name in desired.domains or parsed is None or parsed.owner is None:
             continue
-        plan.orphans.append(Orphan(host, name, running=live.active, delete=allow_delete))
-        if allow_delete:
+        plan.orphans.append(Orphan(plan.host, name, running=live.active, delete=desired.allow_delete))
+        if desired.allow_delete:
             plan.actions.append(
                 Action(
                     ActionKind.UNDEFINE,
-                    host,
+                    plan.host,
                     name,
                     Phase.UNDEFINE,
                     reason="managed but no longer in git",
                     stop_first=live.active,
                 )
             )
-    plan.actions.sort(key=lambda action: action.phase)
-    return HostPlan(
-        host=host,
-        uri=uri,
-        actions=tuple(plan.actions),
-        orphans=tuple(plan.orphans),
-        conflicts=tuple(plan.conflicts),
-        errors=tuple(plan.errors),
-        before=plan.before,
-        policy=policy.judge(observed, plan.before, plan.actions) if policy is not None else None,
-        observed=observed,
-    )
 
 
 def _carries_owner(xml: str) -> bool:
@@ -245,9 +284,7 @@ def _plan_change(
     if balloon:
         plan.actions.append(_balloon(plan, name, current=current, desired=desired, live=live, change=balloon))
     if redefine or autostart:
-        _plan_updates(
-            plan,
-            name,
+        update = _Update(
             current=current,
             desired=desired,
             changes=redefine + ((autostart,) if autostart else ()),
@@ -255,6 +292,7 @@ def _plan_change(
             restart=bool(redefine) and stays_running,
             xml_for=(lambda spec: merge_domain(live.xml, spec, owner_of(name))) if redefine else None,
         )
+        _plan_updates(plan, name, update)
     if "state" in by_field and desired.state == "running":
         plan.actions.append(Action(ActionKind.START, host, name, Phase.START, changes=(by_field["state"],)))
 
@@ -266,17 +304,19 @@ def _resources(spec: DomainSpec) -> tuple[int, int, int]:
     return spec.vcpus, spec.memory, spec.current_memory
 
 
-def _plan_updates(
-    plan: _Draft,
-    name: str,
-    *,
-    current: DomainSpec,
-    desired: DomainSpec,
-    changes: tuple[Change, ...],
-    ballooned: bool,
-    restart: bool,
-    xml_for: Callable[[DomainSpec], str] | None,
-) -> None:
+@dataclass(frozen=True)
+class _Update:
+    """A redefine (and/or autostart change) of one domain, before it is split into phases."""
+
+    current: DomainSpec
+    desired: DomainSpec
+    changes: tuple[Change, ...]
+    ballooned: bool  # a balloon action of the same plan owns the live current memory
+    restart: bool  # the domain runs and stays running: the new definition waits for a restart
+    xml_for: Callable[[DomainSpec], str] | None  # None: autostart only, nothing to redefine
+
+
+def _plan_updates(plan: _Draft, name: str, update: _Update) -> None:
     """One update, in the shrink phase when it frees resources and the grow phase when it takes them.
 
     An update that lowers one resource and raises another (fewer vCPUs, more memory) is split in two
@@ -284,10 +324,12 @@ def _plan_updates(
     more than the larger of before and after. A balloon action of the same plan owns the live
     current memory, so a rise there alone does not split the update.
     """
+    current, desired, changes = update.current, update.desired, update.changes
+    restart, xml_for = update.restart, update.xml_for
     old, new = _resources(current), _resources(desired)
     rising = {field for field, a, b in zip(_RESOURCES, old, new, strict=True) if b > a}
     falling = {field for field, a, b in zip(_RESOURCES, old, new, strict=True) if b < a}
-    if ballooned:
+    if update.ballooned:
         rising.discard("currentMemory")
     autostart = desired.autostart if any(c.field == "autostart" for c in changes) else None
     if rising and falling and xml_for is not None:

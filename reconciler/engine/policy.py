@@ -1,4 +1,4 @@
-"""Overcommit policy (DESIGN §4): usage arithmetic, limits, and which plans are refused (pure).
+"""Overcommit policy (docs/design.md §4): usage arithmetic, limits, and which plans are refused (pure).
 
 For a host with ``C`` CPUs, memory ``M`` and ``R`` reserved, evaluated on the state a plan leaves:
 
@@ -8,7 +8,7 @@ For a host with ``C`` CPUs, memory ``M`` and ``R`` reserved, evaluated on the st
 * ``memory.balloon``  sum of current memory of running domains <= (M - R) + swap + KSM savings
 
 Every domain counts, managed or not; shut-off ones only while ``cpu.countInactive`` (for cpu.total
-and memory.commit alike, as DESIGN §4 counts memory.commit "like cpu.total"). A plan is refused
+and memory.commit alike, as docs/design.md §4.2 counts memory.commit "like cpu.total"). A plan is refused
 when a rule fails afterwards *and* the plan raised that rule's usage, so a plan that keeps or lowers
 usage on an overloaded host is always allowed.
 

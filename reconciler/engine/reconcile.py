@@ -19,11 +19,11 @@ from reconciler.engine.apply import (
     apply_host_plan,
 )
 from reconciler.engine.hypervisor import Hypervisor
-from reconciler.engine.plan import HostPlan, Plan, build_host_plan
+from reconciler.engine.plan import DesiredHost, HostPlan, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
 from reconciler.errors import HostError, SelectionError
 from reconciler.files.content_cache import ContentCache
-from reconciler.libvirtxml.domain import cached_parses
+from reconciler.libvirtxml.parse import cached_parses
 from reconciler.spec.manifests import ManifestSet
 from reconciler.spec.models import Host, Owner
 
@@ -84,15 +84,15 @@ def plan_host(
     spec = manifests.hosts[host].spec
     observed = hypervisor.observe()
     with cached_parses(parse_cache, f"{host} {spec.uri}", [domain.xml for domain in observed.domains]):
-        plan = build_host_plan(
-            host,
-            spec.uri,
-            manifests.domains[host],
-            owner_of(manifests, host, revision),
-            observed,
+        desired = DesiredHost(
+            name=host,
+            uri=spec.uri,
+            domains=manifests.domains[host],
+            owner_of=owner_of(manifests, host, revision),
             allow_delete=allow_delete or spec.prune,
             policy=HostPolicy(spec.capacity, spec.overcommit),
         )
+        plan = build_host_plan(desired, observed)
     return plan
 
 
@@ -137,9 +137,9 @@ def reconcile(
                     outcome.results[name] = apply_host_plan(hypervisor, host_plan, options.settings, hooks)
         except HostError as err:
             planned = outcome.plan.hosts.get(name)
-            failed = HostPlan.failed(name, host.spec.uri, str(err))
+            failed = HostPlan.failed(name, host.spec.uri, err)
             if planned is not None:  # planned, then failed while applying: keep what the plan said
-                failed = replace(planned, errors=(*planned.errors, str(err)))
+                failed = replace(planned, errors=(*planned.errors, str(err)), host_error=err)
             outcome.plan.hosts[name] = failed
             if hooks.on_plan is not None and planned is None:
                 hooks.on_plan(failed)

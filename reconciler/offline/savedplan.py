@@ -16,13 +16,13 @@ from typing import Any
 
 from reconciler.engine.apply import DEFAULT_SETTINGS, NO_HOOKS, ApplySettings, Hooks, apply_host_plan
 from reconciler.engine.diff import Change
-from reconciler.engine.plan import Action, ActionKind, Phase, Plan, build_host_plan
+from reconciler.engine.plan import Action, ActionKind, DesiredHost, Phase, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
 from reconciler.engine.reconcile import Connector, Outcome
 from reconciler.errors import SavedPlanError, StalePlanError
 from reconciler.files.atomic import write_atomically
 from reconciler.offline.snapshot import fingerprint
-from reconciler.report.render import plan_document
+from reconciler.report import plan_document
 from reconciler.spec.models import Capacity, DomainSpec, Host, Overcommit, Owner
 
 KIND = "virt-reconcile/saved-plan"
@@ -168,7 +168,7 @@ def apply_saved(
             if fingerprint(observed) != entry.fingerprint:
                 stale.append(name)
                 continue
-            current = build_host_plan(name, entry.uri, {}, _no_owner, observed, allow_delete=False)
+            current = build_host_plan(DesiredHost(name, entry.uri, {}, _no_owner), observed)
             policy = HostPolicy(entry.capacity, entry.overcommit)
             outcome.plan.hosts[name] = replace(
                 current,

@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 
 from reconciler.engine.hypervisor import DomainObservation, HostObservation, StopOutcome
 from reconciler.errors import DomainXMLError, PermanentHostError, ReconcilerError
-from reconciler.libvirtxml.domain import parse_domain
+from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.models import DomainSpec, Owner
 
 FORMAT_VERSION = 1

@@ -30,7 +30,8 @@ from lxml import etree
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.errors import AdoptionError, DomainXMLError, HostError
 from reconciler.files.atomic import write_atomically
-from reconciler.libvirtxml.domain import OWNER_NS, parse_domain
+from reconciler.libvirtxml.ownership import OWNER_NS
+from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.models import API_VERSION, DomainSpec, Owner
 
 CHUNK = 1024 * 1024
@@ -102,22 +103,27 @@ def manifest_document(host: str, domain: DomainObservation) -> dict[str, Any]:
     }
 
 
-def import_domains(
-    hypervisor: AdoptingHypervisor,
-    host: str,
-    out: Path,
-    *,
-    names: Sequence[str],
-    manifest_path: Callable[[Path], str],
-    revision: str,
-    force: bool,
-) -> Report:
+@dataclass(frozen=True)
+class ImportRequest:
+    """What ``import`` was asked: the host's name, the folder for manifests, which domains (none:
+    every unmanaged one), how a manifest's path is recorded in ownership, the git revision, force."""
+
+    host: str
+    out: Path
+    names: Sequence[str]
+    manifest_path: Callable[[Path], str]
+    revision: str
+    force: bool = False
+
+
+def import_domains(hypervisor: AdoptingHypervisor, request: ImportRequest) -> Report:
     """Write a manifest per domain into ``out`` and mark each domain managed.
 
     Without names: every unmanaged domain. An already managed domain is refused unless ``force``.
     The manifests are written (atomically) before any domain is marked, so an error leaves the host
     as it was.
     """
+    host, out, names, force = request.host, request.out, request.names, request.force
     observed = hypervisor.observe()
     chosen = _select(observed, names)
     report = Report()
@@ -146,8 +152,8 @@ def import_domains(
             write_atomically(folder / f"{name}.yaml", text, mode=0o644)
     for domain, document in documents:
         owner = Owner(
-            manifest=manifest_path(out / f"{domain.name}.yaml"),
-            revision=revision,
+            manifest=request.manifest_path(out / f"{domain.name}.yaml"),
+            revision=request.revision,
             spec_hash=DomainSpec.model_validate(document["spec"]).spec_hash(),
         )
         try:
@@ -205,18 +211,27 @@ def sparse_copy(source: Path, target: Path, progress: Callable[[int], None] | No
         writer.truncate(size)
 
 
+@dataclass(frozen=True)
+class BackupRequest:
+    """What ``backup`` was asked: the host's name, the target folder, which domains (none: all),
+    whether the host is this machine (its images can be read), whether to copy them, force."""
+
+    host: str
+    out: Path
+    names: Sequence[str]
+    local: bool
+    with_images: bool = False
+    force: bool = False
+
+
 def backup_domains(
     hypervisor: AdoptingHypervisor,
-    host: str,
-    out: Path,
-    *,
-    names: Sequence[str],
-    local: bool,
-    with_images: bool,
-    force: bool,
+    request: BackupRequest,
     progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
 ) -> Report:
     """Per domain: ``NAME/domain.xml`` and ``NAME/images.json``; ``NAME/images/`` with ``with_images``."""
+    host, out, names, local = request.host, request.out, request.names, request.local
+    with_images, force = request.with_images, request.force
     observed = hypervisor.observe()
     chosen = _select(observed, names)
     if with_images and not local:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from reconciler.libvirtxml.domain import parse_domain
+from reconciler.libvirtxml.parse import parse_domain
 from tests.helpers import cli, domain_yaml, host_yaml, write
 
 GiB_KIB = 1024 * 1024
@@ -217,7 +217,7 @@ def test_many_starts_balloons_and_stops_run_concurrently_and_all_report(sandbox)
 
 
 def test_cached_parses_still_see_a_change_made_behind_our_back(sandbox, private_cache_folder):
-    from reconciler.libvirtxml.domain import forget_parsed
+    from reconciler.libvirtxml.parse import forget_parsed
 
     sandbox.domains(web={"vcpus": 2})
     assert cli("apply", str(sandbox.root)).code == 0

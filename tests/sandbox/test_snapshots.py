@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from reconciler.adapters import libvirt_host
 from reconciler.engine.reconcile import ReconcileOptions, reconcile
 from reconciler.offline.snapshot import Snapshot, SnapshotHypervisor, snapshot_host
-from reconciler.report.render import plan_document
+from reconciler.report import plan_document
 from reconciler.spec.manifests import load_manifests
 from tests.helpers import cli, domain_yaml, host_yaml, write
 from tests.sandbox.test_properties import desired_sets

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
-from reconciler.engine.plan import Plan, build_host_plan
+from reconciler.engine.plan import DesiredHost, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
-from reconciler.report.render import MARKDOWN_MARKER, render_markdown
+from reconciler.report import MARKDOWN_MARKER, render_markdown
 from reconciler.spec.models import Capacity, Domain, Overcommit, Owner
 from tests.helpers import domain_model, observed_domain
 
@@ -27,16 +27,16 @@ def live(name: str, *, managed: bool = True, active: bool = True, **spec) -> Dom
     return observed_domain(name, OWNER if managed else None, active=active, **spec)
 
 
-def host_plan(name, uri, desired, observed, *, cpus=8, allow_delete=False, policy=None):
-    return build_host_plan(
+def host_plan(name, uri, desired, observed, *, cpus=8, **options):
+    wanted = DesiredHost(
         name,
         uri,
         {d.name: d for d in desired},
         lambda _n: OWNER,
-        HostObservation(cpus=cpus, memory=16 * GiB, domains=tuple(observed)),
-        allow_delete=allow_delete,
-        policy=HostPolicy(Capacity(), policy or Overcommit()),
+        options.get("allow_delete", False),
+        HostPolicy(Capacity(), options.get("policy") or Overcommit()),
     )
+    return build_host_plan(wanted, HostObservation(cpus=cpus, memory=16 * GiB, domains=tuple(observed)))
 
 
 def scenario(name: str) -> Plan:

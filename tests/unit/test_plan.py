@@ -1,11 +1,13 @@
 """Diff and plan rules on hand-made observations (pure: no libvirt)."""
 
+from pathlib import Path
+
 from lxml import etree
 
 from reconciler.engine.diff import machine_matches, spec_changes
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
-from reconciler.engine.plan import ActionKind, Phase, build_host_plan
-from reconciler.libvirtxml.domain import render_domain
+from reconciler.engine.plan import ActionKind, DesiredHost, Phase, build_host_plan
+from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import Domain, DomainSpec, Owner
 from tests.helpers import domain_model, observed_domain
 
@@ -32,12 +34,8 @@ def live(
 
 def plan(desired: list[Domain], observed: list[DomainObservation], allow_delete: bool = False):
     return build_host_plan(
-        "hv1",
-        "test:///",
-        {d.name: d for d in desired},
-        lambda _name: OWNER,
+        DesiredHost("hv1", "test:///", {d.name: d for d in desired}, lambda _name: OWNER, allow_delete),
         HostObservation(cpus=8, memory=16 * GiB, domains=tuple(observed)),
-        allow_delete=allow_delete,
     )
 
 
@@ -193,3 +191,14 @@ def test_spec_changes_key_disks_by_target():
     assert spec_changes(a, b) == ()
     c = DomainSpec.model_validate({"memory": "1GiB", "disks": [{"path": "/a"}, {"path": "/c"}]})
     assert [(x.field, x.before, x.after) for x in spec_changes(a, c)] == [("disks[vdb].path", "/b", "/c")]
+
+
+def test_a_change_the_merge_refuses_blocks_its_host_instead_of_failing_the_pass():
+    """vCPUs assigned to guest NUMA cells cannot be changed from the manifest: an error on that host."""
+    xml = (Path(__file__).parents[1] / "golden/merge/vcpus-numa-cells-refused.in.xml").read_text()
+    name = "vcpus-numa-cells-refused"
+    disk = {"path": f"/var/lib/libvirt/images/{name}.qcow2", "format": "qcow2"}
+    wanted = domain(name, vcpus=4, memory="2GiB", disks=[disk], interfaces=[{"network": "default"}])
+    host = plan([wanted], [live(name, xml=xml, active=False)])
+    assert host.blocked and host.actions == ()
+    assert any("cannot be updated" in error and "NUMA" in error for error in host.errors), host.errors

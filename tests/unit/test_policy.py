@@ -1,4 +1,4 @@
-"""The overcommit arithmetic (DESIGN §4): each rule at, just under and just over its limit."""
+"""The overcommit arithmetic (docs/design.md §4.3): each rule at, just under and just over its limit."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
-from reconciler.engine.plan import build_host_plan
+from reconciler.engine.plan import DesiredHost, build_host_plan
 from reconciler.engine.policy import HostFacts, evaluate, step, usage
-from reconciler.libvirtxml.domain import render_domain
+from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import Domain, DomainSpec, Overcommit, Owner
 
 OWNER = Owner(manifest="m.yaml")
@@ -79,7 +79,7 @@ def scenario(live, desired, allow_delete):
         )
         for name, spec in desired.items()
     }
-    return build_host_plan("hv", "test:///", wanted, lambda _name: OWNER, observed, allow_delete=allow_delete)
+    return build_host_plan(DesiredHost("hv", "test:///", wanted, lambda _name: OWNER, allow_delete), observed)
 
 
 @given(live_states, desired_states, st.booleans(), policies, facts)

@@ -6,7 +6,7 @@ from rich.markup import escape
 
 from reconciler.engine.diff import Change
 from reconciler.engine.plan import Action, ActionKind, HostPlan, Orphan, Phase, Plan
-from reconciler.report.render import Printer, plain, render_text, summary_line, wants_color
+from reconciler.report import Printer, plain, render_text, summary_line, wants_color
 
 
 class Terminal(io.StringIO):

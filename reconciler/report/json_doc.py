@@ -1,0 +1,81 @@
+"""The plan as a stable JSON document, for CI jobs and other programs (pure).
+
+The document is a contract: ``formatVersion``, a ``summary``, per host its orphans, conflicts,
+errors and policy, and a flat ``actions`` list where every action has ``action``, ``host``,
+``domain``, ``changes`` (``{field, before, after}``), ``restart`` and ``reason``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reconciler.engine.plan import Plan
+from reconciler.engine.policy import PolicyReport
+from reconciler.report.summary import summary
+
+FORMAT_VERSION = 1
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    """The plan as the stable JSON document."""
+    return {
+        "formatVersion": FORMAT_VERSION,
+        "revision": plan.revision,
+        "changes": plan.has_changes,
+        "summary": summary(plan),
+        "hosts": {
+            name: {
+                "uri": host.uri,
+                "blocked": host.blocked,
+                "orphans": [
+                    {"domain": o.domain, "running": o.running, "delete": o.delete} for o in host.orphans
+                ],
+                "conflicts": [{"domain": c.domain, "reason": c.reason} for c in host.conflicts],
+                "errors": list(host.errors),
+                "refused": host.refused,
+                "enforcement": host.policy.enforcement if host.policy else None,
+                "violations": [rule.message() for rule in host.policy.violations] if host.policy else [],
+                "policy": _policy_document(host.policy),
+            }
+            for name, host in plan.hosts.items()
+        },
+        "actions": [
+            {
+                "action": action.kind.value,
+                "host": action.host,
+                "domain": action.domain,
+                "changes": [
+                    {"field": change.field, "before": change.before, "after": change.after}
+                    for change in action.changes
+                ],
+                "restart": action.restart,
+                "reason": action.reason,
+            }
+            for action in plan.actions
+        ],
+    }
+
+
+def _policy_document(report: PolicyReport | None) -> dict[str, Any]:
+    """``rule -> {before, after, limit, ok, ...}``: how full the host is and will be."""
+    if report is None:
+        return {}
+    return {
+        rule.rule: {
+            "before": rule.before,
+            "after": rule.after,
+            "peak": rule.peak,
+            "limit": rule.limit,
+            "ok": rule.ok,
+            "raised": rule.raised,
+            "unit": rule.unit,
+            "arithmetic": rule.arithmetic,
+        }
+        for rule in report.rules
+    }
+
+
+def render_json(plan: Plan) -> str:
+    """The plan as indented JSON text."""
+    return json.dumps(plan_document(plan), indent=2, sort_keys=False) + "\n"

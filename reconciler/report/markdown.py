@@ -1,0 +1,135 @@
+"""The plan as a pull-request comment in GitHub-flavoured markdown (pure).
+
+A marker line lets a CI job find and update its own earlier comment instead of adding another.
+"""
+
+from __future__ import annotations
+
+import io
+
+from reconciler.engine.plan import Action, ActionKind, HostPlan, Plan
+from reconciler.report.summary import define_lines, show_value, summary_line
+from reconciler.report.text import Printer, render_text
+
+MARKDOWN_MARKER = "<!-- virt-reconcile-plan -->"
+_OK, _FAIL, _WARN = "✅", "❌", "⚠️"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    return "`" + text.replace("`", "'") + "`"
+
+
+def _markdown_changes(action: Action) -> str:
+    if action.kind is ActionKind.DEFINE:
+        return "<br>".join(_cell(line) for line in define_lines(action))
+    if action.kind in (ActionKind.START, ActionKind.STOP) and len(action.changes) == 1:
+        return ""
+    parts = [f"{c.field}: {show_value(c.before)} → {show_value(c.after)}" for c in action.changes]
+    if action.reason:
+        parts.append(f"({action.reason})")
+    return "<br>".join(_cell(part) for part in parts)
+
+
+def _markdown_policy(host: HostPlan) -> list[str]:
+    report = host.policy
+    if report is None:
+        return []
+    verdict = (
+        f"{_FAIL} **refused**"
+        if report.refused
+        else (f"{_WARN} over the limit (enforcement: warn)" if report.violations else f"{_OK} within limits")
+    )
+    lines = [
+        f"**Overcommit policy** ({report.enforcement}): {verdict}",
+        "",
+        "| rule | before | after | limit | |",
+        "|---|---:|---:|---|---|",
+    ]
+    for rule in report.rules:
+        mark = _OK if rule.ok else (_FAIL if rule.raised else _WARN)
+        lines.append(
+            f"| {rule.rule} | {rule.show(rule.before)} | {rule.show(rule.after)} | "
+            f"{_cell(rule.arithmetic)} | {mark} |"
+        )
+    lines.append("")
+    lines += [f"> {_FAIL} {_cell(rule.message())}" for rule in report.violations if report.refused]
+    lines += [f"> {_WARN} {_cell(rule.message())}" for rule in report.violations if not report.refused]
+    return lines
+
+
+def render_markdown(plan: Plan) -> str:
+    """The plan as a pull-request comment: summary, a section per host, collapsible full detail."""
+    lines = [MARKDOWN_MARKER, f"## virt-reconcile plan: {_headline(plan)}", "", summary_line(plan)]
+    if plan.revision:
+        lines += ["", f"Revision {_code(plan.revision[:12])}."]
+    for host in plan.hosts.values():
+        lines += _host_section(host)
+    detail = io.StringIO()
+    render_text(plan, Printer(detail, color=False))
+    lines += [
+        "",
+        "<details><summary>Full plan</summary>",
+        "",
+        "```text",
+        detail.getvalue().rstrip(),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _headline(plan: Plan) -> str:
+    """The verdict a reviewer reads first: errors, a refusal, changes, or none."""
+    refused = [name for name, host in plan.hosts.items() if host.refused]
+    if plan.has_errors:
+        return f"{_FAIL} Plan has errors: nothing will be applied on the affected hosts"
+    if refused:
+        return f"{_FAIL} Refused by the overcommit policy on {', '.join(refused)}"
+    if plan.has_changes:
+        return f"{_WARN} Changes to apply"
+    return f"{_OK} No changes"
+
+
+def _host_section(host: HostPlan) -> list[str]:
+    """One host: its actions as a table, the policy table, then what the plan will not touch."""
+    lines = ["", f"### {host.host} — {_code(host.uri)}", ""]
+    if host.actions:
+        lines += ["| | action | domain | changes | restart |", "|---|---|---|---|---|"]
+        for action in host.actions:
+            restart = f"{_WARN} needed" if action.restart else ""
+            lines.append(
+                f"| `{action.kind.symbol}` | {action.kind.value} | {_code(action.domain)} | "
+                f"{_markdown_changes(action)} | {restart} |"
+            )
+        lines.append("")
+    else:
+        lines += ["No changes.", ""]
+    lines += _markdown_policy(host)
+    while lines[-1] == "":
+        lines.pop()
+    return lines + _untouched(host)
+
+
+def _untouched(host: HostPlan) -> list[str]:
+    """Orphans kept, conflicts and errors, each with why nothing is done to it."""
+    lines: list[str] = []
+    kept = [o for o in host.orphans if not o.delete]
+    if kept:
+        names = ", ".join(_code(o.domain) for o in kept)
+        note = "managed, no longer in git; kept until `--allow-delete` or `prune: true`"
+        lines += ["", f"**Orphans** ({note}): {names}"]
+    for conflict in host.conflicts:
+        reason = _cell(conflict.reason)
+        lines += ["", f"{_FAIL} **Conflict** {_code(conflict.domain)}: {reason}; never overwritten"]
+    for error in host.errors:
+        lines += ["", f"{_FAIL} **Error**: {_cell(error)}"]
+    if host.blocked:
+        lines += ["", f"**Nothing will be applied on {host.host}.**"]
+    return lines

@@ -1,0 +1,71 @@
+"""What every plan format shares: counts per action kind, the one-line summary, and how a
+field value or a new domain's spec is written for people (pure)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reconciler.engine.plan import Action, ActionKind, Plan
+
+ORDER = (
+    ActionKind.DEFINE,
+    ActionKind.UPDATE,
+    ActionKind.BALLOON,
+    ActionKind.START,
+    ActionKind.STOP,
+    ActionKind.UNDEFINE,
+)
+
+
+def show_value(value: Any) -> str:
+    """A field value as a manifest author would write it (true, null, 4GiB)."""
+    return value if isinstance(value, str) and value else json.dumps(value)
+
+
+def define_lines(action: Action) -> list[str]:
+    """A new domain's spec in a few lines: scalars on one, then one line per disk, NIC and boot."""
+    scalars: list[str] = []
+    groups: dict[str, list[str]] = {}
+    for change in action.changes:
+        if change.after is None:
+            continue
+        if "." in change.field:
+            group, sub = change.field.rsplit(".", 1)
+            groups.setdefault(group, []).append(f"{sub}={show_value(change.after)}")
+        else:
+            scalars.append(f"{change.field}={show_value(change.after)}")
+    return [" ".join(scalars)] + [f"{group}: {' '.join(items)}" for group, items in groups.items()]
+
+
+def summary(plan: Plan) -> dict[str, int]:
+    """Counts per action kind, plus orphans kept, conflicts and errors."""
+    counts = {kind.value: 0 for kind in ORDER}
+    for action in plan.actions:
+        counts[action.kind.value] += 1
+    hosts = plan.hosts.values()
+    counts["orphansKept"] = sum(1 for h in hosts for o in h.orphans if not o.delete)
+    counts["conflicts"] = sum(len(h.conflicts) for h in hosts)
+    counts["errors"] = sum(len(h.errors) for h in hosts)
+    counts["refusedHosts"] = sum(1 for h in hosts if h.refused)
+    return counts
+
+
+def summary_line(plan: Plan) -> str:
+    """``Plan: 1 to define, ...`` or the all-clear."""
+    counts = summary(plan)
+    extras = [
+        f"{counts[key]} {label}"
+        for key, label in (
+            ("orphansKept", "orphan(s) kept"),
+            ("conflicts", "conflict(s)"),
+            ("errors", "error(s)"),
+            ("refusedHosts", "host(s) refused by the overcommit policy"),
+        )
+        if counts[key]
+    ]
+    if not plan.has_changes:
+        head = "No changes: every host matches the manifests."
+        return head + (f" {', '.join(extras)}." if extras else "")
+    parts = ", ".join(f"{counts[kind.value]} to {kind.value}" for kind in ORDER)
+    return f"Plan: {parts}." + (f" {', '.join(extras)}." if extras else "")
