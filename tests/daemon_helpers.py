@@ -1,4 +1,5 @@
-"""Run the daemon as a real process against a local bare git repository, and talk to it over HTTP."""
+"""The daemon under test: as a real process against a local bare git repository (talked to over
+HTTP), or in-process over in-memory hosts and a manifest folder whose revision the test sets."""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 
+from reconciler.engine.hypervisor import DomainObservation, HostObservation, StopOutcome
+from reconciler.spec.models import Host
 from tests.helpers import REPO
 
 GIT_ENV = {
@@ -140,6 +146,16 @@ class DaemonProcess:
             time.sleep(0.05)
         raise AssertionError(f"{host} never reached {expected}; last {last}; log {self.log[-10:]}")
 
+    def wait_for_line(self, start: str, timeout: float = 10) -> str:
+        """The first line of the daemon's output that starts with ``start`` (waiting for it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in list(self.log) if line.startswith(start)), None)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no line starting {start!r} in {self.log[-10:]}")
+
     def terminate(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -149,3 +165,116 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------------ the daemon in-process (unit tests)
+
+
+class FakeHypervisor:
+    """An in-memory host: domains defined, started and stopped as the engine asks."""
+
+    def __init__(self, name: str, cpus: int = 16, memory: int = 64 << 30) -> None:
+        self.name = name
+        self.cpus = cpus
+        self.memory = memory
+        self.domains: dict[str, DomainObservation] = {}
+        self.broken: dict[str, Exception] = {}  # method name -> what it raises (once)
+
+    def _call(self, method: str) -> None:
+        error = self.broken.pop(method, None)
+        if error is not None:
+            raise error
+
+    def observe(self) -> HostObservation:
+        return HostObservation(self.cpus, self.memory, tuple(self.domains.values()))
+
+    def define(self, xml: str) -> None:
+        from lxml import etree
+
+        self._call("define")
+        name = etree.fromstring(xml.encode()).findtext("name") or ""
+        old = self.domains.get(name)
+        self.domains[name] = DomainObservation(
+            name, xml, bool(old and old.active), bool(old and old.autostart)
+        )
+
+    def undefine(self, name: str) -> None:
+        del self.domains[name]
+
+    def start(self, name: str) -> None:
+        self._call("start")
+        self.domains[name] = replace(self.domains[name], active=True)
+
+    def stop(self, name: str, timeout: float) -> StopOutcome:
+        self.domains[name] = replace(self.domains[name], active=False)
+        return StopOutcome.SHUTDOWN
+
+    def set_current_memory(self, name: str, config: int, live: int | None) -> None:
+        pass
+
+    def set_autostart(self, name: str, autostart: bool) -> None:
+        self.domains[name] = replace(self.domains[name], autostart=autostart)
+
+
+class FakeHosts:
+    """A connector to in-memory hosts; ``fail(name, error, times)`` makes the next connects raise."""
+
+    def __init__(self) -> None:
+        self.hypervisors: dict[str, FakeHypervisor] = {}
+        self.failures: dict[str, list[Exception]] = {}
+        self.connects: list[str] = []
+
+    def host(self, name: str) -> FakeHypervisor:
+        return self.hypervisors.setdefault(name, FakeHypervisor(name))
+
+    def fail(self, name: str, error: Exception, times: int = 1) -> None:
+        self.failures.setdefault(name, []).extend([error] * times)
+
+    def __call__(self, host: Host, write: bool) -> AbstractContextManager[FakeHypervisor]:
+        return self._connect(host.name)
+
+    @contextmanager
+    def _connect(self, name: str) -> Iterator[FakeHypervisor]:
+        self.connects.append(name)
+        pending = self.failures.get(name)
+        if pending:
+            raise pending.pop(0)
+        yield self.host(name)
+
+
+class FakeSource:
+    """A manifest folder whose revision the test sets; ``fail_with`` makes the next update raise."""
+
+    watchable = False
+
+    def __init__(self, manifests: Path, revision: str = "r1") -> None:
+        self.manifests = manifests
+        self.revision = revision
+        self.fail_with: list[Exception] = []
+        self.updates = 0
+
+    def update(self) -> str:
+        self.updates += 1
+        if self.fail_with:
+            raise self.fail_with.pop(0)
+        return self.revision
+
+
+def in_process_daemon(root: Path, hosts: tuple[str, ...] = ("hv1",), domains: tuple[str, ...] = ("web",)):
+    """A Daemon (not running: call ``reconcile_pass``) over in-memory hosts and a FakeSource."""
+    from reconciler.daemon import Daemon, DaemonConfig
+    from tests.helpers import domain_yaml, host_yaml
+
+    manifests = root / "manifests"
+    manifests.mkdir(parents=True, exist_ok=True)
+    documents = [host_yaml(name, state=f"state/{name}.xml") for name in hosts]
+    documents += [domain_yaml(f"{domain}-{name}", host=name) for name in hosts for domain in domains]
+    (manifests / "all.yaml").write_text("---\n".join(documents))
+    source, connect = FakeSource(manifests), FakeHosts()
+    daemon = Daemon(DaemonConfig(state_dir=root / "state", listen=("127.0.0.1", 0)), source, connect)
+    return daemon, source, connect
+
+
+def retry_timers() -> set[threading.Timer]:
+    """The retry timers alive in this process."""
+    return {t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()}

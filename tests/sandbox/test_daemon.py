@@ -80,6 +80,7 @@ def test_first_commit_then_push_and_webhook(tmp_path, repo, daemons):
     snapshot = json.loads((tmp_path / "state" / "snapshots" / "hv1.json").read_text())
     assert {d["name"] for d in snapshot["hosts"]["hv1"]["domains"]} == {"web", "db"}  # after the apply
     assert (tmp_path / "published" / "hv1.json").exists()
+    daemon.wait_for_line(f"hv1: applied at {second[:12]} (new revision): 2 action(s): define db, start db")
 
 
 def test_policy_breaking_commit_is_refused_and_the_previous_state_stays(tmp_path, repo, daemons):
@@ -113,6 +114,7 @@ def test_fetch_failure_keeps_the_state_and_is_reported_then_recovers(tmp_path, r
     assert "fetch failed" in status["message"] and status["appliedRevision"] == good
     assert "fetch failed" in daemon.status()["source"]["message"]
     assert sandbox_view(state) == before
+    assert "; retrying in " in daemon.wait_for_line("fetch failed (attempt 1): git ")
     shutil.move(moved, repo.origin)
     newer = repo.commit({"db.yaml": domain_yaml("db")})
     daemon.wait_for("hv1", result="applied", revision=newer, timeout=30)  # the backoff retry finds it

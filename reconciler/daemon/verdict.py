@@ -1,0 +1,58 @@
+"""How one host's reconcile went, and what the daemon does next: a pure function, no I/O.
+
+The engine keeps the host errors it met (a host that could not be reached, a failed action) beside
+their text; their class decides between a retry with backoff (``err.retryable``: the host may come
+back by itself) and waiting for a new revision (a refusal, a conflict, a permanent error: retrying
+changes nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from reconciler.daemon.decision import Reason
+from reconciler.engine.apply import ActionResult
+from reconciler.engine.plan import HostPlan
+from reconciler.errors import ReconcilerError
+
+
+@dataclass(frozen=True)
+class HostVerdict:
+    """A host's result for ``/status`` and the metrics, and whether to retry it."""
+
+    result: str  # applied | unchanged | refused | error
+    message: str
+    retry: bool = False  # a retryable error: try again with backoff
+    drift_corrections: int = 0  # actions that put back a change made outside git
+
+    @property
+    def ok(self) -> bool:
+        """Whether the host now matches the revision."""
+        return self.result in ("applied", "unchanged")
+
+
+def judge(plan: HostPlan | None, results: Sequence[ActionResult], reason: Reason) -> HostVerdict:
+    """The verdict on one host from its plan and its actions' results (with the errors they met)."""
+    failed = [r for r in results if not r.ok]
+    errors: list[ReconcilerError] = [r.error for r in failed if r.error is not None]
+    if plan is not None and plan.host_error is not None:
+        errors.append(plan.host_error)
+    if plan is None or plan.errors or plan.conflicts or failed or errors:
+        problems = [
+            *(plan.errors if plan else ()),
+            *(f"conflict: {c.domain}: {c.reason}" for c in (plan.conflicts if plan else ())),
+            *(r.detail for r in failed),
+        ]
+        message = "; ".join(problems) or "; ".join(map(str, errors)) or "reconcile failed"
+        return HostVerdict("error", message, retry=any(err.retryable for err in errors))
+    if plan.refused:
+        assert plan.policy is not None
+        return HostVerdict("refused", "; ".join(rule.message() for rule in plan.policy.violations))
+    if not results:
+        return HostVerdict("unchanged", "no changes")
+    done = ", ".join(f"{r.action.kind.value} {r.action.domain}" for r in results)
+    message = f"{len(results)} action(s): {done}"
+    if reason is Reason.DRIFT:
+        return HostVerdict("applied", f"drift corrected: {message}", drift_corrections=len(results))
+    return HostVerdict("applied", message)
