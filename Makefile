@@ -49,11 +49,13 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/actionlint .github/workflows/*.yml
 
-## make bench: the sandbox benchmark against the libvirt-python floor, then the daemon's latencies
+## make bench: the sandbox benchmark against the libvirt-python floor, the daemon's latencies, and
+## the field-level diff (hand-written vs deepdiff, when installed)
 bench: setup
 	@if [ "$$(id -u)" -eq 0 ]; then scripts/e2e-setup.sh; fi
 	$(BIN)/python bench/bench_sandbox.py
 	$(BIN)/python bench/bench_daemon.py
+	$(BIN)/python bench/bench_diff.py
 
 doctor: setup
 	$(BIN)/virt-reconcile doctor
@@ -70,5 +72,11 @@ bench-compare: setup
 schema: setup
 	$(BIN)/virt-reconcile schema --out schemas
 
+## make dist: an sdist and a wheel (built from the sdist) in dist/, for `pip install` or `pipx install`
+## (which build libvirt-python from source: they need libvirt-dev pkg-config gcc python3-dev)
+.PHONY: dist
+dist: setup
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis manifests/state .cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis manifests/state .cache build dist *.egg-info

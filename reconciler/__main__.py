@@ -1,5 +1,5 @@
 """Entry point for ``python -m reconciler``."""
 
-from reconciler.cli.main import main
+from reconciler.cli import main
 
 raise SystemExit(main())

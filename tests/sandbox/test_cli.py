@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+from reconciler import __version__
 from tests.helpers import REPO, cli, write
 
 
@@ -17,7 +18,8 @@ def test_python_dash_m_and_the_console_script():
     assert "valid: 1 host(s), 4 domain(s)" in by_module.stdout
     script = REPO / ".venv" / "bin" / "virt-reconcile"
     if script.exists():
-        assert subprocess.run([str(script), "--version"], capture_output=True, check=False).returncode == 0
+        shown = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
+        assert (shown.returncode, shown.stdout) == (0, f"virt-reconcile {__version__}\n")
 
 
 def test_unreachable_host_is_an_error_naming_it(tmp_path):

@@ -1,0 +1,26 @@
+"""``doctor``: is this machine ready to be a hypervisor (kvm, /dev/kvm, libvirtd, KSM, swap)?"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.markup import escape
+
+from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK
+from reconciler.report import Printer
+
+
+def run(args: argparse.Namespace) -> int:
+    """A line per check; exit 1 when any check found a problem."""
+    from reconciler.adapters import libvirt_host
+    from reconciler.ops.doctor import PROBLEM, WARN, run_checks
+
+    out = Printer(sys.stdout)
+    checks = run_checks(args.uri, libvirt_host.daemon_facts)
+    style = {PROBLEM: "red", WARN: "yellow"}
+    for check in checks:
+        color = style.get(check.level, "green")
+        fix = f" [dim]— fix: {escape(check.fix)}[/dim]" if check.fix and check.level != "ok" else ""
+        out.print(f"[{color}]{check.level:<8}[/{color}]{escape(check.name)}: {escape(check.detail)}{fix}")
+    return EXIT_ERROR if any(check.level == PROBLEM for check in checks) else EXIT_OK

@@ -1,0 +1,88 @@
+"""``plan``: what apply would change, against the live hosts or snapshot files; optionally saved."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
+
+from reconciler.cli.exit_codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_REFUSED
+from reconciler.cli.inputs import connector, load, revision, selected_hosts
+from reconciler.engine.apply import Hooks
+from reconciler.engine.reconcile import Connector, Outcome, ReconcileOptions, reconcile, select_hosts
+from reconciler.files.content_cache import ContentCache
+from reconciler.report import Printer, render_host_text, render_json, render_markdown, summary_line
+
+if TYPE_CHECKING:
+    from reconciler.offline.snapshot import SnapshotHypervisor
+    from reconciler.spec.manifests import ManifestSet
+    from reconciler.spec.models import Host
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the plan; exit 0 no changes, 2 changes, 3 refused by policy, 1 a host failed."""
+    manifests = load(args.path)
+    select_hosts(manifests, args.host)
+    out = Printer(sys.stdout)
+    text = args.format == "text"
+    connect = snapshot_connector(Path(args.state)) if args.state else connector()
+    outcome = reconcile(
+        manifests,
+        connect,
+        ReconcileOptions(
+            hosts=selected_hosts(args), allow_delete=args.allow_delete, revision=revision(manifests)
+        ),
+        Hooks(on_plan=(lambda host: render_host_text(out, host, blank_after=True)) if text else None),
+        parse_cache=None if args.state else ContentCache.default("domains"),
+    )
+    if text:
+        out.print(f"[bold]{escape(summary_line(outcome.plan))}[/bold]")
+    elif args.format == "markdown":
+        sys.stdout.write(render_markdown(outcome.plan))
+    else:
+        sys.stdout.write(render_json(outcome.plan))
+    if args.out:
+        save(Path(args.out), outcome, manifests)
+    if outcome.failed:
+        return EXIT_ERROR
+    if outcome.plan.refused:
+        return EXIT_REFUSED
+    return EXIT_CHANGES if outcome.plan.has_changes else EXIT_OK
+
+
+def snapshot_connector(path: Path) -> Connector:
+    """Hosts read from snapshot files: plans with no connection to any hypervisor."""
+    from reconciler.errors import PermanentHostError
+    from reconciler.offline.snapshot import SnapshotHypervisor, load_snapshots
+
+    hosts = load_snapshots(path)
+
+    @contextmanager
+    def connect(host: Host, _write: bool) -> Iterator[SnapshotHypervisor]:
+        if host.name not in hosts:
+            raise PermanentHostError(host.name, f"not in the snapshot {path}")
+        yield SnapshotHypervisor(host.name, hosts[host.name])
+
+    return connect
+
+
+def save(path: Path, outcome: Outcome, manifests: ManifestSet) -> None:
+    """Write the plan for ``apply --plan``, with what it was made against."""
+    from reconciler.offline.savedplan import save_plan
+    from reconciler.offline.snapshot import fingerprint
+
+    observed = {name: host.observed for name, host in outcome.plan.hosts.items() if host.observed is not None}
+    save_plan(
+        path,
+        outcome.plan,
+        fingerprints={name: fingerprint(state) for name, state in observed.items()},
+        policies={
+            name: (manifests.hosts[name].spec.capacity, manifests.hosts[name].spec.overcommit)
+            for name in observed
+        },
+    )

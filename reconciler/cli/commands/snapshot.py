@@ -1,0 +1,34 @@
+"""``snapshot``: the observed state of hosts as JSON, for plans made with no access to them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.markup import escape
+
+from reconciler.cli.exit_codes import EXIT_OK
+from reconciler.cli.inputs import load
+from reconciler.engine.reconcile import select_hosts
+from reconciler.files.atomic import write_atomically
+from reconciler.report import Printer
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write one snapshot file holding every selected host."""
+    from reconciler.adapters import libvirt_host
+    from reconciler.offline.snapshot import Snapshot, snapshot_host
+
+    manifests = load(args.path)
+    hosts = {}
+    for name in select_hosts(manifests, args.host):
+        host = manifests.hosts[name]
+        with libvirt_host.connect(host, write=False) as hypervisor:
+            hosts[name] = snapshot_host(host.spec.uri, hypervisor.observe())
+    snapshot = Snapshot(taken_at=datetime.now(UTC).isoformat(timespec="seconds"), hosts=hosts)
+    write_atomically(Path(args.out), snapshot.model_dump_json(by_alias=True, indent=2) + "\n", mode=0o644)
+    domains = sum(len(h.domains) for h in hosts.values())
+    Printer(sys.stderr).print(f"wrote {escape(args.out)}: {len(hosts)} host(s), {domains} domain(s)")
+    return EXIT_OK
