@@ -23,7 +23,7 @@ from lxml import etree
 from reconciler.adapters import sandbox
 from reconciler.engine.hypervisor import DomainObservation, HostObservation, StopOutcome
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
-from reconciler.libvirtxml.domain import OWNER_NS, OWNER_PREFIX, owner_metadata
+from reconciler.libvirtxml.ownership import OWNER_NS, OWNER_PREFIX, owner_metadata
 from reconciler.ops.doctor import DaemonFacts
 from reconciler.spec.models import Host, Owner
 from reconciler.spec.sizes import KIB, parse_libvirt_size
