@@ -18,16 +18,46 @@ OWNER_PREFIX = "vr"
 OWNER_TAG = f"{{{OWNER_NS}}}owner"
 
 
+#: Owner fields as XML attributes, in the order they are written; booleans only when true.
+_ATTRIBUTES = (
+    ("manifest", "manifest"),
+    ("revision", "revision"),
+    ("spec_hash", "specHash"),
+    ("root", "root"),
+    ("host", "host"),
+    ("deletion_protection", "deletionProtection"),
+    ("pending", "pending"),
+    ("pending_until", "pendingUntil"),
+)
+
+
+def _attributes(owner: Owner) -> list[tuple[str, str]]:
+    """The owner's XML attributes: strings as they are (empty ones left out, but for the first
+    three, which every owner element carries), booleans as ``true`` when set."""
+    out = []
+    for field, attribute in _ATTRIBUTES:
+        value = getattr(owner, field)
+        if isinstance(value, bool):
+            if value:
+                out.append((attribute, "true"))
+        elif value or attribute in ("manifest", "revision", "specHash"):
+            out.append((attribute, value))
+    return out
+
+
 def read_owner(metadata: etree._Element | None) -> Owner | None:
     """The owner recorded under a domain's ``<metadata>`` element (None: not ours, or no metadata)."""
     element = metadata.find(OWNER_TAG) if metadata is not None else None
     if element is None:
         return None
-    return Owner(
-        manifest=element.get("manifest", ""),
-        revision=element.get("revision", ""),
-        spec_hash=element.get("specHash", ""),
-    )
+    values: dict[str, str | bool] = {}
+    for field, attribute in _ATTRIBUTES:
+        text = element.get(attribute)
+        if field in ("deletion_protection", "pending"):
+            values[field] = text == "true"
+        else:
+            values[field] = text or ""
+    return Owner.model_validate(values)
 
 
 def write_owner(root: etree._Element, owner: Owner) -> None:
@@ -36,23 +66,20 @@ def write_owner(root: etree._Element, owner: Owner) -> None:
     element = metadata.find(OWNER_TAG)
     if element is None:
         element = add_last(metadata, etree.Element(OWNER_TAG, nsmap={OWNER_PREFIX: OWNER_NS}))
-    element.set("manifest", owner.manifest)
-    element.set("revision", owner.revision)
-    element.set("specHash", owner.spec_hash)
+    for _, attribute in _ATTRIBUTES:
+        if attribute in element.attrib:
+            del element.attrib[attribute]
+    for attribute, value in _attributes(owner):
+        element.set(attribute, value)
 
 
 def owner_metadata(owner: Owner) -> str:
     """The ownership element for libvirt's metadata call, which adds our namespace itself."""
-    return (
-        f"<owner manifest={quoteattr(owner.manifest)} revision={quoteattr(owner.revision)} "
-        f"specHash={quoteattr(owner.spec_hash)}/>"
-    )
+    attributes = " ".join(f"{name}={quoteattr(value)}" for name, value in _attributes(owner))
+    return f"<owner {attributes}/>"
 
 
 def owner_xml(owner: Owner) -> str:
     """The ownership element alone: for a new domain's XML and libvirt's metadata call (import)."""
-    return (
-        f"<{OWNER_PREFIX}:owner xmlns:{OWNER_PREFIX}={quoteattr(OWNER_NS)} "
-        f"manifest={quoteattr(owner.manifest)} revision={quoteattr(owner.revision)} "
-        f"specHash={quoteattr(owner.spec_hash)}/>"
-    )
+    attributes = " ".join(f"{name}={quoteattr(value)}" for name, value in _attributes(owner))
+    return f"<{OWNER_PREFIX}:owner xmlns:{OWNER_PREFIX}={quoteattr(OWNER_NS)} {attributes}/>"

@@ -410,3 +410,29 @@ class Owner(Model):
     spec_hash: str = Field(
         default="", description="Short hash of the spec last applied, to notice changes made outside git."
     )
+    root: str = Field(
+        default="",
+        description="Identity of the manifest root that owns the domain (git repository and folder, or "
+        "a folder): only a plan of that whole root may undefine it. Empty on domains older than it.",
+    )
+    host: str = Field(
+        default="",
+        description="Name of the Host entry the domain was defined through: another Host entry never "
+        "undefines it. Empty on domains older than it.",
+    )
+    deletion_protection: bool = Field(
+        default=False, description="The manifest said deletionProtection: true; never undefined."
+    )
+    pending: bool = Field(
+        default=False,
+        description="Adopted by import and not yet applied from the manifests: never pruned until a "
+        "revision that holds it has been applied (or pendingUntil passes).",
+    )
+    pending_until: str = Field(
+        default="",
+        description="When an import's pending mark lapses (ISO 8601, UTC); empty: when first applied.",
+    )
+
+    def pending_at(self, now: str) -> bool:
+        """Whether the import's pending mark still protects the domain at ``now`` (ISO 8601, UTC)."""
+        return self.pending and (not self.pending_until or now < self.pending_until)
