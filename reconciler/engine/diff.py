@@ -21,6 +21,8 @@ MACHINE_ALIASES: dict[str, str] = {"pc": "pc-i440fx-", "q35": "pc-q35-"}
 
 #: Fields that change without a redefine: run state, autostart flag and balloon target.
 LIVE_FIELDS = frozenset({"state", "autostart", "currentMemory"})
+#: Fields a redefine records without the running guest needing a restart (ownership metadata).
+NO_RESTART_FIELDS = frozenset({"deletionProtection", "ownership"})
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from reconciler.engine.actions import Action, ActionKind, Conflict, Orphan, Phase
-from reconciler.engine.diff import LIVE_FIELDS, Change, normalise, spec_changes
+from reconciler.engine.diff import LIVE_FIELDS, NO_RESTART_FIELDS, Change, normalise, spec_changes
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.engine.policy import HostPolicy, PolicyReport
 from reconciler.engine.usage import Usage
@@ -223,6 +223,11 @@ def _plan_orphans(plan: _Draft, seen: _Seen, desired: DesiredHost) -> None:
             )
 
 
+def _default_off(change: Change) -> bool:
+    """A define's ``deletionProtection: false``: the default, not worth a line in the plan."""
+    return change.field == "deletionProtection" and change.after is False
+
+
 def _carries_owner(xml: str) -> bool:
     """Whether XML too broken to model still carries our ownership metadata."""
     return OWNER_NS in xml
@@ -236,7 +241,7 @@ def _plan_define(plan: _Draft, domain: Domain, owner: Owner) -> None:
             plan.host,
             domain.name,
             Phase.DEFINE,
-            changes=tuple(c for c in spec_changes(None, spec) if c.field != "state"),
+            changes=tuple(c for c in spec_changes(None, spec) if c.field != "state" and not _default_off(c)),
             reason="in git, absent on the host",
             xml=render_domain(domain.name, spec, owner),
             autostart=spec.autostart,
@@ -289,7 +294,7 @@ def _plan_change(
             desired=desired,
             changes=redefine + ((autostart,) if autostart else ()),
             ballooned=balloon is not None,
-            restart=bool(redefine) and stays_running,
+            restart=stays_running and any(c.top_field not in NO_RESTART_FIELDS for c in redefine),
             xml_for=(lambda spec: merge_domain(live.xml, spec, owner_of(name))) if redefine else None,
         )
         _plan_updates(plan, name, update)

@@ -154,13 +154,14 @@ def _parse(xml: str) -> ParsedDomain:
     name = text(top.get("name"))
     if not name:
         raise DomainXMLError("domain XML has no <name>")
+    owner = read_owner(top.get("metadata"))
+    fields = _spec_fields(root, top, name)
+    fields["deletionProtection"] = owner is not None and owner.deletion_protection
     try:
-        spec = DomainSpec.model_validate(_spec_fields(root, top, name))
+        spec = DomainSpec.model_validate(fields)
     except (ValueError, TypeError) as err:
         raise DomainXMLError(f"domain {name!r}: {err}") from err
-    return ParsedDomain(
-        name=name, uuid=text(top.get("uuid")), spec=spec, owner=read_owner(top.get("metadata"))
-    )
+    return ParsedDomain(name=name, uuid=text(top.get("uuid")), spec=spec, owner=owner)
 
 
 def _spec_fields(root: etree._Element, top: dict[str, etree._Element], name: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 SANDBOX_SCHEME = "sandbox"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -81,6 +81,20 @@ class HostURI:
         """The hypervisor is a real one on this machine (no host part, or localhost): its files,
         swap and /proc can be looked at directly. Test-driver hosts simulate a machine, so never."""
         return self.driver not in ("test", SANDBOX_SCHEME) and self.hostname in (None, "localhost")
+
+    @property
+    def hypervisor_key(self) -> str:
+        """What tells one hypervisor from another, whatever the spelling: the sandbox's file, or the
+        driver, machine, instance path (system/session) and socket; not the transport or the user
+        (``qemu+ssh://root@hv1/system`` and ``qemu+tls://hv1/system`` reach the same libvirtd)."""
+        if self.is_sandbox:
+            return f"sandbox:{self.sandbox_path}"
+        parts = urlsplit(self.text)
+        socket = dict(parse_qsl(parts.query)).get("socket", "")
+        host = self.hostname or ""
+        if host in ("localhost", "127.0.0.1", "::1"):
+            host = ""
+        return f"{self.driver}://{host.lower()}{parts.path.rstrip('/') or '/'}?socket={socket}"
 
     def resolved(self, base: Path) -> HostURI:
         """A sandbox path made absolute against ``base`` (the manifest's folder); others unchanged."""

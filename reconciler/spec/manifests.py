@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ManifestError, Problem
 from reconciler.files.content_cache import ContentCache, content_digest
+from reconciler.spec.crosschecks import Placed, shared_disks, shared_hypervisors
 from reconciler.spec.models import API_VERSION, Domain, Host
 
 try:
@@ -118,21 +119,29 @@ class _Document:
 
 
 def manifest_files(path: Path) -> list[Path]:
-    """Every manifest file at or below ``path``, in a stable order, hidden folders skipped."""
-    return [Path(file) for file, _ in _manifest_paths(path)]
+    """Every manifest file at or below ``path``, in a stable order, hidden folders skipped (a folder
+    that cannot be read is left out here; loading the manifests reports it)."""
+    return [Path(file) for file, _ in _manifest_paths(path, [])]
 
 
-def _manifest_paths(path: Path) -> list[tuple[str, str]]:
+def _manifest_paths(path: Path, problems: list[Problem]) -> list[tuple[str, str]]:
     """Each manifest file as (path, path shown to people), sorted folder by folder.
 
-    Plain strings rather than Path objects: for a tree of small files, building and comparing Paths
-    cost as much as reading the files.
+    A folder that cannot be listed (permissions, no file descriptors left) is a problem, never
+    skipped: its domains would look deleted, and a prune would undefine them. Plain strings rather
+    than Path objects: for a tree of small files, building and comparing Paths cost as much as
+    reading the files.
     """
     if path.is_file():
         return [(str(path), path.name)]
     top = str(path)
+
+    def unreadable(err: OSError) -> None:
+        shown = os.path.relpath(err.filename, top) if err.filename else top
+        problems.append(Problem(shown if shown != "." else top, None, None, f"cannot read: {err.strerror}"))
+
     found: list[tuple[str, str]] = []
-    for folder, subfolders, names in os.walk(top):
+    for folder, subfolders, names in os.walk(top, onerror=unreadable):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         relative = os.path.relpath(folder, top)
         found.extend(
@@ -172,7 +181,7 @@ def _load_tree(
 ) -> list[tuple[BaseModel, _Document]]:
     """Every valid document of every manifest file below ``root``, in file order."""
     loaded: list[tuple[BaseModel, _Document]] = []
-    for file, display in _manifest_paths(root):
+    for file, display in _manifest_paths(root, problems):
         try:
             with open(file, "rb") as stream:
                 content = stream.read()
@@ -188,13 +197,21 @@ def _assemble(loaded: list[tuple[BaseModel, _Document]], base: Path, problems: l
     """Index the documents by name: every host first, so a domain may name a host from any file."""
     manifests = ManifestSet(root=base.resolve())
     domain_docs: list[tuple[Domain, _Document]] = []
+    hosts: list[tuple[Host, Placed]] = []
     for model, doc in loaded:
         if isinstance(model, Host):
-            _add_host(manifests, model, doc, base, problems)
+            added = _add_host(manifests, model, doc, base, problems)
+            if added is not None:
+                hosts.append((added, Placed(doc.file, doc.line_of)))
         elif isinstance(model, Domain):
             domain_docs.append((model, doc))
+    placed = []
     for domain, doc in domain_docs:
-        _add_domain(manifests, domain, doc, problems)
+        host = _add_domain(manifests, domain, doc, problems)
+        if host is not None:
+            placed.append((host, domain, Placed(doc.file, doc.line_of)))
+    problems += shared_hypervisors(hosts)
+    problems += shared_disks(placed)
     return manifests
 
 
@@ -392,7 +409,7 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 def _add_host(
     manifests: ManifestSet, host: Host, doc: _Document, base: Path, problems: list[Problem]
-) -> None:
+) -> Host | None:
     """Add a host, its sandbox path resolved against its file; a second host of that name is a problem."""
     name = host.name
     if name in manifests.hosts:
@@ -405,20 +422,24 @@ def _add_host(
                 f"host {name!r} is already defined at {first.file}:{first.line}",
             )
         )
-        return
+        return None
     uri = host.spec.address.resolved((base / doc.file).parent)
     if uri.text != host.spec.uri:
         host = host.model_copy(update={"spec": host.spec.model_copy(update={"uri": uri.text})})
     manifests.hosts[name] = host
     manifests.domains.setdefault(name, {})
     manifests.sources[HostKey(name)] = Source(doc.file, doc.line)
+    return host
 
 
-def _add_domain(manifests: ManifestSet, domain: Domain, doc: _Document, problems: list[Problem]) -> None:
-    """Add a domain to its host; an unknown host or a second domain of that name is a problem."""
+def _add_domain(
+    manifests: ManifestSet, domain: Domain, doc: _Document, problems: list[Problem]
+) -> str | None:
+    """Add a domain to its host (whose name it returns); an unknown host or a second domain of that
+    name is a problem."""
     host = _host_of(manifests, domain, doc, problems)
     if host is None:
-        return
+        return None
     name = domain.name
     if name in manifests.domains[host]:
         first = manifests.domain_source(host, name)
@@ -430,9 +451,10 @@ def _add_domain(manifests: ManifestSet, domain: Domain, doc: _Document, problems
                 f"domain {name!r} on host {host!r} is already defined at {first.file}:{first.line}",
             )
         )
-        return
+        return None
     manifests.domains[host][name] = domain
     manifests.sources[DomainKey(host, name)] = Source(doc.file, doc.line)
+    return host
 
 
 def _host_of(manifests: ManifestSet, domain: Domain, doc: _Document, problems: list[Problem]) -> str | None:

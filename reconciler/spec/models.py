@@ -146,6 +146,11 @@ class HostSpec(Model):
         description="Whether apply may undefine managed domains gone from the manifests without "
         "--allow-delete; default false.",
     )
+    max_deletions: Annotated[int, Field(ge=0)] = Field(
+        default=5,
+        description="An apply that would undefine more domains than this on the host (or more than "
+        "half of its managed domains) is refused unless --allow-mass-delete; default 5.",
+    )
     overcommit: Overcommit = Field(
         default_factory=Overcommit,
         description="How far domains may overcommit this host; checked on every plan before applying.",
@@ -298,6 +303,11 @@ class DomainSpec(Model):
     balloon: Literal["virtio", "none"] = Field(
         default="virtio",
         description="Memory balloon device; without one (none) currentMemory cannot change live.",
+    )
+    deletion_protection: bool = Field(
+        default=False,
+        description="Never undefine this domain, even when it leaves the manifests with prune on; "
+        "recorded in its ownership metadata, so it holds after the manifest is gone. Default false.",
     )
 
     @model_validator(mode="before")

@@ -56,7 +56,22 @@ def domain_specs(draw):
     return {key: value for key, value in spec.items() if value is not None}
 
 
-desired_sets = st.dictionaries(st.sampled_from([f"vm-{i}" for i in range(6)]), domain_specs(), max_size=5)
+def own_disks(specs: dict) -> dict:
+    """Each domain's disk paths made its own (one disk image, one domain), keeping the drawn choice."""
+    return {
+        name: {
+            **spec,
+            "disks": [
+                {**disk, "path": f"{disk['path']}-{name}-{index}"} for index, disk in enumerate(spec["disks"])
+            ],
+        }
+        for name, spec in specs.items()
+    }
+
+
+desired_sets = st.dictionaries(
+    st.sampled_from([f"vm-{i}" for i in range(6)]), domain_specs(), max_size=5
+).map(own_disks)
 
 
 def converge(root: Path, domains: dict) -> None:

@@ -37,9 +37,12 @@ def test_corpus_domains_plan_to_zero_changes_then_a_memory_change_alters_only_me
             root.find("uuid").text = str(uuid.uuid5(uuid.NAMESPACE_URL, name))  # the corpus reuses uuids
             for entry in root.iterfind("sysinfo/system/entry[@name='uuid']"):
                 entry.text = root.find("uuid").text
-        xml = merge_domain(
-            etree.tostring(root, encoding="unicode"), parse_domain(path.read_text()).spec, OWNER
-        )
+        for source in root.iterfind("devices/disk/source"):  # the corpus shares images: one each
+            for attribute in ("file", "dev"):
+                if source.get(attribute):
+                    source.set(attribute, f"{source.get(attribute)}-{name}")
+        renamed = etree.tostring(root, encoding="unicode")
+        xml = merge_domain(renamed, parse_domain(renamed).spec, OWNER)
         sandbox.seed(xml, running=False)
         documents.append(manifest_for(xml, name))
         names.append(name)

@@ -6,7 +6,7 @@ import pytest
 
 from reconciler.errors import ManifestError
 from reconciler.spec.manifests import Source, load_manifests
-from tests.helpers import host_yaml, write
+from tests.helpers import domain_yaml, host_yaml, write
 
 
 def problems(tmp_path: Path) -> list[str]:
@@ -303,3 +303,65 @@ def test_single_file_path(tmp_path):
         "metadata: {name: a}\nspec: {memory: 1GiB}\n",
     )
     assert list(load_manifests(path).domains["hv1"]) == ["a"]
+
+
+def test_two_domains_naming_one_disk_image_is_an_error_across_hosts(tmp_path):
+    write(tmp_path, "h.yaml", host_yaml("hv1") + "---\n" + host_yaml("hv2", "state/hv2.xml"))
+    disk = [{"path": "/var/lib/libvirt/images/shared.qcow2"}]
+    write(tmp_path, "a.yaml", domain_yaml("a", "hv1", disks=disk))
+    write(tmp_path, "b.yaml", domain_yaml("b", "hv2", disks=[{"path": "/img/own.qcow2"}, *disk]))
+    [problem] = problems(tmp_path)
+    assert problem.startswith("b.yaml:10: spec.disks[1].path: /var/lib/libvirt/images/shared.qcow2 is")
+    assert "already the disk of domain 'a' on host 'hv1' (a.yaml:9)" in problem
+
+
+def test_one_domain_naming_one_image_twice_is_an_error(tmp_path):
+    write(tmp_path, "h.yaml", host_yaml())
+    write(tmp_path, "a.yaml", domain_yaml("a", disks=[{"path": "/img/a.qcow2"}, {"path": "/img/a.qcow2"}]))
+    [problem] = problems(tmp_path)
+    assert "spec.disks[1].path: /img/a.qcow2 is named twice" in problem
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("sandbox:state/hv1.xml", "sandbox:./state/../state/hv1.xml"),
+        ("qemu+ssh://root@hv1.example.com/system", "qemu+tls://hv1.example.com/system"),
+        ("qemu:///system", "qemu+unix:///system"),
+    ],
+)
+def test_two_host_entries_reaching_one_hypervisor_is_an_error(tmp_path, first, second):
+    text = host_yaml("hv1").replace("sandbox:state/hv1.xml", first)
+    text += "---\n" + host_yaml("hv2").replace("sandbox:state/hv1.xml", second)
+    write(tmp_path, "h.yaml", text)
+    [problem] = problems(tmp_path)
+    assert "spec.uri" in problem and "reaches the same hypervisor as host 'hv1'" in problem
+
+
+def test_system_and_session_and_other_machines_are_different_hypervisors(tmp_path):
+    uris = ["qemu:///system", "qemu:///session", "qemu+ssh://hv2/system", "test+unix:///default?socket=/a"]
+    uris += ["test+unix:///default?socket=/b"]
+    text = "---\n".join(
+        host_yaml(f"hv{index}").replace("sandbox:state/hv1.xml", uri) for index, uri in enumerate(uris)
+    )
+    write(tmp_path, "h.yaml", text)
+    assert len(load_manifests(tmp_path).hosts) == len(uris)
+
+
+def test_a_folder_that_cannot_be_read_is_an_error_not_skipped(tmp_path, monkeypatch):
+    """Its domains would look deleted, and a prune would undefine them."""
+    import os
+
+    write(tmp_path, "hosts.yaml", host_yaml())
+    write(tmp_path, "team-a/web.yaml", domain_yaml("web"))
+    locked = str(tmp_path / "team-a")
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args, **kwargs):  # root ignores permission bits: refuse like EACCES would
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    [problem] = problems(tmp_path)
+    assert problem == "team-a: cannot read: Permission denied"

@@ -1,0 +1,72 @@
+"""Checks that span documents (pure): one disk, one domain; one Host entry per hypervisor.
+
+Each document can be valid alone and still unsafe beside another: two domains writing one disk
+image corrupt it, and two Host entries reaching one hypervisor fight over its domains (one defines
+what the other prunes). Both are manifest problems, reported with file and line before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from reconciler.errors import Problem
+from reconciler.spec.models import Domain, Host
+
+#: The line of a field path in a document, as the loader knows it.
+LineOf = Callable[[tuple[str | int, ...]], int]
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A document with where it came from: its file and a way to find a field's line."""
+
+    file: str
+    line_of: LineOf
+
+
+def shared_disks(domains: Iterable[tuple[str, Domain, Placed]]) -> list[Problem]:
+    """Every disk path named by a second domain (on any host), pointing at the first one."""
+    first: dict[str, tuple[str, str, str, int]] = {}
+    problems = []
+    for host, domain, placed in domains:
+        for index, disk in enumerate(domain.spec.disks):
+            loc = ("spec", "disks", index, "path")
+            line = placed.line_of(loc)
+            owner = first.setdefault(disk.path, (host, domain.name, placed.file, line))
+            if owner[:2] != (host, domain.name):
+                problems.append(
+                    Problem(
+                        placed.file,
+                        line,
+                        f"spec.disks[{index}].path",
+                        f"{disk.path} is already the disk of domain {owner[1]!r} on host {owner[0]!r} "
+                        f"({owner[2]}:{owner[3]}): one disk image, one domain",
+                    )
+                )
+            elif owner[2:] != (placed.file, line):
+                problems.append(
+                    Problem(placed.file, line, f"spec.disks[{index}].path", f"{disk.path} is named twice")
+                )
+    return problems
+
+
+def shared_hypervisors(hosts: Iterable[tuple[Host, Placed]]) -> list[Problem]:
+    """Every Host entry whose URI reaches a hypervisor an earlier entry already reaches."""
+    first: dict[str, tuple[str, str, int]] = {}
+    problems = []
+    for host, placed in hosts:
+        key = host.spec.address.hypervisor_key
+        line = placed.line_of(("spec", "uri"))
+        owner = first.setdefault(key, (host.name, placed.file, line))
+        if owner[0] != host.name:
+            problems.append(
+                Problem(
+                    placed.file,
+                    line,
+                    "spec.uri",
+                    f"{host.spec.uri} reaches the same hypervisor as host {owner[0]!r} "
+                    f"({owner[1]}:{owner[2]}): two Host entries would fight over its domains",
+                )
+            )
+    return problems
