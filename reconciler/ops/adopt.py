@@ -1,14 +1,18 @@
 """Import (adoption), backup and restore of existing domains.
 
 * :func:`import_domains` writes one manifest per live domain with every modelled field taken from
-  libvirt, then marks the domain managed with libvirt's metadata call (no redefine, no restart).
+  libvirt, then marks the domain managed, and pending its first apply, with libvirt's metadata call
+  (no redefine, no restart).
 * :func:`backup_domains` writes each domain's full persistent XML and a manifest of its disk images
   (path, size, sha256), copying the images too when asked (sparse-aware).
 * :func:`restore_domains` defines domains from a backup, refusing those whose images are missing or
-  changed, and never overwriting an existing domain.
+  changed (and saying how to put a backed-up copy back), never overwriting an existing domain; a
+  restored domain gets its autostart flag back and is started when it was running.
 
-Output folders are written in a temporary sibling and renamed into place, so a failure never leaves
-half a backup or half an import behind.
+Output is written in a staging folder and moved into place file by file (:mod:`.staging`): a failure
+leaves the output folder as it was, and ``--force`` replaces only the files of the domains written.
+Backups hold the domains' secure values (graphics passwords), so they are private: files 0600,
+folders 0700.
 """
 
 from __future__ import annotations
@@ -16,11 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import shlex
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,9 +32,10 @@ from lxml import etree
 
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.errors import AdoptionError, DomainXMLError, HostError
-from reconciler.files.atomic import write_atomically
+from reconciler.files.atomic import fsync_directory, write_atomically
 from reconciler.libvirtxml.ownership import OWNER_NS
 from reconciler.libvirtxml.parse import parse_domain
+from reconciler.ops.staging import PRIVATE, Staging, staged
 from reconciler.spec.models import API_VERSION, DomainSpec, Owner
 
 CHUNK = 1024 * 1024
@@ -47,6 +51,12 @@ class AdoptingHypervisor(Protocol):
 
     def set_owner(self, name: str, owner: Owner) -> None: ...
 
+    def secure_xml(self, name: str) -> str | None: ...
+
+    def set_autostart(self, name: str, autostart: bool) -> None: ...
+
+    def start(self, name: str) -> None: ...
+
 
 @dataclass
 class Report:
@@ -54,29 +64,6 @@ class Report:
 
     done: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------------------- folders
-
-
-@contextmanager
-def fresh_folder(target: Path, *, force: bool) -> Iterator[Path]:
-    """A temporary folder that replaces ``target`` only when the block succeeds.
-
-    ``target`` must not exist or be empty, unless ``force``.
-    """
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
-        raise AdoptionError(f"{target} exists and is not empty (use --force to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield temporary
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    temporary.rename(target)
 
 
 def _select(observed: HostObservation, names: Sequence[str]) -> list[DomainObservation]:
@@ -106,7 +93,9 @@ def manifest_document(host: str, domain: DomainObservation) -> dict[str, Any]:
 @dataclass(frozen=True)
 class ImportRequest:
     """What ``import`` was asked: the host's name, the folder for manifests, which domains (none:
-    every unmanaged one), how a manifest's path is recorded in ownership, the git revision, force."""
+    every unmanaged one), how a manifest's path is recorded in ownership, the git revision, force,
+    how long the pending mark protects an imported domain (None: until it is first applied), and
+    the manifest root recorded as the owner."""
 
     host: str
     out: Path
@@ -114,56 +103,77 @@ class ImportRequest:
     manifest_path: Callable[[Path], str]
     revision: str
     force: bool = False
+    expire: timedelta | None = None
+    root: str = ""  # identity of the manifest root the imported manifests belong to
+
+
+def pending_until(expire: timedelta | None, now: datetime | None = None) -> str:
+    """When an import's pending mark lapses, ISO 8601 in UTC as the daemon writes times; "" for never."""
+    if expire is None:
+        return ""
+    return ((now or datetime.now(UTC)) + expire).astimezone(UTC).isoformat(timespec="seconds")
 
 
 def import_domains(hypervisor: AdoptingHypervisor, request: ImportRequest) -> Report:
-    """Write a manifest per domain into ``out`` and mark each domain managed.
+    """Write a manifest per domain into ``out`` and mark each domain managed and pending.
 
     Without names: every unmanaged domain. An already managed domain is refused unless ``force``.
-    The manifests are written (atomically) before any domain is marked, so an error leaves the host
-    as it was.
+    Every manifest is written (staged) before any domain is marked, so an error leaves the host as it
+    was; a manifest moves into ``out`` only once its domain is marked, replacing at most a file of
+    the same name. The pending mark keeps a daemon from pruning the domain before its manifest is
+    applied (until ``expire``, when given).
     """
-    host, out, names, force = request.host, request.out, request.names, request.force
-    observed = hypervisor.observe()
-    chosen = _select(observed, names)
     report = Report()
-    documents: list[tuple[DomainObservation, dict[str, Any]]] = []
-    for domain in chosen:
-        managed = OWNER_NS in domain.xml
-        if managed and not names:
-            continue  # "all unmanaged ones"
-        if managed and not force:
-            report.refused.append(f"{domain.name}: already managed (use --force to import it again)")
-            continue
-        try:
-            documents.append((domain, manifest_document(host, domain)))
-        except DomainXMLError as err:
-            report.refused.append(f"{domain.name}: cannot be modelled: {err}")
+    documents = _import_documents(hypervisor.observe(), request, report)
     if not documents:
         if report.refused:
             return report
         raise AdoptionError("nothing to import: every domain on the host is managed already")
-    with fresh_folder(out, force=force) as folder:
+    until = pending_until(request.expire)
+    with staged(request.out, force=request.force) as staging:
         for _, document in documents:
-            name = document["metadata"]["name"]
             text = "# yaml-language-server: $schema=https://virt-reconcile.dev/schemas/manifest.schema.json\n"
-            text += f"# imported by virt-reconcile from host {host}\n"
+            text += f"# imported by virt-reconcile from host {request.host}\n"
             text += yaml.safe_dump(document, sort_keys=False)
-            write_atomically(folder / f"{name}.yaml", text, mode=0o644)
-    for domain, document in documents:
-        owner = Owner(
-            manifest=request.manifest_path(out / f"{domain.name}.yaml"),
-            revision=request.revision,
-            spec_hash=DomainSpec.model_validate(document["spec"]).spec_hash(),
-        )
-        try:
-            hypervisor.set_owner(domain.name, owner)
-        except HostError as err:
-            (out / f"{domain.name}.yaml").unlink(missing_ok=True)  # no manifest for an unmarked domain
-            report.refused.append(f"{domain.name}: {err}")
-            continue
-        report.done.append(domain.name)
+            write_atomically(staging.folder / f"{document['metadata']['name']}.yaml", text, mode=0o644)
+        for domain, document in documents:
+            owner = Owner(
+                manifest=request.manifest_path(request.out / f"{domain.name}.yaml"),
+                revision=request.revision,
+                spec_hash=DomainSpec.model_validate(document["spec"]).spec_hash(),
+                root=request.root,
+                host=request.host,
+                pending=True,
+                pending_until=until,
+            )
+            try:
+                hypervisor.set_owner(domain.name, owner)
+            except HostError as err:
+                report.refused.append(f"{domain.name}: {err}")  # its manifest is never published
+                continue
+            staging.publish(f"{domain.name}.yaml")
+            report.done.append(domain.name)
     return report
+
+
+def _import_documents(
+    observed: HostObservation, request: ImportRequest, report: Report
+) -> list[tuple[DomainObservation, dict[str, Any]]]:
+    """The manifest of each domain to import; the domains refused are added to ``report``."""
+    names = request.names
+    documents = []
+    for domain in _select(observed, names):
+        managed = OWNER_NS in domain.xml
+        if managed and not names:
+            continue  # "all unmanaged ones"
+        if managed and not request.force:
+            report.refused.append(f"{domain.name}: already managed (use --force to import it again)")
+            continue
+        try:
+            documents.append((domain, manifest_document(request.host, domain)))
+        except DomainXMLError as err:
+            report.refused.append(f"{domain.name}: cannot be modelled: {err}")
+    return documents
 
 
 # -------------------------------------------------------------------------------------- backup
@@ -197,10 +207,20 @@ def image_record(path: str, *, local: bool) -> dict[str, Any]:
     return record
 
 
-def sparse_copy(source: Path, target: Path, progress: Callable[[int], None] | None = None) -> None:
-    """Copy a file keeping its holes: zero blocks become seeks, not writes."""
+def sparse_copy(
+    source: Path, target: Path, progress: Callable[[int], None] | None = None, *, mode: int = 0o600
+) -> None:
+    """Copy a file keeping its holes: zero blocks become seeks, not writes. The copy is created with
+    ``mode`` (the owner only by default: a disk image is as private as the guest's data).
+
+    The copy and its folder entry are flushed to disk before this returns: the backup then records
+    the image's sha256, which must not describe a copy a crash could still truncate.
+    """
     size = source.stat().st_size
-    with source.open("rb") as reader, target.open("wb") as writer:
+    with (
+        source.open("rb") as reader,
+        open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as writer,
+    ):
         while chunk := reader.read(CHUNK):
             if chunk == _ZERO[: len(chunk)]:
                 writer.seek(len(chunk), os.SEEK_CUR)
@@ -209,6 +229,9 @@ def sparse_copy(source: Path, target: Path, progress: Callable[[int], None] | No
             if progress is not None:
                 progress(len(chunk))
         writer.truncate(size)
+        writer.flush()
+        os.fsync(writer.fileno())
+    fsync_directory(target.parent)
 
 
 @dataclass(frozen=True)
@@ -224,36 +247,77 @@ class BackupRequest:
     force: bool = False
 
 
+Progress = Callable[[str, int, int], Callable[[int], None]]
+
+
 def backup_domains(
-    hypervisor: AdoptingHypervisor,
-    request: BackupRequest,
-    progress: Callable[[str, int, int], Callable[[int], None]] | None = None,
+    hypervisor: AdoptingHypervisor, request: BackupRequest, progress: Progress | None = None
 ) -> Report:
-    """Per domain: ``NAME/domain.xml`` and ``NAME/images.json``; ``NAME/images/`` with ``with_images``."""
-    host, out, names, local = request.host, request.out, request.names, request.local
-    with_images, force = request.with_images, request.force
-    observed = hypervisor.observe()
-    chosen = _select(observed, names)
-    if with_images and not local:
-        raise AdoptionError(f"--with-images needs the host to be this machine; {host} is remote")
+    """Per domain: ``NAME/domain.xml`` (read with its secure values: a backup restores a working
+    domain) and ``NAME/images.json``; ``NAME/images/`` with ``with_images``. Files 0600, folders 0700.
+
+    Every domain is staged before any is moved into ``out``; with ``force`` only the files of the
+    domains backed up are replaced (and their image copies no longer listed removed).
+    """
+    chosen = _select(hypervisor.observe(), request.names)
+    if request.with_images and not request.local:
+        raise AdoptionError(f"--with-images needs the host to be this machine; {request.host} is remote")
     report = Report()
-    with fresh_folder(out, force=force) as folder:
+    with staged(request.out, force=request.force, private=True) as staging:
+        written = []
         for domain in chosen:
-            target = folder / domain.name
-            target.mkdir()
-            write_atomically(target / "domain.xml", domain.xml)
-            images = [image_record(path, local=local) for path in _disk_paths(domain.xml)]
-            for number, image in enumerate(images):
-                if with_images and image["present"] and image["size"] is not None:
-                    copy = target / "images" / f"{number}-{Path(image['path']).name}"
-                    copy.parent.mkdir(exist_ok=True)
-                    step = progress(image["path"], image["size"], number) if progress else None
-                    sparse_copy(Path(image["path"]), copy, step)
-                    image["copy"] = str(copy.relative_to(target))
-            manifest = {"host": host, "domain": domain.name, "active": domain.active, "images": images}
-            write_atomically(target / "images.json", json.dumps(manifest, indent=2) + "\n")
-            report.done.append(domain.name)
+            xml = hypervisor.secure_xml(domain.name)
+            if xml is None:
+                report.refused.append(f"{domain.name}: undefined while the backup ran")
+                continue
+            _stage_backup(staging, request, domain, xml, progress)
+            written.append(domain.name)
+        for name in written:
+            _drop_old_copies(request.out / name, staging.folder / name)
+            staging.publish(name)
+            report.done.append(name)
     return report
+
+
+def _stage_backup(
+    staging: Staging, request: BackupRequest, domain: DomainObservation, xml: str, progress: Progress | None
+) -> None:
+    """Write one domain's backup entry into the staging folder."""
+    folder = staging.folder / domain.name
+    folder.mkdir(mode=PRIVATE)
+    write_atomically(folder / "domain.xml", xml, mode=0o600)
+    images = [image_record(path, local=request.local) for path in _disk_paths(xml)]
+    for number, image in enumerate(images):
+        if request.with_images and image["present"] and image["size"] is not None:
+            copy = folder / "images" / f"{number}-{Path(image['path']).name}"
+            copy.parent.mkdir(mode=PRIVATE, exist_ok=True)
+            step = progress(image["path"], image["size"], number) if progress else None
+            sparse_copy(Path(image["path"]), copy, step)
+            image["copy"] = str(copy.relative_to(folder))
+    record = {
+        "host": request.host,
+        "domain": domain.name,
+        "active": domain.active,
+        "autostart": domain.autostart,
+        "images": images,
+    }
+    write_atomically(folder / "images.json", json.dumps(record, indent=2) + "\n", mode=0o600)
+
+
+def _drop_old_copies(entry: Path, staged_entry: Path) -> None:
+    """Remove the image copies an earlier backup of this domain wrote and the new one does not."""
+    try:
+        old = json.loads((entry / "images.json").read_text(encoding="utf-8"))["images"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no earlier backup of it here (or not one of ours): nothing we wrote to remove
+    images = (entry / "images").resolve()
+    for image in old if isinstance(old, list) else []:
+        copy = image.get("copy") if isinstance(image, dict) else None
+        if not isinstance(copy, str) or (staged_entry / copy).exists():
+            continue
+        path = (entry / copy).resolve()
+        if path.parent == images and path.is_file():
+            path.unlink()
 
 
 # ------------------------------------------------------------------------------------- restore
@@ -261,11 +325,15 @@ def backup_domains(
 
 @dataclass(frozen=True)
 class BackedUpDomain:
-    """One domain of a backup."""
+    """One domain of a backup: its XML, its images, where the entry is (for the image copies), and
+    whether it was running and started with the host when backed up."""
 
     name: str
     xml: str
     images: list[dict[str, Any]]
+    folder: Path | None = None
+    active: bool = False
+    autostart: bool = False
 
 
 def read_backup(folder: Path, names: Sequence[str]) -> list[BackedUpDomain]:
@@ -282,13 +350,16 @@ def read_backup(folder: Path, names: Sequence[str]) -> list[BackedUpDomain]:
         entry = found[name]
         try:
             xml = (entry / "domain.xml").read_text(encoding="utf-8")
-            parsed_name = etree.fromstring(xml.encode()).findtext("name")
-            if etree.fromstring(xml.encode()).tag != "domain" or not parsed_name:
+            root = etree.fromstring(xml.encode())
+            parsed_name = root.findtext("name")
+            if root.tag != "domain" or not parsed_name:
                 raise ValueError("not a <domain> with a <name>")
-            images = json.loads((entry / "images.json").read_text(encoding="utf-8"))["images"]
-        except (OSError, ValueError, KeyError, etree.XMLSyntaxError) as err:
+            record = json.loads((entry / "images.json").read_text(encoding="utf-8"))
+            images = record["images"]
+            active, autostart = bool(record.get("active")), bool(record.get("autostart"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, etree.XMLSyntaxError) as err:
             raise AdoptionError(f"{entry}: unreadable backup entry: {err}") from err
-        domains.append(BackedUpDomain(parsed_name, xml, images))
+        domains.append(BackedUpDomain(parsed_name, xml, images, entry.resolve(), active, autostart))
     return domains
 
 
@@ -299,38 +370,68 @@ def restore_domains(
     local: bool,
     allow_missing_images: bool,
 ) -> Report:
-    """Define each backed-up domain unless it exists, or its images are missing or changed."""
+    """Define each backed-up domain unless it exists, or its images are missing or changed; then give
+    it back its autostart flag and start it when it was running at the backup."""
     existing = {d.name for d in hypervisor.observe().domains}
     report = Report()
     for domain in backup:
         if domain.name in existing:
             report.refused.append(f"{domain.name}: a domain with this name exists; never overwritten")
             continue
-        problems = [] if allow_missing_images or not local else _image_problems(domain.images)
-        if problems:
-            report.refused.append(
-                f"{domain.name}: {'; '.join(problems)} (--allow-missing-images to restore anyway)"
-            )
+        refusal = "" if allow_missing_images or not local else _image_refusal(domain)
+        if refusal:
+            report.refused.append(f"{domain.name}: {refusal}")
             continue
         try:
             hypervisor.define(domain.xml)
         except HostError as err:
             report.refused.append(f"{domain.name}: {err}")
             continue
+        problem = _restore_state(hypervisor, domain)
+        if problem:
+            report.refused.append(f"{domain.name}: defined, but {problem}")
+            continue
         report.done.append(domain.name)
     return report
 
 
-def _image_problems(images: list[dict[str, Any]]) -> list[str]:
-    problems = []
-    for image in images:
+def _restore_state(hypervisor: AdoptingHypervisor, domain: BackedUpDomain) -> str:
+    """Set the autostart flag and start the domain as at the backup; what failed, or ""."""
+    try:
+        if domain.autostart:
+            hypervisor.set_autostart(domain.name, True)
+    except HostError as err:
+        return f"its autostart flag was not set: {err}"
+    try:
+        if domain.active:
+            hypervisor.start(domain.name)
+    except HostError as err:
+        return f"not started (it was running at the backup): {err}"
+    return ""
+
+
+def _image_refusal(domain: BackedUpDomain) -> str:
+    """Why the domain's images stop a restore, with the commands that put the backed-up copies back;
+    "" when they are all there, as backed up."""
+    problems, commands = [], []
+    for image in domain.images:
         path = Path(image["path"])
         if image.get("present") is False:
             continue  # it was already missing when backed up: nothing to compare with
         if not path.exists():
             problems.append(f"image {path} is missing")
         elif image.get("sha256") and path.is_file():
-            now = image_record(str(path), local=True)
-            if now["sha256"] != image["sha256"]:
-                problems.append(f"image {path} changed since the backup (sha256 differs)")
-    return problems
+            if image_record(str(path), local=True)["sha256"] == image["sha256"]:
+                continue
+            problems.append(f"image {path} differs from the backup (sha256)")
+        else:
+            continue
+        copy = domain.folder / image["copy"] if domain.folder is not None and image.get("copy") else None
+        if copy is not None and copy.is_file():
+            commands.append(f"cp --sparse=always {shlex.quote(str(copy))} {shlex.quote(str(path))}")
+    if not problems:
+        return ""
+    text = "; ".join(problems) + " (--allow-missing-images defines it anyway)"
+    if commands:
+        text += "; the backup holds a copy, put it back with:\n      " + "\n      ".join(commands)
+    return text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -41,6 +40,15 @@ def test_import_backup_restore_on_libvirtd(e2e, conn, image, tmp_path):
 
     imported = e2e.cli("import", "--host", "local", "--out", str(e2e.root / "imported"), name)
     assert imported.code == 0, imported.out + imported.err
+    owner = etree.fromstring(conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode()).find(
+        "metadata/{https://virt-reconcile.dev/xmlns/owner/v1}owner"
+    )
+    assert (owner.get("host"), owner.get("pending")) == ("local", "true"), "adopted, pending its first apply"
+    pending = json.loads(e2e.cli("plan", "--format", "json").out)
+    assert [(a["action"], [c["field"] for c in a["changes"]]) for a in pending["actions"]] == [
+        ("update", ["ownership"])  # the first apply clears the pending mark, and nothing else
+    ]
+    assert e2e.cli("apply").code == 0
     assert e2e.cli("plan").code == 0, e2e.cli("plan").out
 
     manifest = e2e.root / "imported" / f"{name}.yaml"
@@ -71,12 +79,14 @@ def test_import_backup_restore_on_libvirtd(e2e, conn, image, tmp_path):
     conn.lookupByName(name).undefine()
     subprocess.run(["qemu-img", "resize", "-q", str(image), "128M"], check=True)  # changed since the backup
     changed = e2e.cli("restore", "--host", "local", "--from", str(backup))
-    assert changed.code == 1 and f"image {image} changed since the backup" in changed.out
+    put_back = f"cp --sparse=always {backup.resolve() / name / record['copy']} {image}"
+    assert changed.code == 1 and f"image {image} differs from the backup" in changed.out
+    assert put_back in changed.out, changed.out
     image.unlink()
     missing = e2e.cli("restore", "--host", "local", "--from", str(backup))
     assert missing.code == 1 and f"image {image} is missing" in missing.out
     assert not e2e.exists("legacy")
-    shutil.copyfile(backup / name / record["copy"], image)  # the image comes back from the backup
+    subprocess.run(put_back.split(), check=True)  # the image comes back from the backup, as told
     restored = e2e.cli("restore", "--host", "local", "--from", str(backup))
     assert restored.code == 0, restored.out
     assert "vr:owner" in conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 
 from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK
-from reconciler.cli.inputs import one_host, revision
+from reconciler.cli.inputs import one_host, revision, root_identity
 from reconciler.report import Printer
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ def run_import(args: argparse.Namespace) -> int:
             manifest_path=manifest_path,
             revision=revision(manifests),
             force=args.force,
+            expire=args.expire,  # a timedelta or None: checked by the parser's ``expiry``
+            root=root_identity(manifests),
         )
         report = import_domains(hypervisor, request)
     return _print_report(report, "imported")
