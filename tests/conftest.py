@@ -11,3 +11,12 @@ def private_cache_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
     folder = tmp_path_factory.mktemp("manifest-cache")
     monkeypatch.setenv("VIRT_RECONCILE_CACHE_DIR", str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def private_state_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test keeps its state (the plan signing key) in its own folder, never the user's home."""
+    folder = tmp_path_factory.mktemp("state") / "virt-reconcile"
+    monkeypatch.setenv("VIRT_RECONCILE_STATE_DIR", str(folder))
+    monkeypatch.delenv("VIRT_RECONCILE_PLAN_KEY_FILE", raising=False)
+    return folder

@@ -1,32 +1,46 @@
 """Saved plans: ``plan --out FILE`` writes one, ``apply --plan FILE`` carries out exactly its actions.
 
-A saved plan records, per host, the fingerprint of the observed state it was made from, the host's
-URI, capacity and overcommit policy (so the policy can be re-checked at apply time without the
-manifests), and every action with all it needs to run (the XML to define, balloon targets...).
-Apply re-observes each host first; any host whose state moved makes the whole plan stale.
+A saved plan records, per host, the fingerprint of the observed state it was made from (and of the
+host's URI), the host's URI, capacity and overcommit policy (so the policy can be re-checked at
+apply time without the manifests), and every action with all it needs to run (the XML to define,
+balloon targets...). Apply re-observes each host first; any host whose state moved makes the whole
+plan stale.
+
+A saved plan file is trusted for nothing. It is signed with an HMAC-SHA256 over a canonical form
+of the whole document under the reconciler's plan signing key (:mod:`reconciler.files.keys`), and
+apply refuses a file without a signature, with a wrong one, or signed by another key. Independently
+of the signature, every action is re-derived against the re-observed host before anything runs
+(:mod:`reconciler.offline.recheck`), so what is sent is what the plan shows and the policy checks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from reconciler.engine.actions import Action, ActionKind, Conflict, Phase
 from reconciler.engine.apply import DEFAULT_SETTINGS, NO_HOOKS, ApplySettings, Hooks, apply_host_plan
 from reconciler.engine.diff import Change
-from reconciler.engine.plan import Action, ActionKind, DesiredHost, Phase, Plan, build_host_plan
+from reconciler.engine.hypervisor import HostObservation
+from reconciler.engine.plan import DesiredHost, HostPlan, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
 from reconciler.engine.reconcile import Connector, Outcome
 from reconciler.errors import SavedPlanError, StalePlanError
 from reconciler.files.atomic import write_atomically
+from reconciler.files.keys import KEY_FILE_ENV, SigningKey
+from reconciler.offline.recheck import recheck_actions
 from reconciler.offline.snapshot import fingerprint
 from reconciler.report import plan_document
 from reconciler.spec.models import Capacity, DomainSpec, Host, Overcommit, Owner
 
 KIND = "virt-reconcile/saved-plan"
 FORMAT_VERSION = 1
+ALGORITHM = "HMAC-SHA256"
 
 
 @dataclass(frozen=True)
@@ -38,14 +52,32 @@ class SavedHost:
     capacity: Capacity
     overcommit: Overcommit
     actions: list[Action]
+    conflicts: tuple[Conflict, ...] = ()  # what blocked the host when planned: it stays blocked
+    errors: tuple[str, ...] = ()
+
+    def host(self, name: str) -> Host:
+        """The Host entry to connect to and judge the policy with, as the plan was made against."""
+        return Host.model_validate(
+            {
+                "apiVersion": "virt-reconcile/v1",
+                "kind": "Host",
+                "metadata": {"name": name},
+                "spec": {
+                    "uri": self.uri,
+                    "capacity": self.capacity.model_dump(by_alias=True, mode="json"),
+                    "overcommit": self.overcommit.model_dump(by_alias=True, mode="json"),
+                },
+            }
+        )
 
 
 @dataclass(frozen=True)
 class SavedPlan:
-    """A saved plan as loaded back."""
+    """A saved plan as loaded back (and verified): ``source`` is the file, named in refusals."""
 
     revision: str
     hosts: dict[str, SavedHost]
+    source: Path | None = None
 
 
 def _action(action: Action) -> dict[str, Any]:
@@ -84,53 +116,132 @@ def _load_action(data: dict[str, Any]) -> Action:
     )
 
 
+def host_fingerprint(uri: str, observed: HostObservation) -> str:
+    """The observed state's fingerprint, bound to the URI it was observed at: a plan pointed at
+    another host whose state happens to look the same is stale, not applied there."""
+    return hashlib.sha256(json.dumps([uri, fingerprint(observed)]).encode()).hexdigest()
+
+
+def canonical(document: dict[str, Any]) -> bytes:
+    """The bytes a signature covers: the whole document but its signature, in one fixed form
+    (sorted keys, no spaces), so re-indenting a file keeps its signature and any edit breaks it."""
+    body = {key: value for key, value in document.items() if key != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def signature(document: dict[str, Any], key: SigningKey) -> dict[str, str]:
+    """The ``signature`` entry of a saved plan document."""
+    return {"algorithm": ALGORITHM, "keyId": key.key_id, "value": key.sign(canonical(document))}
+
+
+def verify_signature(document: dict[str, Any], key: SigningKey, source: Path) -> None:
+    """Refuse a document that ``key`` did not sign exactly as it is, saying which way it fails."""
+    signed = document.get("signature")
+    refusing = "refusing to apply it"
+    if signed is None:
+        raise SavedPlanError(
+            f"{source}: the saved plan is not signed; {refusing} (`virt-reconcile plan --out` signs plans)"
+        )
+    if not isinstance(signed, dict) or signed.get("algorithm") != ALGORITHM:
+        raise SavedPlanError(f"{source}: the saved plan's signature is not an {ALGORITHM} one; {refusing}")
+    value = signed.get("value")
+    if isinstance(value, str) and key.verifies(canonical(document), value):
+        return
+    if signed.get("keyId") != key.key_id:
+        raise SavedPlanError(
+            f"{source}: the saved plan was signed with another key (key id {str(signed.get('keyId'))[:32]!r}"
+            f", not {key.key_id!r} of {key.path}); {refusing}. To apply plans made on another machine, set "
+            f"{KEY_FILE_ENV} to the key file they are signed with"
+        )
+    raise SavedPlanError(
+        f"{source}: the saved plan does not match its signature: it was changed after it was saved; "
+        + refusing
+    )
+
+
 def save_plan(
     path: Path,
     plan: Plan,
     *,
-    fingerprints: dict[str, str],
     policies: dict[str, tuple[Capacity, Overcommit]],
+    key: SigningKey,
 ) -> None:
-    """Write ``plan`` with everything ``apply --plan`` needs."""
+    """Write and sign ``plan`` with everything ``apply --plan`` needs, for every host of ``policies``
+    that could be observed."""
+    hosts = {
+        name: {
+            "uri": host.uri,
+            "fingerprint": host_fingerprint(host.uri, host.observed),
+            "capacity": policies[name][0].model_dump(mode="json", by_alias=True),
+            "overcommit": policies[name][1].model_dump(mode="json", by_alias=True),
+            "actions": [_action(action) for action in host.actions],
+            "conflicts": [[conflict.domain, conflict.reason] for conflict in host.conflicts],
+            "errors": list(host.errors),
+        }
+        for name, host in plan.hosts.items()
+        if name in policies and host.observed is not None
+    }
     document = {
         "kind": KIND,
         "formatVersion": FORMAT_VERSION,
         "revision": plan.revision,
-        "hosts": {
-            name: {
-                "uri": host.uri,
-                "fingerprint": fingerprints[name],
-                "capacity": policies[name][0].model_dump(mode="json", by_alias=True),
-                "overcommit": policies[name][1].model_dump(mode="json", by_alias=True),
-                "actions": [_action(action) for action in host.actions],
-            }
-            for name, host in plan.hosts.items()
-            if name in fingerprints
-        },
+        "hosts": hosts,
         "plan": plan_document(plan),
     }
-    write_atomically(path, json.dumps(document, indent=2) + "\n")
+    document = json.loads(json.dumps(document))  # signed as it will be read back (tuples as lists)
+    document["signature"] = signature(document, key)
+    # Readable by all, as files were before: a saved plan holds no secret, and it is signed.
+    write_atomically(path, json.dumps(document, indent=2) + "\n", mode=0o644)
 
 
-def load_plan(path: Path) -> SavedPlan:
-    """Read a saved plan back; a clear error for anything else."""
+def load_plan(path: Path, key: Callable[[], SigningKey]) -> SavedPlan:
+    """Read a saved plan back, refusing anything but a well-formed plan that ``key()`` signed.
+
+    The key is only looked for once the file reads as a saved plan, so a wrong file is named as such.
+    """
+    document = _read_document(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("kind") != KIND:
-            raise ValueError(f"kind is {data.get('kind')!r}, not {KIND!r}")
-        hosts = {
-            name: SavedHost(
+        verifier = key()
+    except SavedPlanError as err:
+        raise SavedPlanError(f"{path}: cannot check the saved plan's signature: {err}") from err
+    verify_signature(document, verifier, path)
+    try:
+        shown = document["plan"]["hosts"]
+        hosts = {}
+        for name, host in document["hosts"].items():
+            if shown[name]["uri"] != host["uri"]:
+                raise SavedPlanError(
+                    f"{path}: host {name}: the URI to apply on ({host['uri']}) is not the one the plan "
+                    f"shows ({shown[name]['uri']}); refusing to apply it"
+                )
+            hosts[name] = SavedHost(
                 uri=host["uri"],
                 fingerprint=host["fingerprint"],
                 capacity=Capacity.model_validate(host["capacity"]),
                 overcommit=Overcommit.model_validate(host["overcommit"]),
                 actions=[_load_action(action) for action in host["actions"]],
+                conflicts=tuple(Conflict(name, domain, reason) for domain, reason in host["conflicts"]),
+                errors=tuple(str(error) for error in host["errors"]),
             )
-            for name, host in data["hosts"].items()
-        }
-    except (OSError, ValueError, KeyError, TypeError) as err:
+            hosts[name].host(name)  # a URI or policy that makes no Host entry is refused here
+    except (ValueError, KeyError, TypeError) as err:
         raise SavedPlanError(f"{path}: not a saved virt-reconcile plan: {err}") from err
-    return SavedPlan(revision=data.get("revision", ""), hosts=hosts)
+    return SavedPlan(revision=str(document.get("revision", "")), hosts=hosts, source=path)
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        if not isinstance(data, dict) or data.get("kind") != KIND:
+            kind = data.get("kind") if isinstance(data, dict) else None
+            raise ValueError(f"kind is {kind!r}, not {KIND!r}")
+    except (OSError, ValueError) as err:
+        raise SavedPlanError(f"{path}: not a saved virt-reconcile plan: {err}") from err
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def apply_saved(
@@ -139,52 +250,60 @@ def apply_saved(
     settings: ApplySettings = DEFAULT_SETTINGS,
     hooks: Hooks = NO_HOOKS,
 ) -> Outcome:
-    """Apply exactly the actions of a saved plan, after checking no host moved and the policy holds.
+    """Apply exactly the actions of a saved plan, after checking no host moved, every action holds
+    up against the host it will run on, and the policy holds.
 
-    Every host is observed before anything changes: one stale host refuses the whole plan.
+    Every host is observed and checked before anything changes: one stale host, or one action that
+    does not hold up, refuses the whole plan.
     """
     outcome = Outcome(Plan(revision=saved.revision))
-    hosts = {
-        name: Host.model_validate(
-            {
-                "apiVersion": "virt-reconcile/v1",
-                "kind": "Host",
-                "metadata": {"name": name},
-                "spec": {
-                    "uri": entry.uri,
-                    "capacity": entry.capacity.model_dump(by_alias=True, mode="json"),
-                    "overcommit": entry.overcommit.model_dump(by_alias=True, mode="json"),
-                },
-            }
-        )
-        for name, entry in saved.hosts.items()
-    }
     with ExitStack() as stack:
-        hypervisors = {name: stack.enter_context(connect(host, True)) for name, host in hosts.items()}
-        stale = []
+        hypervisors = {
+            name: stack.enter_context(connect(entry.host(name), True)) for name, entry in saved.hosts.items()
+        }
+        stale, refused = [], []
         for name, hypervisor in hypervisors.items():
-            entry = saved.hosts[name]
-            observed = hypervisor.observe()
-            if fingerprint(observed) != entry.fingerprint:
-                stale.append(name)
+            try:
+                host_plan = _recheck(name, saved.hosts[name], hypervisor.observe())
+            except SavedPlanError as err:
+                refused.append(f"{name}: {err}")
                 continue
-            current = build_host_plan(DesiredHost(name, entry.uri, {}, _no_owner), observed)
-            policy = HostPolicy(entry.capacity, entry.overcommit)
-            outcome.plan.hosts[name] = replace(
-                current,
-                actions=tuple(entry.actions),
-                policy=policy.judge(observed, current.before, entry.actions),
+            if host_plan is None:
+                stale.append(name)
+            else:
+                outcome.plan.hosts[name] = host_plan
+        source = saved.source or "the saved plan"
+        if refused:
+            raise SavedPlanError(
+                f"{source}: refusing the saved plan, nothing was applied: " + "; ".join(refused)
             )
         if stale:
             raise StalePlanError(
-                f"the saved plan is stale: {', '.join(stale)} changed since it was made; nothing was "
-                "applied (plan again)"
+                f"{source}: the saved plan is stale: {', '.join(stale)} changed since it was made; nothing "
+                "was applied (plan again)"
             )
         for name, host_plan in outcome.plan.hosts.items():
             if hooks.on_plan is not None:
                 hooks.on_plan(host_plan)
             outcome.results[name] = apply_host_plan(hypervisors[name], host_plan, settings, hooks)
     return outcome
+
+
+def _recheck(name: str, entry: SavedHost, observed: HostObservation) -> HostPlan | None:
+    """One host's plan re-derived on its observed state (None: stale), the policy judged on what
+    the actions will really send; a host blocked when planned (a conflict, an error) stays blocked."""
+    if host_fingerprint(entry.uri, observed) != entry.fingerprint:
+        return None
+    actions = recheck_actions(name, observed, entry.actions)
+    current = build_host_plan(DesiredHost(name, entry.uri, {}, _no_owner), observed)
+    policy = HostPolicy(entry.capacity, entry.overcommit)
+    return replace(
+        current,
+        actions=actions,
+        conflicts=current.conflicts + entry.conflicts,
+        errors=current.errors + entry.errors,
+        policy=policy.judge(observed, current.before, actions),
+    )
 
 
 def _no_owner(name: str) -> Owner:

@@ -1,0 +1,247 @@
+"""Re-derive a saved plan's actions from the re-observed host before any of them runs.
+
+The signature says who made a saved plan; this says whether what it will send is what it shows
+and what the policy checks, whoever made it. Every action is checked against the host as
+observed at apply time (docs/design.md §3.7):
+
+* a define's XML must be exactly what its spec renders to, named for its domain, carrying our
+  ownership metadata, and the domain must be absent;
+* an update's XML must be exactly the observed definition with the spec's fields merged in,
+  still carrying our ownership metadata;
+* the spec the policy counts is read back from the XML, and must agree with the saved spec;
+* the changes shown must be what the XML changes (no hidden field, no false value);
+* update, balloon, start, stop and undefine must target a domain we manage (or one this plan
+  defines, for a start or a balloon); an undefine never one protected from deletion;
+* actions keep the apply order: each kind in its phase, phases never going back.
+
+A define or update carries the spec read from its XML on from here, so the policy judges what
+will be sent even if a check above were ever too lenient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from reconciler.engine.actions import Action, ActionKind, Phase
+from reconciler.engine.diff import flatten, spec_changes
+from reconciler.engine.hypervisor import DomainObservation, HostObservation
+from reconciler.errors import DomainXMLError, SavedPlanError
+from reconciler.libvirtxml.merge import merge_domain
+from reconciler.libvirtxml.parse import ParsedDomain, parse_domain
+from reconciler.libvirtxml.render import render_domain
+from reconciler.spec.models import DomainSpec
+from reconciler.spec.sizes import parse_size
+
+PHASES: Mapping[ActionKind, frozenset[Phase]] = {
+    ActionKind.UNDEFINE: frozenset({Phase.UNDEFINE}),
+    ActionKind.STOP: frozenset({Phase.STOP}),
+    ActionKind.BALLOON: frozenset({Phase.BALLOON_DOWN, Phase.BALLOON_UP}),
+    ActionKind.UPDATE: frozenset({Phase.UPDATE_SHRINK, Phase.UPDATE_GROW}),
+    ActionKind.DEFINE: frozenset({Phase.DEFINE}),
+    ActionKind.START: frozenset({Phase.START}),
+}
+_SHOWN_ELSEWHERE = frozenset({"state"})  # start and stop show it; no XML carries it
+
+
+@dataclass
+class _Host:
+    """The re-observed host, and what the actions checked so far do to it."""
+
+    name: str
+    seen: dict[str, tuple[DomainObservation, ParsedDomain | None]]
+    defined: set[str] = field(default_factory=set)  # by this plan
+    specs: dict[str, DomainSpec] = field(default_factory=dict)  # after this plan's updates so far
+    ballooned: dict[str, set[str]] = field(default_factory=dict)  # fields shown by balloon actions
+
+    def managed(self, name: str) -> tuple[DomainObservation, ParsedDomain]:
+        """The observed domain ``name``, refused unless it carries our ownership metadata."""
+        found = self.seen.get(name)
+        if found is None:
+            raise SavedPlanError("the domain is not on the host")
+        live, parsed = found
+        if parsed is None or parsed.owner is None:
+            raise SavedPlanError(
+                "the domain is not managed by virt-reconcile (no ownership metadata): it is never touched"
+            )
+        return live, parsed
+
+
+def recheck_actions(host: str, observed: HostObservation, actions: Sequence[Action]) -> tuple[Action, ...]:
+    """The actions to run on ``host``, each checked against ``observed``; :class:`SavedPlanError` lists
+    every action that does not hold up."""
+    state = _Host(host, {live.name: (live, _parse_observed(live)) for live in observed.domains})
+    for action in actions:
+        if action.kind is ActionKind.BALLOON:
+            state.ballooned.setdefault(action.domain, set()).update(c.field for c in action.changes)
+    checked, problems = [], []
+    phase = min(Phase)
+    for action in actions:
+        try:
+            check = _CHECKS.get(action.kind)
+            if check is None:
+                raise SavedPlanError(f"a saved plan cannot carry a {action.kind.value} action")
+            _check_order(host, action, phase)
+            checked.append(check(state, action))
+        except (SavedPlanError, DomainXMLError) as err:
+            problems.append(f"{action.kind.value} {action.domain!r}: {err}")
+        phase = max(phase, action.phase)
+    if problems:
+        raise SavedPlanError("; ".join(problems))
+    return tuple(checked)
+
+
+def _parse_observed(live: DomainObservation) -> ParsedDomain | None:
+    try:
+        return parse_domain(live.xml, state="running" if live.active else "stopped", autostart=live.autostart)
+    except DomainXMLError:
+        return None  # unreadable: never managed here (the plan of the host reports it and is blocked)
+
+
+def _check_order(host: str, action: Action, after: Phase) -> None:
+    if action.host != host:
+        raise SavedPlanError(f"it names host {action.host!r} but sits under {host!r}")
+    if action.phase not in PHASES.get(action.kind, ()):
+        raise SavedPlanError(f"a {action.kind.value} does not run in phase {action.phase.name}")
+    if action.phase < after:
+        raise SavedPlanError(f"phase {action.phase.name} after phase {after.name}: out of the apply order")
+
+
+def _check_define(host: _Host, action: Action) -> Action:
+    name = action.domain
+    if name in host.seen or name in host.defined:
+        raise SavedPlanError("the domain already exists: a define would replace its definition")
+    if action.xml is None or action.spec is None:
+        raise SavedPlanError("it has no XML or no spec")
+    parsed = _parse_sent(action, action.xml, state="stopped", autostart=bool(action.autostart))
+    _agree(action.spec, parsed.spec, ignore=_SHOWN_ELSEWHERE)
+    if render_domain(name, action.spec, parsed.owner) != action.xml:
+        raise SavedPlanError(
+            "its XML is not what its spec renders to: it holds more than the plan shows and checks"
+        )
+    shown = {c.field for c in spec_changes(None, parsed.spec) if c.after is not None and c.after is not False}
+    _check_shown(action, flatten(parsed.spec), required=shown - _SHOWN_ELSEWHERE)
+    host.defined.add(name)
+    return replace(action, spec=parsed.spec.model_copy(update={"state": action.spec.state}))
+
+
+def _check_update(host: _Host, action: Action) -> Action:
+    name = action.domain
+    live, current = host.managed(name)
+    if action.xml is None:  # an autostart change alone: nothing is redefined
+        if action.spec is not None or action.autostart is None:
+            raise SavedPlanError("it redefines nothing and changes no autostart flag")
+        _check_shown(action, {"autostart": action.autostart}, required={"autostart"})
+        return action
+    if action.spec is None:
+        raise SavedPlanError("it has XML but no spec")
+    autostart = live.autostart if action.autostart is None else action.autostart
+    parsed = _parse_sent(action, action.xml, state=current.spec.state, autostart=autostart)
+    _agree(action.spec, parsed.spec, ignore=_SHOWN_ELSEWHERE | {"autostart"})
+    if merge_domain(live.xml, action.spec, parsed.owner) != action.xml:
+        raise SavedPlanError(
+            "its XML is not the host's definition with the plan's fields changed: it holds more than the "
+            "plan shows and checks"
+        )
+    before = host.specs.get(name, current.spec)
+    differing = {c.field for c in spec_changes(before, parsed.spec)} - _SHOWN_ELSEWHERE - {"autostart"}
+    _check_shown(action, flatten(parsed.spec), required=differing, shown_elsewhere=host.ballooned.get(name))
+    host.specs[name] = parsed.spec
+    return replace(
+        action,
+        spec=parsed.spec.model_copy(update={"state": action.spec.state, "autostart": action.spec.autostart}),
+    )
+
+
+def _check_balloon(host: _Host, action: Action) -> Action:
+    _check_target(host, action)
+    config, live = action.config_memory, action.live_memory
+    if config is None or config <= 0 or (live is not None and not 0 < live <= config):
+        raise SavedPlanError(f"balloon targets {config!r} (persistent) and {live!r} (live) are not valid")
+    for change in action.changes:
+        if change.field != "currentMemory" or _size(change.after) != config:
+            raise SavedPlanError(
+                f"it shows {change.field} → {change.after!r} but sets currentMemory to {config} bytes"
+            )
+    return action
+
+
+def _check_target(host: _Host, action: Action) -> Action:
+    """Start, stop (and balloon): a domain we manage, or for a start one this plan defines."""
+    if action.domain not in host.defined or action.kind is ActionKind.STOP:
+        host.managed(action.domain)
+    return action
+
+
+def _check_undefine(host: _Host, action: Action) -> Action:
+    _live, parsed = host.managed(action.domain)
+    owner = parsed.owner
+    assert owner is not None  # managed() refuses a domain without one
+    if owner.deletion_protection:
+        raise SavedPlanError("the domain is protected from deletion")
+    if owner.host and owner.host != host.name:
+        raise SavedPlanError(f"the domain was defined through host entry {owner.host!r}, not {host.name!r}")
+    del host.seen[action.domain]
+    return action
+
+
+_CHECKS: Mapping[ActionKind, Callable[[_Host, Action], Action]] = {
+    ActionKind.DEFINE: _check_define,
+    ActionKind.UPDATE: _check_update,
+    ActionKind.BALLOON: _check_balloon,
+    ActionKind.START: _check_target,
+    ActionKind.STOP: _check_target,
+    ActionKind.UNDEFINE: _check_undefine,
+}
+
+
+def _parse_sent(action: Action, xml: str, *, state: str, autostart: bool) -> ParsedDomain:
+    """The XML a define or update sends, read as libvirt will: our domain, with our metadata."""
+    parsed = parse_domain(xml, state=state, autostart=autostart)
+    if parsed.name != action.domain:
+        raise SavedPlanError(f"its XML defines domain {parsed.name!r}")
+    if parsed.owner is None:
+        raise SavedPlanError("its XML carries no ownership metadata: the domain would not be managed")
+    return parsed
+
+
+def _agree(saved: DomainSpec, sent: DomainSpec, *, ignore: Iterable[str]) -> None:
+    """Refuse a spec (what the plan shows and the policy would count) that the XML contradicts."""
+    skip = set(ignore)
+    differ = [c for c in spec_changes(saved, sent) if c.field not in skip]
+    if differ:
+        shown = ", ".join(
+            f"{c.field} {c.after!r} in the XML but {c.before!r} in the spec" for c in differ[:4]
+        )
+        raise SavedPlanError(f"its XML and its spec disagree: {shown}")
+
+
+def _check_shown(
+    action: Action,
+    sent: Mapping[str, Any],
+    *,
+    required: Iterable[str],
+    shown_elsewhere: Iterable[str] | None = None,
+) -> None:
+    """Every change shown must be what the XML sets, and every field it changes must be shown."""
+    for change in action.changes:
+        if (
+            change.field in sent
+            and change.field not in _SHOWN_ELSEWHERE
+            and sent[change.field] != change.after
+        ):
+            raise SavedPlanError(
+                f"it shows {change.field} → {change.after!r} but its XML sets {sent[change.field]!r}"
+            )
+    listed = {c.field for c in action.changes} | set(shown_elsewhere or ())
+    hidden = sorted(set(required) - listed)
+    if hidden:
+        raise SavedPlanError(f"its XML changes {', '.join(hidden)} without the plan showing it")
+
+
+def _size(value: Any) -> int | None:
+    try:
+        return parse_size(value)
+    except (ValueError, TypeError):
+        return None
