@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Build the e2e tier's tiny guest into DIR (default .cache/guest), once: Debian's cloud kernel and
-# an initramfs holding busybox-static and the virtio modules, loaded in the order the balloon needs.
-# The guest prints VR-GUEST-READY on the serial console every second once its modules are in, and
-# powers off on the ACPI power button (graceful shutdown) unless its command line has vr.ignore_acpi.
+# Build the e2e tier's tiny guest into DIR, once: Debian's cloud kernel and an initramfs holding
+# busybox-static and the virtio modules, loaded in the order the balloon needs. The guest prints
+# VR-GUEST-READY on the serial console every second once its modules are in, and powers off on the
+# ACPI power button (graceful shutdown) unless its command line has vr.ignore_acpi.
+# DIR defaults to $VR_E2E_GUEST, else /var/lib/libvirt/images/virt-reconcile-e2e (the path
+# tests/e2e/conftest.py reads): QEMU runs as libvirt-qemu, which must be able to enter every folder
+# on the way, and a clone under /root or any mode-700 folder is closed to it. Re-running only
+# repairs the modes.
 set -euo pipefail
-dir=${1:-.cache/guest}
-[ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ] && exit 0
+dir=${1:-${VR_E2E_GUEST:-/var/lib/libvirt/images/virt-reconcile-e2e}}
+if [ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ]; then
+  chmod 755 "$dir" && chmod 644 "$dir/vmlinuz" "$dir/initrd.img"
+  exit 0
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 find_kernel() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'; }
@@ -45,6 +52,7 @@ while true; do echo VR-GUEST-READY; sleep 1; done
 INIT
 chmod 755 "$work/initrd/init"
 mkdir -p "$dir"
+chmod 755 "$dir"
 (cd "$work/initrd" && find . | cpio -o -H newc --quiet | gzip -1) > "$dir/initrd.img.tmp"
 cp "$work"/root/boot/vmlinuz-* "$dir/vmlinuz.tmp"
 mv "$dir/initrd.img.tmp" "$dir/initrd.img"

@@ -26,4 +26,12 @@ if ! virsh -q -c qemu:///system version >/dev/null 2>&1; then
   done
 fi
 virsh -q -c qemu:///system version >/dev/null
-scripts/build-guest.sh .cache/guest
+# The guest lives where QEMU (user libvirt-qemu) can read it, whatever folder this clone is in.
+guest=${VR_E2E_GUEST:-/var/lib/libvirt/images/virt-reconcile-e2e}
+if [ ! -s "$guest/vmlinuz" ] && [ -s .cache/guest/vmlinuz ] && [ -s .cache/guest/initrd.img ]; then
+  mkdir -p "$guest"   # an older checkout built it into .cache/guest: reuse it, no download
+  for file in initrd.img vmlinuz; do   # vmlinuz last: build-guest.sh takes both present as built
+    cp .cache/guest/$file "$guest/$file.tmp" && mv "$guest/$file.tmp" "$guest/$file"
+  done
+fi
+scripts/build-guest.sh "$guest"

@@ -6,7 +6,8 @@ wrap a real implementation (for example to stop after N actions) without patchin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -32,6 +33,46 @@ class HostObservation:
     ksm_saved: int = 0  # bytes KSM saves right now (pages_sharing x page size); 0 without KSM
 
 
+@dataclass(frozen=True)
+class NetworkFact:
+    """One libvirt network of a host: whether it runs now, and whether it starts with the host."""
+
+    active: bool
+    autostart: bool
+
+
+@dataclass(frozen=True)
+class PathFact:
+    """What a host says about one file a domain would use (a disk image, a kernel, an initrd).
+
+    ``exists`` is None when the file could not be looked at (``note`` says why: a remote path in
+    no storage pool, a simulated host...). ``qemu_denied`` is set when the file exists but the
+    QEMU user could not read it, with the reason (a folder on the way it may not enter);
+    ``qemu_cannot_write`` likewise for writing, which a disk needs. Both are None when QEMU can,
+    or when it was not checked (a host that is not this machine).
+    """
+
+    exists: bool | None
+    qemu_denied: str | None = None
+    qemu_cannot_write: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class HostEnvironment:
+    """What domains need from their host besides CPUs and memory, for the pre-flight checks.
+
+    ``networks`` maps every libvirt network to its state and ``bridges`` every host interface
+    libvirt knows to its type (``bridge``, ``ethernet``...); either is None when it could not be
+    checked, and ``unchecked`` says why. ``paths`` holds a fact for each path that was asked for.
+    """
+
+    networks: Mapping[str, NetworkFact] | None = None
+    bridges: Mapping[str, str] | None = None
+    paths: Mapping[str, PathFact] = field(default_factory=dict)
+    unchecked: tuple[str, ...] = ()
+
+
 class StopOutcome(StrEnum):
     """How a domain ended up shut off."""
 
@@ -47,6 +88,10 @@ class Hypervisor(Protocol):
 
     def observe(self) -> HostObservation:
         """Capacity plus every domain with its persistent XML, in O(1) calls + one XML read per domain."""
+        ...
+
+    def environment(self, paths: Collection[str]) -> HostEnvironment:
+        """The host's networks and bridges, and a fact for each of ``paths`` (files domains use)."""
         ...
 
     def define(self, xml: str) -> None:

@@ -4,20 +4,32 @@ A snapshot holds, per host, what the policy measures (CPUs, memory, swap, KSM sa
 domain exactly as observed: its persistent XML, run state and autostart flag, plus the parsed model
 and ownership for people and other tools to read. Planning against a snapshot uses the very same
 observation a live plan would, so the two plans are equal for the same state.
+
+It may also hold the host's environment for the pre-flight checks (networks, bridges, the files
+that were asked about). A snapshot without one (taken before it was recorded) still loads: its
+pre-flight checks then say that nothing of the environment was checked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from reconciler.engine.hypervisor import DomainObservation, HostObservation, StopOutcome
-from reconciler.errors import DomainXMLError, PermanentHostError, ReconcilerError
+from reconciler.engine.hypervisor import (
+    DomainObservation,
+    HostEnvironment,
+    HostObservation,
+    NetworkFact,
+    PathFact,
+    StopOutcome,
+)
+from reconciler.errors import DomainXMLError, PermanentHostError, SnapshotError
 from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.models import DomainSpec, Owner
 
@@ -31,36 +43,77 @@ class _Model(BaseModel):
 class SnapshotDomain(_Model):
     """One domain as observed."""
 
-    name: str
-    active: bool
-    autostart: bool
+    name: str = Field(description="the domain's libvirt name")
+    active: bool = Field(description="whether it was running (or paused, or shutting down)")
+    autostart: bool = Field(description="whether it starts with the host")
     xml: str = Field(description="the persistent (inactive) domain XML, as libvirt returned it")
     managed: bool = Field(description="carries virt-reconcile's ownership metadata")
-    owner: Owner | None = None
+    owner: Owner | None = Field(
+        default=None, description="that metadata: which manifest and revision; null when unmanaged"
+    )
     spec: DomainSpec | None = Field(default=None, description="the modelled fields; null when unreadable")
+
+
+class SnapshotNetwork(_Model):
+    """One libvirt network of the host."""
+
+    active: bool = Field(description="whether the network runs (a domain on it can start)")
+    autostart: bool = Field(description="whether the network starts with the host")
+
+
+class SnapshotPath(_Model):
+    """One file a domain uses, as the host reported it (see ``PathFact``)."""
+
+    exists: bool | None = Field(description="null: it could not be checked (note says why)")
+    qemu_denied: str | None = Field(default=None, description="why the QEMU user could not read it")
+    qemu_cannot_write: str | None = Field(default=None, description="why the QEMU user could not write it")
+    note: str = Field(default="", description="why it was not checked, when exists is null")
+
+
+class SnapshotEnvironment(_Model):
+    """What the pre-flight checks look at: networks, bridges, files; null where not checked."""
+
+    networks: dict[str, SnapshotNetwork] | None = Field(
+        default=None, description="every libvirt network by name; null when not checked"
+    )
+    bridges: dict[str, str] | None = Field(
+        default=None,
+        description="interface name → libvirt's type (bridge, ethernet...); null when not checked",
+    )
+    paths: dict[str, SnapshotPath] = Field(
+        default_factory=dict, description="the files domains use that were asked about, by path"
+    )
+    unchecked: list[str] = Field(default_factory=list, description="what could not be checked, and why")
 
 
 class SnapshotHost(_Model):
     """One host as observed."""
 
-    uri: str
-    cpus: int
+    uri: str = Field(description="the libvirt URI (or sandbox:PATH) the host was observed through")
+    cpus: int = Field(description="logical CPUs of the host")
     memory: int = Field(description="bytes: the kernel's total")
     swap: int | None = Field(default=None, description="bytes; null where unknown (remote hosts)")
-    ksm_saved: int = 0
-    domains: list[SnapshotDomain]
+    ksm_saved: int = Field(default=0, description="bytes KSM was saving by merging pages; 0 without KSM")
+    domains: list[SnapshotDomain] = Field(description="every domain defined on the host, managed or not")
+    environment: SnapshotEnvironment | None = Field(
+        default=None, description="for the pre-flight checks; null in snapshots taken before it was recorded"
+    )
 
 
 class Snapshot(_Model):
     """Observed state of one or more hosts (``virt-reconcile snapshot``)."""
 
-    format_version: int = FORMAT_VERSION
-    taken_at: str
-    hosts: dict[str, SnapshotHost]
+    format_version: int = Field(
+        default=FORMAT_VERSION, description="the version of the snapshot format this file is written in"
+    )
+    taken_at: str = Field(description="when the hosts were observed (ISO 8601)")
+    hosts: dict[str, SnapshotHost] = Field(description="each host's observed state, by the name of its Host")
 
 
-def snapshot_host(uri: str, observed: HostObservation) -> SnapshotHost:
-    """The snapshot of one observed host."""
+def snapshot_host(
+    uri: str, observed: HostObservation, environment: HostEnvironment | None = None
+) -> SnapshotHost:
+    """The snapshot of one observed host, with its environment when given."""
     domains = []
     for domain in observed.domains:
         try:
@@ -88,6 +141,53 @@ def snapshot_host(uri: str, observed: HostObservation) -> SnapshotHost:
         swap=observed.swap,
         ksm_saved=observed.ksm_saved,
         domains=domains,
+        environment=None if environment is None else snapshot_environment(environment),
+    )
+
+
+def snapshot_environment(environment: HostEnvironment) -> SnapshotEnvironment:
+    """The recorded form of a host's environment."""
+    networks = environment.networks
+    return SnapshotEnvironment(
+        networks=None
+        if networks is None
+        else {name: SnapshotNetwork(active=n.active, autostart=n.autostart) for name, n in networks.items()},
+        bridges=None if environment.bridges is None else dict(environment.bridges),
+        paths={
+            path: SnapshotPath(
+                exists=f.exists, qemu_denied=f.qemu_denied, qemu_cannot_write=f.qemu_cannot_write, note=f.note
+            )
+            for path, f in environment.paths.items()
+        },
+        unchecked=list(environment.unchecked),
+    )
+
+
+def recorded_environment(host: SnapshotHost, paths: Collection[str]) -> HostEnvironment:
+    """The environment a snapshot recorded, for ``paths``; what it did not record is unchecked."""
+    recorded = host.environment
+    if recorded is None:
+        return HostEnvironment(
+            paths=dict.fromkeys(
+                paths, PathFact(None, note="not checked: the snapshot records no environment")
+            ),
+            unchecked=("networks, bridges and files: not checked: the snapshot records no environment",),
+        )
+    missing = PathFact(None, note="not checked: not recorded in the snapshot")
+    facts = {
+        path: PathFact(f.exists, f.qemu_denied, f.qemu_cannot_write, f.note)
+        if (f := recorded.paths.get(path))
+        else missing
+        for path in paths
+    }
+    networks = recorded.networks
+    return HostEnvironment(
+        networks=None
+        if networks is None
+        else {name: NetworkFact(n.active, n.autostart) for name, n in networks.items()},
+        bridges=recorded.bridges,
+        paths=facts,
+        unchecked=tuple(recorded.unchecked),
     )
 
 
@@ -116,13 +216,13 @@ def load_snapshots(path: Path) -> dict[str, SnapshotHost]:
     """Hosts from a snapshot file, or from every ``*.json`` file of a folder (later files win)."""
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     if not files:
-        raise ReconcilerError(f"{path}: no snapshot files (*.json)")
+        raise SnapshotError(f"{path}: no snapshot files (*.json)")
     hosts: dict[str, SnapshotHost] = {}
     for file in files:
         try:
             hosts.update(Snapshot.model_validate_json(file.read_bytes()).hosts)
         except (OSError, ValueError) as err:
-            raise ReconcilerError(f"{file}: not a virt-reconcile snapshot: {err}") from err
+            raise SnapshotError(f"{file}: not a virt-reconcile snapshot: {err}") from err
     return hosts
 
 
@@ -131,11 +231,16 @@ class SnapshotHypervisor:
 
     def __init__(self, name: str, host: SnapshotHost) -> None:
         self.name = name
+        self._host = host
         self._observed = observation(host)
 
     def observe(self) -> HostObservation:
         """The recorded observation."""
         return self._observed
+
+    def environment(self, paths: Collection[str]) -> HostEnvironment:
+        """The recorded environment; files the snapshot was not asked about are unchecked."""
+        return recorded_environment(self._host, paths)
 
     def _refuse(self, *_args: Any) -> Any:
         raise PermanentHostError(self.name, "a snapshot is read-only: apply needs the host itself")

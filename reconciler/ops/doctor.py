@@ -3,6 +3,11 @@
 Each check prints one line: ok, warn (works, but worth knowing) or problem (with the fix). The
 exit code is 1 when any check found a problem. Local facts come from /proc, /sys and qemu.conf;
 the daemon's from the libvirt adapter.
+
+doctor takes no manifests: it checks this machine as it is. So the files it checks for QEMU are
+those of the domains libvirtd has defined (their kernel, initrd, disks and CD-ROMs); the files of
+domains still to be defined are checked by plan's pre-flight (``engine.preflight``), per host, with
+the same computation (``ops.qemu_access``).
 """
 
 from __future__ import annotations
@@ -10,13 +15,23 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lxml import etree
+
 from reconciler.errors import HostError
+from reconciler.ops.qemu_access import (
+    NOT_CONSIDERED,
+    QemuIdentity,
+    local_path_fact,
+    qemu_conf_user,
+    qemu_identity,
+    session_identity,
+)
+from reconciler.spec.hosturi import HostURI
 from reconciler.spec.sizes import KIB, human_size
 
 OK, WARN, PROBLEM = "ok", "warn", "problem"
@@ -41,6 +56,7 @@ class DaemonFacts:
     hypervisor: str
     node_info_memory: int  # bytes, libvirt's node info (the NUMA cell it reports)
     kernel_memory: int | None  # bytes, node memory stats total (the kernel's MemTotal)
+    domains: tuple[tuple[str, str], ...] = ()  # every defined domain: name, persistent XML
 
 
 @dataclass(frozen=True)
@@ -75,9 +91,7 @@ def check_modules(machine: Machine) -> Check:
 
 def qemu_user(machine: Machine) -> str:
     """The user QEMU runs as: qemu.conf's ``user``, else Debian's default."""
-    text = _read(machine.qemu_conf) or ""
-    match = re.search(r'^\s*user\s*=\s*"([^"]+)"', text, re.MULTILINE)
-    return match.group(1) if match else "libvirt-qemu"
+    return qemu_conf_user(machine.qemu_conf)
 
 
 def check_dev_kvm(machine: Machine) -> Check:
@@ -210,15 +224,82 @@ def check_daemon(uri: str, facts: Callable[[str], DaemonFacts]) -> list[Check]:
     return checks
 
 
+def domain_files(xml: str) -> list[tuple[str, bool]]:
+    """The files QEMU opens for a domain: kernel, initrd, file and block disks and CD-ROMs, each with
+    whether QEMU writes it (a disk that is not read-only)."""
+    root = etree.fromstring(xml.encode())
+    found = [(path, False) for path in (root.findtext("os/kernel"), root.findtext("os/initrd")) if path]
+    for disk in root.iterfind("devices/disk"):
+        source = disk.find("source")
+        path = None if source is None else source.get("file") or source.get("dev")
+        if path and disk.get("device", "disk") in ("disk", "cdrom", "lun"):
+            written = disk.get("device", "disk") != "cdrom" and disk.find("readonly") is None
+            found.append((path, written))
+    return found
+
+
+def _identity(uri: HostURI, machine: Machine) -> QemuIdentity | None:
+    if uri.text.rstrip("/").endswith("/session"):
+        return session_identity()
+    return qemu_identity(machine.qemu_conf)
+
+
+def check_domain_files(uri: str, daemon: DaemonFacts, machine: Machine) -> Check | None:
+    """Whether QEMU may open the files of every defined domain: each folder on the way searchable by
+    the QEMU user, and the file itself readable (writable for a disk) unless libvirt hands it over at
+    start (dynamic_ownership). Only for a hypervisor on this machine; None for any other."""
+    address = HostURI(uri)
+    if not address.is_local:
+        return None
+    who = _identity(address, machine)
+    if who is None:
+        user = qemu_user(machine)
+        return Check(WARN, "domain files", f"not checked: QEMU user {user!r} does not exist on this machine")
+    issues, count = [], 0
+    for name, xml in daemon.domains:
+        for path, written in domain_files(xml):
+            count += 1
+            fact = local_path_fact(path, who)
+            denied = fact.qemu_denied or (fact.qemu_cannot_write if written else None)
+            if fact.exists is False:
+                issues.append(f"{name}: {path} does not exist")
+            elif denied is not None:
+                issues.append(f"{name}: QEMU cannot open {path}: {denied}")
+    domains = len(daemon.domains)
+    if issues:
+        shown = "; ".join(issues[:5]) + (f"; and {len(issues) - 5} more" if len(issues) > 5 else "")
+        return Check(
+            WARN,
+            "domain files",
+            f"{shown} ({NOT_CONSIDERED})",
+            "make every folder on the way searchable by the QEMU user (chmod o+x), or move the files "
+            "to /var/lib/libvirt/images",
+        )
+    return Check(
+        OK,
+        "domain files",
+        f"{count} file(s) of {domains} domain(s) can be opened by QEMU user {who.user} ({NOT_CONSIDERED})",
+    )
+
+
 def run_checks(uri: str, facts: Callable[[str], DaemonFacts], machine: Machine | None = None) -> list[Check]:
     """Every check, in the order an operator fixes them."""
     machine = machine or Machine()
     modules, dev_kvm = check_modules(machine), check_dev_kvm(machine)
+    answered: list[DaemonFacts] = []
+
+    def remembered(address: str) -> DaemonFacts:
+        answered.append(facts(address))
+        return answered[-1]
+
+    daemon = check_daemon(uri, remembered)
+    files = check_domain_files(uri, answered[0], machine) if answered else None
     return [
         modules,
         dev_kvm,
         check_cpu_flags(machine, kvm_usable=dev_kvm.level == OK),
-        *check_daemon(uri, facts),
+        *daemon,
+        *([files] if files is not None else []),
         check_nested(machine),
         check_ksm(machine),
         check_swap(machine),

@@ -4,6 +4,10 @@ Every test works under a unique name prefix and removes every domain with that p
 ends, whatever happened; it never touches a domain it did not create. Without root and without a
 daemon the tier skips with one reason; as root (CI) a missing daemon or guest is a failure, since
 ``make test-e2e`` (scripts/e2e-setup.sh) provides both.
+
+The guest's kernel and initrd live in :data:`GUEST`, outside the clone: QEMU runs as libvirt-qemu,
+which cannot enter a clone under /root or any other mode-700 folder. Every test reaches them
+through the ``guest_files`` fixture, which also checks that QEMU may read them.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import libvirt
 import pytest
 import yaml
 
-from tests.helpers import REPO, Run, cli, write
+from reconciler.ops.qemu_access import qemu_denied, qemu_identity
+from tests.helpers import Run, cli, write
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 URI = "qemu:///system"
-GUEST = REPO / ".cache" / "guest"
+#: Where scripts/build-guest.sh builds the guest (the same default, and the same override).
+GUEST = Path(os.environ.get("VR_E2E_GUEST", "/var/lib/libvirt/images/virt-reconcile-e2e"))
 READY = b"VR-GUEST-READY"
 
 
@@ -51,6 +57,12 @@ def guest_files() -> tuple[Path, Path]:
     kernel, initrd = GUEST / "vmlinuz", GUEST / "initrd.img"
     if not (kernel.exists() and initrd.exists()):
         _unavailable(f"no e2e guest in {GUEST} (scripts/build-guest.sh builds it)")
+    qemu = qemu_identity()
+    denied = qemu_denied(kernel, qemu) if qemu is not None else None
+    if denied is not None:
+        pytest.fail(
+            f"QEMU cannot read the e2e guest in {GUEST}: {denied} (scripts/build-guest.sh repairs it)"
+        )
     return kernel, initrd
 
 
