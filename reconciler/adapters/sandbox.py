@@ -1,4 +1,4 @@
-"""The sandbox host's state file: libvirt test-driver node XML, locked and written atomically.
+"""The sandbox host's state file: libvirt test-driver node XML, locked for apply, written atomically.
 
 A ``sandbox:PATH`` host is libvirt's own test driver loaded from PATH. The file is the test
 driver's ``<node>`` format (``<cpu>``, ``<memory>``, inline ``<domain>`` elements with their run
@@ -9,7 +9,6 @@ This module handles files and XML only; ``libvirt_host`` drives libvirt.
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from xml.sax.saxutils import quoteattr, unescape
 
 from lxml import etree
 
+from reconciler.adapters import hostlock
 from reconciler.files.atomic import write_atomically
 from reconciler.spec.sizes import KIB, parse_size
 
@@ -112,20 +112,18 @@ class SandboxFile:
 
 
 @contextmanager
-def locked(path: Path, *, write: bool) -> Iterator[SandboxFile]:
-    """Hold the sandbox's lock file for the whole session so two processes never interleave.
+def locked(path: Path, *, write: bool, host: str | None = None) -> Iterator[SandboxFile]:
+    """Hold the sandbox's lock file (``PATH.lock``) for an apply's whole session, so two applies
+    never interleave: a second one waits, as for any host (``hostlock``: the wait limit, then a
+    ``TemporaryHostError`` naming the holder), and then reads the state the first one left.
 
-    Writers take it exclusively; readers (plans) share it, so a plan never sees half an apply.
-    A reader of a sandbox that does not exist yet creates nothing.
+    Readers (plan, snapshot) take no lock and create nothing: the state file is only ever replaced
+    whole, so a reader sees it as it was before an apply or after it, never half, and a plan works
+    in a read-only state folder. ``host`` names the host in errors (default: the path).
     """
-    lock_path = path.with_name(path.name + ".lock")
-    if not write and not path.exists():
+    if not write:
         yield SandboxFile(path)
         return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX if write else fcntl.LOCK_SH)
-        try:
-            yield SandboxFile(path)
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    name = host or str(path)
+    with hostlock.file_lock(path.with_name(path.name + ".lock"), name, hostlock.LockLimits.from_env(name)):
+        yield SandboxFile(path)
