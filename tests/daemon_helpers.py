@@ -180,6 +180,12 @@ class FakeHypervisor:
         self.domains: dict[str, DomainObservation] = {}
         self.broken: dict[str, Exception] = {}  # method name -> what it raises (once)
 
+    def environment(self, paths):
+        """Nothing known about networks, bridges or files: the pre-flight checks nothing here."""
+        from reconciler.engine.hypervisor import HostEnvironment
+
+        return HostEnvironment(unchecked=("an in-memory test host",))
+
     def _call(self, method: str) -> None:
         error = self.broken.pop(method, None)
         if error is not None:
@@ -223,6 +229,7 @@ class FakeHosts:
         self.hypervisors: dict[str, FakeHypervisor] = {}
         self.failures: dict[str, list[Exception]] = {}
         self.connects: list[str] = []
+        self.writes: list[str] = []  # connects that may change the host (apply), not read-only looks
 
     def host(self, name: str) -> FakeHypervisor:
         return self.hypervisors.setdefault(name, FakeHypervisor(name))
@@ -231,6 +238,8 @@ class FakeHosts:
         self.failures.setdefault(name, []).extend([error] * times)
 
     def __call__(self, host: Host, write: bool) -> AbstractContextManager[FakeHypervisor]:
+        if write:
+            self.writes.append(host.name)
         return self._connect(host.name)
 
     @contextmanager
@@ -252,6 +261,7 @@ class FakeSource:
         self.revision = revision
         self.fail_with: list[Exception] = []
         self.updates = 0
+        self.identity = f"dir:{manifests}"
 
     def update(self) -> str:
         self.updates += 1

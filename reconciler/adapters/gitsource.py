@@ -24,6 +24,26 @@ def revision_of(path: Path) -> str:
     return sha + ("+dirty" if dirty else "")
 
 
+def root_identity(folder: Path) -> str:
+    """Which manifest root ``folder`` is, the same from every clone: ``git:REPO:PATH`` (the
+    repository's name from its origin URL, or its folder's, and the folder's path in it), or
+    ``dir:ABSOLUTE_PATH`` outside git. Ownership records it, so only a plan of this same root may
+    undefine what it defined: not a subfolder, not another repository's manifests.
+    """
+    import git
+
+    folder = folder.resolve()
+    try:
+        repo = git.Repo(folder, search_parent_directories=True)
+        top = Path(repo.working_tree_dir or folder).resolve()
+        urls = [remote.url for remote in repo.remotes if remote.name == "origin"]
+        name = (urls[0] if urls else str(top)).rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        relative = folder.relative_to(top).as_posix()
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+        return f"dir:{folder}"
+    return f"git:{name.removesuffix('.git')}:{relative}"
+
+
 class GitCheckout:
     """A clone of ``url`` in ``directory`` that follows ``branch``: fetch, then reset to its tip."""
 
@@ -52,12 +72,3 @@ class GitCheckout:
         except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError) as err:
             detail = getattr(err, "stderr", "") or str(err)
             raise SourceError(f"git {self.url} ({self.branch}): {' '.join(str(detail).split())}") from err
-
-    def current(self) -> str | None:
-        """The SHA checked out now, if there is a checkout."""
-        import git
-
-        try:
-            return str(git.Repo(self.directory).head.commit.hexsha)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
-            return None

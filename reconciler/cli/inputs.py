@@ -41,6 +41,13 @@ def revision(manifests: ManifestSet) -> str:
     return revision_of(manifests.root)
 
 
+def root_identity(manifests: ManifestSet) -> str:
+    """Which manifest root was loaded (recorded in ownership; only the same whole root prunes)."""
+    from reconciler.adapters.gitsource import root_identity
+
+    return root_identity(manifests.root)
+
+
 def one_host(args: argparse.Namespace) -> tuple[ManifestSet, Host]:
     """The manifests and the one host named by ``--host`` (import, backup, restore)."""
     from reconciler.engine.reconcile import select_hosts

@@ -7,7 +7,7 @@ Modules: :mod:`~.loop` (the loop and its triggers), :mod:`~.decision` (what a pa
 :mod:`~.watchers` (domain events), :mod:`~.config`, :mod:`~.logs`.
 """
 
-from reconciler.daemon.config import DaemonConfig, parse_duration, parse_listen
+from reconciler.daemon.config import DaemonConfig
 from reconciler.daemon.decision import Trigger
 from reconciler.daemon.logs import configure_logging
 from reconciler.daemon.loop import Daemon
@@ -23,6 +23,4 @@ __all__ = [
     "Source",
     "Trigger",
     "configure_logging",
-    "parse_duration",
-    "parse_listen",
 ]

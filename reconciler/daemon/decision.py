@@ -54,12 +54,7 @@ class HostTask:
     """One host to reconcile in this pass, and why."""
 
     host: str
-    reason: Reason
-
-    @property
-    def drift(self) -> bool:
-        """Whether what this reconcile changes counts as a drift correction."""
-        return self.reason is Reason.DRIFT
+    reason: Reason  # only Reason.DRIFT counts what the reconcile changes as drift corrections
 
 
 @dataclass(frozen=True)
@@ -67,7 +62,6 @@ class Decision:
     """The hosts a pass reconciles (in the order known), at which revision."""
 
     revision: str
-    moved: bool  # the revision differs from the last one reconciled
     tasks: tuple[HostTask, ...] = ()
 
 
@@ -109,7 +103,7 @@ def decide(batch: Batch, before: str, after: str, known: Iterable[str]) -> Decis
     """
     moved = after != before
     if is_idle(batch, before, after):
-        return Decision(after, moved)
+        return Decision(after)
     drifted = {host for kind, host in batch if kind is Trigger.DRIFT and host}
     retried = {host for kind, host in batch if kind is Trigger.RETRY and host}
     every = _every_host_reason(batch, moved)
@@ -123,4 +117,4 @@ def decide(batch: Batch, before: str, after: str, known: Iterable[str]) -> Decis
             tasks.append(HostTask(host, Reason.RETRY))
         elif every is not None:
             tasks.append(HostTask(host, every))
-    return Decision(after, moved, tuple(tasks))
+    return Decision(after, tuple(tasks))

@@ -2,7 +2,8 @@
 
 ``GET /healthz`` (is the loop alive), ``GET /metrics`` (Prometheus), ``GET /status`` (JSON) and, with
 a webhook secret, ``POST /hooks/git`` (an HMAC-signed push notification that triggers a pass). The
-handlers only read (through callables that return copies) or enqueue a trigger.
+handlers only read (through callables that return copies) or enqueue a trigger. Requests are not
+logged (``/metrics`` is scraped every few seconds); a refused webhook is, with the caller's address.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ from typing import Any
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 NOT_FOUND = b'{"error": "not found"}\n'
+
+log = logging.getLogger("virt_reconcile.daemon.http")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         if not signature_ok(endpoints.webhook_secret, body, self.headers.get("X-Hub-Signature-256", "")):
+            log.warning("webhook refused: bad signature (from %s)", self.client_address[0])
             self._send(401, b'{"error": "bad signature"}\n')
             return
         endpoints.on_webhook()

@@ -1,8 +1,12 @@
 """The daemon's log: standard ``logging``, one line per event, under the ``virt_reconcile`` logger.
 
-Each daemon module logs through its own logger (``virt_reconcile.daemon.loop``, ``…http``, …). The
-program that runs the daemon decides where lines go with :func:`configure_logging`; a library user
-(or a test with ``caplog``) configures ``logging`` as it likes instead.
+A module with something to report logs through a logger named after it: ``virt_reconcile.daemon.loop``
+(passes, each host's result, retries), ``…snapshots`` (a snapshot not published) and ``…http`` (a
+webhook refused: requests themselves are not logged). The other modules decide (``decision``,
+``verdict``) or keep state (``status``, ``metrics``, ``retries``, ``watchers``) and log nothing: the
+loop reports what they decided. The program that runs the daemon decides where lines go with
+:func:`configure_logging`; a library user (or a test with ``caplog``) configures ``logging`` as it
+likes instead.
 """
 
 from __future__ import annotations

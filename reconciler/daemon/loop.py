@@ -21,7 +21,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,11 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.retries import Retries
 from reconciler.daemon.snapshots import SnapshotPublisher
 from reconciler.daemon.sources import Source
-from reconciler.daemon.status import OK_RESULTS, HostStatus, StatusStore, now
+from reconciler.daemon.status import HostStatus, StatusStore, now
 from reconciler.daemon.verdict import HostVerdict, judge
 from reconciler.daemon.watchers import DomainWatchers, EventsFactory
 from reconciler.engine.apply import ApplySettings, Hooks
-from reconciler.engine.reconcile import Connector, ReconcileOptions, reconcile
+from reconciler.engine.reconcile import Connector, Outcome, ReconcileOptions, reconcile
 from reconciler.errors import ManifestError, ReconcilerError
 from reconciler.files.content_cache import ContentCache
 from reconciler.spec.manifests import ManifestSet, load_manifests
@@ -167,10 +167,8 @@ class Daemon:
         decision = decide(triggers, before, revision, selected)
         # Listen first: a change made while (or right after) this pass reconciles is not missed.
         self.watchers.ensure(manifests, selected)
-        for task in decision.tasks:
-            if self.stop.is_set():
-                break
-            self._reconcile_host(manifests, task, revision)
+        if decision.tasks and not self.stop.is_set():
+            self._reconcile_hosts(manifests, decision.tasks, revision)
         self.status.reconciled(revision)
         self.status.save()
 
@@ -204,33 +202,44 @@ class Daemon:
                 self.status.missing_host(host, "no Host document with this name in the manifests")
         return [h for h in self.config.hosts if h in manifests.hosts]
 
-    def _reconcile_host(self, manifests: ManifestSet, task: HostTask, revision: str) -> None:
+    def _reconcile_hosts(self, manifests: ManifestSet, tasks: Sequence[HostTask], revision: str) -> None:
+        """Reconcile the pass's hosts together (a domain moving between two of them is one move),
+        then report each host on its own."""
         started = time.monotonic()
         outcome = reconcile(
             manifests,
             self.connect,
             ReconcileOptions(
                 apply=True,
-                hosts=(task.host,),
+                hosts=tuple(task.host for task in tasks),
                 allow_delete=self.config.allow_delete,
                 revision=revision,
+                root=self.source.identity,
                 settings=ApplySettings(shutdown_timeout=self.config.shutdown_timeout),
             ),
             Hooks(stop=self.stop),
             parse_cache=self.domain_cache,
         )
+        seconds = time.monotonic() - started
+        for task in tasks:
+            self._report_host(manifests, task, revision, outcome, seconds)
+
+    def _report_host(
+        self, manifests: ManifestSet, task: HostTask, revision: str, outcome: Outcome, seconds: float
+    ) -> None:
+        """One host's verdict into /status, the metrics, the log and its retry; then its snapshot."""
         plan = outcome.plan.hosts.get(task.host)
         results = outcome.results.get(task.host, [])
-        verdict = judge(plan, results, task.reason)
-        self.metrics.host_reconciled(
-            task.host, verdict, plan, reason=task.reason, seconds=time.monotonic() - started
-        )
+        verdict = judge(plan, results, task.reason, outcome.host_errors.get(task.host))
+        self.metrics.host_reconciled(task.host, verdict, plan, reason=task.reason, seconds=seconds)
         previous = self.status.host(task.host)
-        applied = revision if verdict.result in OK_RESULTS else previous.appliedRevision
+        applied = revision if verdict.ok else previous.appliedRevision
         self.status.set_host(task.host, HostStatus(revision, verdict.result, applied, verdict.message, now()))
         self._after(task, revision, verdict)
         if plan is not None and plan.observed is not None:
-            self.snapshots.publish(manifests.hosts[task.host], plan.observed if not results else None, now())
+            observed = plan.observed if not results else None
+            domains = manifests.domains[task.host].values()
+            self.snapshots.publish(manifests.hosts[task.host], observed, now(), domains)
 
     def _after(self, task: HostTask, revision: str, verdict: HostVerdict) -> None:
         """Log the host's result and schedule its retry (a retryable error) or forget it (any other)."""
@@ -257,10 +266,6 @@ class Daemon:
             on_webhook=lambda: self.trigger(Trigger.WEBHOOK),
             webhook_secret=self.config.webhook_secret,
         )
-
-    def status_document(self) -> dict[str, Any]:
-        """The ``/status`` JSON (a consistent copy)."""
-        return self.status.document()
 
     @property
     def address(self) -> tuple[str, int]:

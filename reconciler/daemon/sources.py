@@ -22,6 +22,11 @@ class Source(Protocol):
         """Fetch (git) or look (directory); return the revision now in ``manifests``."""
         ...
 
+    @property
+    def identity(self) -> str:
+        """The manifest root's identity, recorded in the ownership of what it defines."""
+        ...
+
 
 class GitSource:
     """A git URL cloned into the state directory, following one branch."""
@@ -38,6 +43,13 @@ class GitSource:
         """Fetch and check out the branch tip."""
         return self.checkout.update()
 
+    @property
+    def identity(self) -> str:
+        """The repository and folder, as every clone of it names them."""
+        from reconciler.adapters.gitsource import root_identity
+
+        return root_identity(self.manifests)
+
 
 class DirectorySource:
     """A plain directory of manifests (no git): its revision is a digest of the files' contents."""
@@ -46,6 +58,13 @@ class DirectorySource:
 
     def __init__(self, path: Path) -> None:
         self.manifests = path
+
+    @property
+    def identity(self) -> str:
+        """The folder (or, inside a git work tree, the repository and folder)."""
+        from reconciler.adapters.gitsource import root_identity
+
+        return root_identity(self.manifests)
 
     def update(self) -> str:
         """A digest of every manifest file's name and content."""

@@ -17,8 +17,6 @@ from typing import Any
 
 from reconciler.files.atomic import write_atomically
 
-OK_RESULTS = ("applied", "unchanged")
-
 
 def now() -> str:
     """The time as ``/status`` shows it (UTC, whole seconds)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from reconciler.daemon.decision import Reason
 from reconciler.engine.apply import ActionResult
 from reconciler.engine.plan import HostPlan
-from reconciler.errors import ReconcilerError
+from reconciler.errors import HostError, ReconcilerError
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,25 @@ class HostVerdict:
 
     @property
     def ok(self) -> bool:
-        """Whether the host now matches the revision."""
+        """Whether the host now matches the revision: the one place that says which results are
+        good (``/status``'s ``appliedRevision``, the metrics and the log all ask here)."""
         return self.result in ("applied", "unchanged")
 
 
-def judge(plan: HostPlan | None, results: Sequence[ActionResult], reason: Reason) -> HostVerdict:
-    """The verdict on one host from its plan and its actions' results (with the errors they met)."""
+def judge(
+    plan: HostPlan | None, results: Sequence[ActionResult], reason: Reason, late: HostError | None = None
+) -> HostVerdict:
+    """The verdict on one host from its plan, its actions' results (with the errors they met) and an
+    error raised after planning (``late``: the connection failed while closing)."""
     failed = [r for r in results if not r.ok]
     errors: list[ReconcilerError] = [r.error for r in failed if r.error is not None]
     if plan is not None and plan.host_error is not None:
         errors.append(plan.host_error)
+    if late is not None:
+        errors.append(late)
+    if plan is not None and plan.held and not (plan.errors or plan.conflicts or failed or errors):
+        held = "; ".join(f"held {item.domain}: {item.reason}" for item in plan.held)
+        return HostVerdict("error", held, retry=True)  # a host out of sight may come back by itself
     if plan is None or plan.errors or plan.conflicts or failed or errors:
         problems = [
             *(plan.errors if plan else ()),

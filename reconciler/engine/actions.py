@@ -21,6 +21,7 @@ class ActionKind(StrEnum):
     START = "start"
     STOP = "stop"
     UNDEFINE = "undefine"
+    MOVE = "move"  # a domain whose host changed: out of one host (stop, undefine), into another
 
     @property
     def symbol(self) -> str:
@@ -35,6 +36,7 @@ _SYMBOLS = {
     ActionKind.START: ">",
     ActionKind.STOP: "<",
     ActionKind.UNDEFINE: "-",
+    ActionKind.MOVE: "⇄",
 }
 
 
@@ -53,7 +55,12 @@ class Phase(IntEnum):
 
 @dataclass(frozen=True)
 class Action:
-    """One step of a plan. ``xml`` is what define/update will define; ``memory`` the balloon targets."""
+    """One step of a plan. ``xml`` is what define/update will define; ``memory`` the balloon targets.
+
+    A move is two actions of kind MOVE, one per host: out of the source (``xml`` None: stop, then
+    undefine, disks untouched) and into the target (``xml`` set: define; a START follows when the
+    domain runs). ``peer`` names the other host.
+    """
 
     kind: ActionKind
     host: str
@@ -68,16 +75,38 @@ class Action:
     config_memory: int | None = None
     live_memory: int | None = None
     stop_first: bool = False
+    peer: str = ""  # a move: the other host
+
+    @property
+    def moves_in(self) -> bool:
+        """Whether this is the target half of a move (a define on the new host)."""
+        return self.kind is ActionKind.MOVE and self.xml is not None
+
+    @property
+    def releases(self) -> bool:
+        """Whether this action takes a domain off its host: an undefine, or the source half of a move."""
+        return self.kind is ActionKind.UNDEFINE or (self.kind is ActionKind.MOVE and self.xml is None)
 
 
 @dataclass(frozen=True)
 class Orphan:
-    """A managed domain that no manifest names any more."""
+    """A managed domain that no manifest names any more; ``reason`` says why it is kept (or goes)."""
 
     host: str
     domain: str
     running: bool
     delete: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Held:
+    """A domain the manifests want here that this plan will not touch yet, and why (a move that
+    cannot be done safely now: its other host is not in the run, blocked, or could not be seen)."""
+
+    host: str
+    domain: str
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from reconciler.engine.actions import Action, ActionKind, Phase
 from reconciler.engine.hypervisor import Hypervisor, StopOutcome
-from reconciler.engine.plan import Action, ActionKind, HostPlan
+from reconciler.engine.plan import HostPlan
 from reconciler.errors import HostError
 
 
@@ -52,6 +53,9 @@ class Hooks:
     on_plan: Callable[[HostPlan], None] | None = None
     on_result: Callable[[ActionResult], None] | None = None
     stop: threading.Event | None = None
+    #: Asked once, before anything is applied, when the plans undefine or move domains away (the
+    #: CLI asks on a terminal); False applies nothing. None: no question.
+    confirm: Callable[[Sequence[Action]], bool] | None = None
 
     @property
     def stopped(self) -> bool:
@@ -63,13 +67,78 @@ DEFAULT_SETTINGS = ApplySettings()
 NO_HOOKS = Hooks()
 
 
+#: Phases that free resources (apply them on every host before any host grows: a move's target is
+#: defined only after its source let go).
+SHRINK = frozenset(phase for phase in Phase if phase <= Phase.UPDATE_SHRINK)
+
+
 def apply_host_plan(
     hypervisor: Hypervisor,
     plan: HostPlan,
     settings: ApplySettings = DEFAULT_SETTINGS,
     hooks: Hooks = NO_HOOKS,
 ) -> list[ActionResult]:
-    """Run ``plan`` phase by phase; stop after the first phase with a failure. Blocked plans do nothing.
+    """Run ``plan`` phase by phase; stop after the first phase with a failure. Blocked plans do nothing."""
+    return [] if plan.blocked else run_actions(hypervisor, plan.actions, settings, hooks)
+
+
+def apply_fleet(
+    sessions: Mapping[str, Hypervisor],
+    plans: Mapping[str, HostPlan],
+    settings: ApplySettings = DEFAULT_SETTINGS,
+    hooks: Hooks = NO_HOOKS,
+) -> dict[str, list[ActionResult]]:
+    """Apply several hosts' plans in two stages: every host shrinks (undefines, stops, moves out),
+    then every host grows (defines, moves in, starts). A move's target half runs only when its
+    source half succeeded, so a domain never runs on two hosts; a host that failed while shrinking
+    does not grow."""
+    results: dict[str, list[ActionResult]] = {}
+    for host, hypervisor in sessions.items():
+        plan = plans[host]
+        shrink = [action for action in plan.actions if action.phase in SHRINK]
+        results[host] = [] if plan.blocked else run_actions(hypervisor, shrink, settings, hooks)
+    released = {
+        (r.action.host, r.action.domain)
+        for done in results.values()
+        for r in done
+        if r.ok and r.action.releases
+    }
+    for host, hypervisor in sessions.items():
+        plan = plans[host]
+        if plan.blocked or hooks.stopped or any(not r.ok for r in results[host]):
+            continue
+        grow, stranded = _stranded_moves(plan, released)
+        for action in stranded:
+            result = ActionResult(action, False, f"not moved: {action.peer} did not release it", 0.0)
+            results[host].append(result)
+            if hooks.on_result is not None:
+                hooks.on_result(result)
+        results[host] += run_actions(hypervisor, grow, settings, hooks)
+    return results
+
+
+def _stranded_moves(plan: HostPlan, released: set[tuple[str, str]]) -> tuple[list[Action], list[Action]]:
+    """A plan's grow actions, split into those to run and moves in (with their starts) whose source
+    did not let the domain go."""
+    stranded = {a.domain for a in plan.actions if a.moves_in and (a.peer, a.domain) not in released}
+    grow: list[Action] = []
+    skipped: list[Action] = []
+    for action in plan.actions:
+        if action.phase in SHRINK:
+            continue
+        (skipped if action.domain in stranded and action.kind is not ActionKind.UPDATE else grow).append(
+            action
+        )
+    return grow, [action for action in skipped if action.moves_in]
+
+
+def run_actions(
+    hypervisor: Hypervisor,
+    actions: Sequence[Action],
+    settings: ApplySettings = DEFAULT_SETTINGS,
+    hooks: Hooks = NO_HOOKS,
+) -> list[ActionResult]:
+    """Run actions (in apply order) phase by phase; stop after the first phase with a failure.
 
     Within a phase, the actions (each on a different domain) run concurrently from a pool of
     ``workers`` threads: libvirt serialises per domain, not per host, and most of the time is
@@ -80,8 +149,6 @@ def apply_host_plan(
     ``hooks.stop`` (the daemon's SIGTERM) lets actions in flight finish and starts no new one.
     """
     results: list[ActionResult] = []
-    if plan.blocked:
-        return results
     lock = threading.Lock()
 
     def run(action: Action) -> ActionResult:
@@ -97,7 +164,7 @@ def apply_host_plan(
                 hooks.on_result(result)
         return result
 
-    for group in _phases(plan.actions):
+    for group in _phases(actions):
         if hooks.stopped:
             break
         if len(group) > 1 and settings.workers > 1:
@@ -158,7 +225,12 @@ def _execute(hypervisor: Hypervisor, action: Action, shutdown_timeout: float) ->
             return "started"
         case ActionKind.STOP:
             return hypervisor.stop(name, shutdown_timeout).value
-        case ActionKind.UNDEFINE:
+        case ActionKind.MOVE if action.xml is not None:
+            hypervisor.define(action.xml)
+            if action.autostart:
+                hypervisor.set_autostart(name, True)
+            return f"defined (moved from {action.peer})"
+        case ActionKind.UNDEFINE | ActionKind.MOVE:
             outcome = hypervisor.stop(name, shutdown_timeout) if action.stop_first else None
             hypervisor.undefine(name)
             if outcome is None or outcome is StopOutcome.ALREADY:

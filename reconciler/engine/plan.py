@@ -8,33 +8,24 @@ it grows: no intermediate state uses more than the larger of before and after.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from reconciler.engine.actions import Action, ActionKind, Conflict, Orphan, Phase
-from reconciler.engine.diff import LIVE_FIELDS, NO_RESTART_FIELDS, Change, normalise, spec_changes
-from reconciler.engine.hypervisor import DomainObservation, HostObservation
+from reconciler.engine.actions import Action, ActionKind, Conflict, Held, Orphan
+from reconciler.engine.domainplan import PlanDraft, plan_change, plan_define
+from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation
 from reconciler.engine.policy import HostPolicy, PolicyReport
+from reconciler.engine.preflight import Preflight, preflight
+from reconciler.engine.pruning import DeletionRules, Seen, check_mass_deletion, plan_orphans
 from reconciler.engine.usage import Usage
 from reconciler.errors import DomainXMLError, HostError
-from reconciler.libvirtxml.merge import merge_domain
 from reconciler.libvirtxml.ownership import OWNER_NS
 from reconciler.libvirtxml.parse import ParsedDomain, parse_domain, read_usage
-from reconciler.libvirtxml.render import render_domain
-from reconciler.spec.models import Domain, DomainSpec, Owner
-from reconciler.spec.sizes import format_size
+from reconciler.spec.models import Domain, Owner
 
-__all__ = [
-    "Action",
-    "ActionKind",
-    "Conflict",
-    "DesiredHost",
-    "HostPlan",
-    "Orphan",
-    "Phase",
-    "Plan",
-    "build_host_plan",
-]
+if TYPE_CHECKING:
+    from reconciler.engine.fleet import Fleet
 
 
 @dataclass(frozen=True)
@@ -51,6 +42,9 @@ class HostPlan:
     orphans: tuple[Orphan, ...] = ()
     conflicts: tuple[Conflict, ...] = ()
     errors: tuple[str, ...] = ()
+    held: tuple[Held, ...] = ()  # wanted here, not touched yet (a move that cannot be done safely now)
+    warnings: tuple[str, ...] = ()  # pre-flight findings that do not block (a domain left as it is)
+    unchecked: tuple[str, ...] = ()  # what the pre-flight could not check on this host, and why
     before: Mapping[str, Usage] = field(default_factory=dict)  # every domain's claim, as observed
     policy: PolicyReport | None = None
     observed: HostObservation | None = None  # what the plan was made from (snapshots, saved plans)
@@ -73,19 +67,6 @@ class HostPlan:
 
 
 @dataclass
-class _Draft:
-    """The host plan while it is being worked out (private: callers only ever see a HostPlan)."""
-
-    host: str
-    uri: str
-    actions: list[Action] = field(default_factory=list)
-    orphans: list[Orphan] = field(default_factory=list)
-    conflicts: list[Conflict] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    before: dict[str, Usage] = field(default_factory=dict)
-
-
-@dataclass
 class Plan:
     """Per host plans, in manifest order."""
 
@@ -104,8 +85,8 @@ class Plan:
 
     @property
     def has_errors(self) -> bool:
-        """Whether any host has a conflict or an error."""
-        return any(host.conflicts or host.errors for host in self.hosts.values())
+        """Whether any host has a conflict or an error, or holds a domain back (a move not done)."""
+        return any(host.conflicts or host.errors or host.held for host in self.hosts.values())
 
     @property
     def refused(self) -> bool:
@@ -115,30 +96,39 @@ class Plan:
 
 @dataclass(frozen=True)
 class DesiredHost:
-    """What the manifests want on one host: its domains, the ownership mark each will carry, whether
-    managed domains missing from git may be undefined, and the overcommit policy to keep."""
+    """What the manifests want on one host: its domains, the ownership mark each will carry, the
+    rules for undefining managed domains missing from git, and the overcommit policy to keep."""
 
     name: str
     uri: str
     domains: Mapping[str, Domain]
     owner_of: Callable[[str], Owner]
-    allow_delete: bool = False
+    deletion: DeletionRules = field(default_factory=DeletionRules)
     policy: HostPolicy | None = None
 
 
-_Seen = dict[str, tuple[DomainObservation, ParsedDomain | None]]
-
-
-def build_host_plan(desired: DesiredHost, observed: HostObservation) -> HostPlan:
+def build_host_plan(
+    desired: DesiredHost,
+    observed: HostObservation,
+    fleet: Fleet | None = None,
+    environment: HostEnvironment | None = None,
+) -> HostPlan:
     """Plan one host: define what is missing, change what differs, report orphans and conflicts.
 
+    With a ``fleet`` (what the other hosts hold), a domain whose host changed becomes a move, and a
+    domain that may still run on a host that could not be observed is held. With the host's
+    ``environment``, the domains the plan acts on are checked before anything runs (a missing
+    network, bridge or file blocks the host; the same about an untouched domain is a warning).
     With ``desired.policy``, the plan carries the policy's verdict on its actions.
     """
-    plan = _Draft(host=desired.name, uri=desired.uri)
+    plan = PlanDraft(host=desired.name, uri=desired.uri)
     seen = _read_observed(plan, observed)
     for name, domain in desired.domains.items():
-        _plan_domain(plan, domain, desired.owner_of, seen.get(name))
-    _plan_orphans(plan, seen, desired)
+        _plan_domain(plan, domain, desired, seen.get(name), fleet)
+    plan_orphans(plan, seen, desired.domains, desired.deletion, fleet)
+    _check_disks_in_use(plan, desired, seen)
+    check_mass_deletion(plan, seen, desired.deletion)
+    checked = _preflight(plan, desired.domains, environment)
     plan.actions.sort(key=lambda action: action.phase)
     policy = desired.policy
     return HostPlan(
@@ -148,22 +138,45 @@ def build_host_plan(desired: DesiredHost, observed: HostObservation) -> HostPlan
         orphans=tuple(plan.orphans),
         conflicts=tuple(plan.conflicts),
         errors=tuple(plan.errors),
+        held=tuple(plan.held),
+        warnings=checked.warnings,
+        unchecked=checked.unchecked,
         before=plan.before,
         policy=policy.judge(observed, plan.before, plan.actions) if policy is not None else None,
         observed=observed,
     )
 
 
-def _read_observed(plan: _Draft, observed: HostObservation) -> _Seen:
+def acted_on(actions: Iterable[Action]) -> set[str]:
+    """The domains a plan defines, moves in, redefines or starts: those the pre-flight must pass."""
+    kinds = {ActionKind.DEFINE, ActionKind.UPDATE, ActionKind.START}
+    return {a.domain for a in actions if a.kind in kinds or a.moves_in}
+
+
+def _preflight(
+    plan: PlanDraft, domains: Mapping[str, Domain], environment: HostEnvironment | None
+) -> Preflight:
+    """Check the host has what the domains need; errors only block for domains the plan acts on."""
+    if environment is None:
+        return Preflight()
+    acted = acted_on(plan.actions)
+    busy = preflight({name: d for name, d in domains.items() if name in acted}, environment)
+    idle = preflight({name: d for name, d in domains.items() if name not in acted}, environment)
+    plan.errors.extend(busy.errors)
+    unchecked = tuple(dict.fromkeys((*busy.unchecked, *idle.unchecked)))
+    return Preflight((), (*busy.warnings, *idle.errors, *idle.warnings), unchecked)
+
+
+def _read_observed(plan: PlanDraft, observed: HostObservation) -> Seen:
     """Parse every observed domain and record its claim on the host (managed or not)."""
-    seen: _Seen = {}
+    seen: Seen = {}
     for live in observed.domains:
         try:
             parsed: ParsedDomain | None = parse_domain(
                 live.xml, state="running" if live.active else "stopped", autostart=live.autostart
             )
         except DomainXMLError as err:
-            if _carries_owner(live.xml):
+            if carries_owner(live.xml):
                 plan.errors.append(f"managed domain {live.name!r} cannot be read: {err}")
             parsed = None
         seen[live.name] = (live, parsed)
@@ -177,20 +190,21 @@ def _read_observed(plan: _Draft, observed: HostObservation) -> _Seen:
 
 
 def _plan_domain(
-    plan: _Draft,
+    plan: PlanDraft,
     domain: Domain,
-    owner_of: Callable[[str], Owner],
+    desired: DesiredHost,
     found: tuple[DomainObservation, ParsedDomain | None] | None,
+    fleet: Fleet | None,
 ) -> None:
-    """Define a domain the host lacks, change one that differs, or report a conflict: never touch a
-    domain without our ownership mark."""
-    name = domain.name
+    """Define a domain the host lacks (or move it in), change one that differs, or report a
+    conflict: never touch a domain without our ownership mark, or one another manifest root owns."""
+    name, owner_of, root = domain.name, desired.owner_of, desired.deletion.root
     if found is None:
-        _plan_define(plan, domain, owner_of(name))
+        _plan_arrival(plan, domain, owner_of(name), fleet)
         return
     live, parsed = found
     if parsed is None:
-        if not _carries_owner(live.xml):
+        if not carries_owner(live.xml):
             plan.conflicts.append(Conflict(plan.host, name, "exists on the host but is not managed"))
         return
     if parsed.owner is None:
@@ -198,213 +212,72 @@ def _plan_domain(
             Conflict(plan.host, name, "exists on the host but is not managed by virt-reconcile")
         )
         return
+    if parsed.owner.root and root and parsed.owner.root != root:
+        reason = f"managed from another manifest root ({parsed.owner.root}); this plan loaded {root}"
+        plan.conflicts.append(Conflict(plan.host, name, reason))
+        return
     try:
-        _plan_change(plan, domain, owner_of, live, parsed)
+        plan_change(plan, domain, owner_of, live, parsed)
     except DomainXMLError as err:  # e.g. vCPUs pinned to NUMA cells: the merge cannot place new ones
         plan.errors.append(f"managed domain {name!r} cannot be updated: {err}")
 
 
-def _plan_orphans(plan: _Draft, seen: _Seen, desired: DesiredHost) -> None:
-    """Managed domains no manifest names: reported, and undefined only when deleting is allowed."""
-    for name, (live, parsed) in seen.items():
-        if name in desired.domains or parsed is None or parsed.owner is None:
+def _plan_arrival(plan: PlanDraft, domain: Domain, owner: Owner, fleet: Fleet | None) -> None:
+    """A domain absent here: a move from the host that holds it, a define, or held when it may still
+    run somewhere this run cannot act on or see (two QEMUs must never write one disk)."""
+    name = domain.name
+    if fleet is None:
+        plan_define(plan, domain, owner)
+        return
+    source = fleet.source_of(name, plan.host)
+    if source is not None:
+        if source not in fleet.selected:
+            reason = f"managed on {source}: moving it needs {source} in this run too (--host {source})"
+            plan.held.append(Held(plan.host, name, reason))
+        elif name in fleet.held:
+            plan.held.append(Held(plan.host, name, fleet.held[name]))
+        else:
+            plan_define(plan, domain, owner, moved_from=source)
+        return
+    dark = [host for host in fleet.unobservable if host != plan.host]
+    if dark:
+        reason = f"not defined: {dark[0]} could not be observed, and {name} may still run there (a move)"
+        plan.held.append(Held(plan.host, name, reason))
+        return
+    plan_define(plan, domain, owner)
+
+
+def _check_disks_in_use(plan: PlanDraft, desired: DesiredHost, seen: Seen) -> None:
+    """One disk, one domain: a disk the manifests give a domain here must not belong to another
+    domain that stays on the host (unmanaged, an orphan kept, a renamed domain's old self)."""
+    leaving = {action.domain for action in plan.actions if action.releases}
+    kept: dict[str, str] = {}
+    for name, (_, parsed) in seen.items():
+        if name in desired.domains or name in leaving or parsed is None:
             continue
-        plan.orphans.append(Orphan(plan.host, name, running=live.active, delete=desired.allow_delete))
-        if desired.allow_delete:
-            plan.actions.append(
-                Action(
-                    ActionKind.UNDEFINE,
-                    plan.host,
-                    name,
-                    Phase.UNDEFINE,
-                    reason="managed but no longer in git",
-                    stop_first=live.active,
+        for disk in parsed.spec.disks:
+            kept.setdefault(disk.path, name)
+    for name, domain in desired.domains.items():
+        for index, disk in enumerate(domain.spec.disks):
+            user = kept.get(disk.path)
+            if user is not None:
+                plan.errors.append(
+                    f"domain {name!r}: spec.disks[{index}].path {disk.path} is the disk of {user!r}, "
+                    f"which stays on the host ({_why_it_stays(user, seen, plan)}): one disk image, one domain"
                 )
-            )
 
 
-def _default_off(change: Change) -> bool:
-    """A define's ``deletionProtection: false``: the default, not worth a line in the plan."""
-    return change.field == "deletionProtection" and change.after is False
+def _why_it_stays(name: str, seen: Seen, plan: PlanDraft) -> str:
+    """Why a domain that uses a wanted disk is not going away: not ours, or an orphan kept."""
+    parsed = seen[name][1]
+    if parsed is None or parsed.owner is None:
+        return "not managed by virt-reconcile"
+    for orphan in plan.orphans:
+        if orphan.domain == name:
+            return f"no longer in git, kept: {orphan.reason}"
+    return "managed, kept"
 
 
-def _carries_owner(xml: str) -> bool:
+def carries_owner(xml: str) -> bool:
     """Whether XML too broken to model still carries our ownership metadata."""
     return OWNER_NS in xml
-
-
-def _plan_define(plan: _Draft, domain: Domain, owner: Owner) -> None:
-    spec = domain.spec
-    plan.actions.append(
-        Action(
-            ActionKind.DEFINE,
-            plan.host,
-            domain.name,
-            Phase.DEFINE,
-            changes=tuple(c for c in spec_changes(None, spec) if c.field != "state" and not _default_off(c)),
-            reason="in git, absent on the host",
-            xml=render_domain(domain.name, spec, owner),
-            autostart=spec.autostart,
-            spec=spec,
-        )
-    )
-    if spec.state == "running":
-        plan.actions.append(
-            Action(
-                ActionKind.START,
-                plan.host,
-                domain.name,
-                Phase.START,
-                changes=(Change("state", None, "running"),),
-            )
-        )
-
-
-def _plan_change(
-    plan: _Draft,
-    domain: Domain,
-    owner_of: Callable[[str], Owner],
-    live: DomainObservation,
-    parsed: ParsedDomain,
-) -> None:
-    current = parsed.spec
-    desired = normalise(domain.spec, current)
-    if desired == current:
-        return  # the common case, decided without flattening both specs
-    changes = spec_changes(current, desired)
-    if not changes:
-        return  # equal but for the order of disks, which are compared by target
-    host, name = plan.host, domain.name
-    by_field = {change.top_field: change for change in changes}
-    redefine = tuple(c for c in changes if c.top_field not in LIVE_FIELDS)
-    autostart = by_field.get("autostart")
-
-    if "state" in by_field and desired.state == "stopped":
-        plan.actions.append(Action(ActionKind.STOP, host, name, Phase.STOP, changes=(by_field["state"],)))
-    balloon = by_field.get("currentMemory")
-    stays_running = live.active and desired.state == "running"
-    if balloon and redefine and not stays_running:
-        redefine += (balloon,)  # no live target to set: the redefined config carries it
-        balloon = None
-    if balloon:
-        plan.actions.append(_balloon(plan, name, current=current, desired=desired, live=live, change=balloon))
-    if redefine or autostart:
-        update = _Update(
-            current=current,
-            desired=desired,
-            changes=redefine + ((autostart,) if autostart else ()),
-            ballooned=balloon is not None,
-            restart=stays_running and any(c.top_field not in NO_RESTART_FIELDS for c in redefine),
-            xml_for=(lambda spec: merge_domain(live.xml, spec, owner_of(name))) if redefine else None,
-        )
-        _plan_updates(plan, name, update)
-    if "state" in by_field and desired.state == "running":
-        plan.actions.append(Action(ActionKind.START, host, name, Phase.START, changes=(by_field["state"],)))
-
-
-_RESOURCES = ("vcpus", "memory", "currentMemory")
-
-
-def _resources(spec: DomainSpec) -> tuple[int, int, int]:
-    return spec.vcpus, spec.memory, spec.current_memory
-
-
-@dataclass(frozen=True)
-class _Update:
-    """A redefine (and/or autostart change) of one domain, before it is split into phases."""
-
-    current: DomainSpec
-    desired: DomainSpec
-    changes: tuple[Change, ...]
-    ballooned: bool  # a balloon action of the same plan owns the live current memory
-    restart: bool  # the domain runs and stays running: the new definition waits for a restart
-    xml_for: Callable[[DomainSpec], str] | None  # None: autostart only, nothing to redefine
-
-
-def _plan_updates(plan: _Draft, name: str, update: _Update) -> None:
-    """One update, in the shrink phase when it frees resources and the grow phase when it takes them.
-
-    An update that lowers one resource and raises another (fewer vCPUs, more memory) is split in two
-    redefines, the lowering half first, so applying a plan never passes through a state that uses
-    more than the larger of before and after. A balloon action of the same plan owns the live
-    current memory, so a rise there alone does not split the update.
-    """
-    current, desired, changes = update.current, update.desired, update.changes
-    restart, xml_for = update.restart, update.xml_for
-    old, new = _resources(current), _resources(desired)
-    rising = {field for field, a, b in zip(_RESOURCES, old, new, strict=True) if b > a}
-    falling = {field for field, a, b in zip(_RESOURCES, old, new, strict=True) if b < a}
-    if update.ballooned:
-        rising.discard("currentMemory")
-    autostart = desired.autostart if any(c.field == "autostart" for c in changes) else None
-    if rising and falling and xml_for is not None:
-        low = desired.model_copy(
-            update={
-                "vcpus": min(current.vcpus, desired.vcpus),
-                "memory": min(current.memory, desired.memory),
-                "current_memory": min(current.current_memory, desired.current_memory, desired.memory),
-            }
-        )
-        plan.actions.append(
-            Action(
-                ActionKind.UPDATE,
-                plan.host,
-                name,
-                Phase.UPDATE_SHRINK,
-                changes=tuple(c for c in changes if c.field not in rising),
-                restart=restart,
-                reason="first half of an update that both frees and takes resources",
-                xml=xml_for(low),
-                autostart=autostart,
-                spec=low,
-            )
-        )
-        changes, autostart = tuple(c for c in changes if c.field in rising), None
-    plan.actions.append(
-        Action(
-            ActionKind.UPDATE,
-            plan.host,
-            name,
-            Phase.UPDATE_GROW if rising else Phase.UPDATE_SHRINK,
-            changes=changes,
-            restart=restart,
-            xml=xml_for(desired) if xml_for is not None else None,
-            autostart=autostart,
-            spec=desired if xml_for is not None else None,
-        )
-    )
-
-
-def _balloon(
-    plan: _Draft,
-    name: str,
-    *,
-    current: DomainSpec,
-    desired: DomainSpec,
-    live: DomainObservation,
-    change: Change,
-) -> Action:
-    """A balloon action: config always; live too when the domain runs and stays running.
-
-    The live target cannot exceed the memory the running guest was started with; anything above
-    waits for the next boot, where the persistent config takes effect.
-    """
-    live_target = None
-    if live.active and desired.state == "running":  # a domain about to stop needs no live target
-        live_target = min(desired.current_memory, current.memory)  # the adapter also checks the live max
-    down = desired.current_memory < current.current_memory
-    reason = (
-        ""
-        if live_target in (None, desired.current_memory)
-        else (f"live target capped at {format_size(live_target or 0)} until the next boot")
-    )
-    return Action(
-        ActionKind.BALLOON,
-        plan.host,
-        name,
-        Phase.BALLOON_DOWN if down else Phase.BALLOON_UP,
-        changes=(change,),
-        reason=reason,
-        config_memory=desired.current_memory,
-        live_memory=live_target,
-    )

@@ -143,6 +143,8 @@ def claim_after(current: Usage | None, action: Action) -> Usage | None:
             return replace(current, active=False)
         case ActionKind.UNDEFINE:
             return None
+        case ActionKind.MOVE:
+            return Usage.of(action.spec, active=False) if action.spec is not None else None
     return current  # an autostart-only update claims nothing new
 
 

@@ -29,8 +29,12 @@ def plan_document(plan: Plan) -> dict[str, Any]:
                 "uri": host.uri,
                 "blocked": host.blocked,
                 "orphans": [
-                    {"domain": o.domain, "running": o.running, "delete": o.delete} for o in host.orphans
+                    {"domain": o.domain, "running": o.running, "delete": o.delete, "reason": o.reason}
+                    for o in host.orphans
                 ],
+                "held": [{"domain": h.domain, "reason": h.reason} for h in host.held],
+                "warnings": list(host.warnings),
+                "unchecked": list(host.unchecked),
                 "conflicts": [{"domain": c.domain, "reason": c.reason} for c in host.conflicts],
                 "errors": list(host.errors),
                 "refused": host.refused,
@@ -45,6 +49,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
                 "action": action.kind.value,
                 "host": action.host,
                 "domain": action.domain,
+                "peer": action.peer or None,
                 "changes": [
                     {"field": change.field, "before": change.before, "after": change.after}
                     for change in action.changes

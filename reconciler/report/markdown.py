@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import io
 
-from reconciler.engine.plan import Action, ActionKind, HostPlan, Plan
+from reconciler.engine.actions import Action, ActionKind
+from reconciler.engine.plan import HostPlan, Plan
 from reconciler.report.summary import define_lines, show_value, summary_line
 from reconciler.report.text import Printer, render_text
 
@@ -25,8 +26,9 @@ def _code(text: str) -> str:
 
 
 def _markdown_changes(action: Action) -> str:
-    if action.kind is ActionKind.DEFINE:
-        return "<br>".join(_cell(line) for line in define_lines(action))
+    if action.kind is ActionKind.DEFINE or action.moves_in:
+        lines = define_lines(action) + ([f"({action.reason})"] if action.moves_in else [])
+        return "<br>".join(_cell(line) for line in lines)
     if action.kind in (ActionKind.START, ActionKind.STOP) and len(action.changes) == 1:
         return ""
     parts = [f"{c.field}: {show_value(c.before)} → {show_value(c.after)}" for c in action.changes]
@@ -122,9 +124,12 @@ def _untouched(host: HostPlan) -> list[str]:
     lines: list[str] = []
     kept = [o for o in host.orphans if not o.delete]
     if kept:
-        names = ", ".join(_code(o.domain) for o in kept)
-        note = "managed, no longer in git; kept until `--allow-delete` or `prune: true`"
-        lines += ["", f"**Orphans** ({note}): {names}"]
+        lines += ["", "**Orphans** (managed, no longer in git; kept):"]
+        lines += [f"- {_code(o.domain)}: {_cell(o.reason)}" for o in kept]
+    for held in host.held:
+        lines += ["", f"{_FAIL} **Held** {_code(held.domain)}: {_cell(held.reason)}"]
+    for warning in host.warnings:
+        lines += ["", f"{_WARN} **Warning**: {_cell(warning)}"]
     for conflict in host.conflicts:
         reason = _cell(conflict.reason)
         lines += ["", f"{_FAIL} **Conflict** {_code(conflict.domain)}: {reason}; never overwritten"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reconciler.engine.plan import Action, ActionKind, Plan
+from reconciler.engine.actions import Action, ActionKind
+from reconciler.engine.plan import Plan
 
 ORDER = (
     ActionKind.DEFINE,
@@ -39,12 +40,14 @@ def define_lines(action: Action) -> list[str]:
 
 
 def summary(plan: Plan) -> dict[str, int]:
-    """Counts per action kind, plus orphans kept, conflicts and errors."""
-    counts = {kind.value: 0 for kind in ORDER}
+    """Counts per action kind (a move once), plus orphans kept, domains held, conflicts and errors."""
+    counts = {kind.value: 0 for kind in (*ORDER, ActionKind.MOVE)}
     for action in plan.actions:
-        counts[action.kind.value] += 1
+        if action.kind is not ActionKind.MOVE or action.moves_in:  # a move counts once
+            counts[action.kind.value] += 1
     hosts = plan.hosts.values()
     counts["orphansKept"] = sum(1 for h in hosts for o in h.orphans if not o.delete)
+    counts["held"] = sum(len(h.held) for h in hosts)
     counts["conflicts"] = sum(len(h.conflicts) for h in hosts)
     counts["errors"] = sum(len(h.errors) for h in hosts)
     counts["refusedHosts"] = sum(1 for h in hosts if h.refused)
@@ -58,6 +61,7 @@ def summary_line(plan: Plan) -> str:
         f"{counts[key]} {label}"
         for key, label in (
             ("orphansKept", "orphan(s) kept"),
+            ("held", "domain(s) held"),
             ("conflicts", "conflict(s)"),
             ("errors", "error(s)"),
             ("refusedHosts", "host(s) refused by the overcommit policy"),
@@ -68,4 +72,6 @@ def summary_line(plan: Plan) -> str:
         head = "No changes: every host matches the manifests."
         return head + (f" {', '.join(extras)}." if extras else "")
     parts = ", ".join(f"{counts[kind.value]} to {kind.value}" for kind in ORDER)
+    if counts[ActionKind.MOVE.value]:
+        parts += f", {counts[ActionKind.MOVE.value]} to move"
     return f"Plan: {parts}." + (f" {', '.join(extras)}." if extras else "")

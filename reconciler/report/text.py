@@ -10,8 +10,9 @@ from typing import IO
 from rich.console import Console
 from rich.markup import escape
 
+from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.apply import ActionResult
-from reconciler.engine.plan import Action, ActionKind, HostPlan, Plan
+from reconciler.engine.plan import HostPlan, Plan
 from reconciler.engine.policy import PolicyReport
 from reconciler.report.summary import define_lines, show_value, summary_line
 
@@ -22,6 +23,7 @@ _STYLE = {
     ActionKind.START: "cyan",
     ActionKind.STOP: "magenta",
     ActionKind.UNDEFINE: "red",
+    ActionKind.MOVE: "blue",
 }
 
 
@@ -73,7 +75,7 @@ def action_title(action: Action) -> str:
     notes = []
     if action.restart:
         notes.append("restart needed")
-    if action.reason and action.kind in (ActionKind.UNDEFINE, ActionKind.BALLOON):
+    if action.reason and action.kind in (ActionKind.UNDEFINE, ActionKind.BALLOON, ActionKind.MOVE):
         notes.append(action.reason)
     if action.stop_first:
         notes.append("running: stopped first")
@@ -103,7 +105,7 @@ def _print_action(console: Printer, action: Action) -> None:
     console.print("  " + action_title(action))
     if action.kind is ActionKind.START and len(action.changes) == 1:
         return
-    if action.kind is ActionKind.DEFINE:
+    if action.kind is ActionKind.DEFINE or action.moves_in:
         for line in define_lines(action):
             console.print(f"      {escape(line)}")
         return
@@ -113,13 +115,18 @@ def _print_action(console: Printer, action: Action) -> None:
 
 
 def _print_untouched(console: Printer, host: HostPlan) -> None:
-    """What the plan will not touch, and why: orphans kept, conflicts, errors."""
+    """What the plan will not touch, and why: orphans kept, held domains, conflicts, errors, and
+    the pre-flight's warnings."""
     for orphan in host.orphans:
         if not orphan.delete:
             console.print(
                 f"  [yellow]! orphan[/yellow] [bold]{escape(orphan.domain)}[/bold]: managed but no longer in "
-                "git; kept (--allow-delete or the host's prune: true removes it)"
+                f"git; kept: {escape(orphan.reason)}"
             )
+    for held in host.held:
+        console.print(f"  [red]✗ held[/red] [bold]{escape(held.domain)}[/bold]: {escape(held.reason)}")
+    for warning in host.warnings:
+        console.print(f"  [yellow]! warning[/yellow]: {escape(warning)}")
     for conflict in host.conflicts:
         console.print(
             f"  [red]✗ conflict[/red] [bold]{escape(conflict.domain)}[/bold]: {escape(conflict.reason)}; "

@@ -72,9 +72,12 @@ class HostURI:
 
     @property
     def in_process(self) -> bool:
-        """libvirt runs the driver inside this process (the test driver without a transport, the
-        sandbox): calls are plain function calls, so concurrent reads gain nothing."""
-        return self.is_sandbox or (self.driver == "test" and self.transport is None)
+        """libvirt runs the driver inside this process (the sandbox; the test driver with neither a
+        transport nor a host: ``test://hv1/default`` names a remote machine, reached over TLS like any
+        other): calls are plain function calls, so concurrent reads gain nothing."""
+        if self.is_sandbox:
+            return True
+        return self.driver == "test" and self.transport is None and self.hostname is None
 
     @property
     def is_local(self) -> bool:

@@ -74,6 +74,7 @@ class ManifestSet:
     """The validated manifests: hosts by name and, per host, its domains by name."""
 
     root: Path
+    whole_tree: bool = True  # loaded from a folder; False for a single file (it never prunes)
     hosts: dict[str, Host] = field(default_factory=dict)
     domains: dict[str, dict[str, Domain]] = field(default_factory=dict)
     sources: dict[SourceKey, Source] = field(default_factory=dict)
@@ -171,6 +172,7 @@ def load_manifests(path: Path | str, cache: ContentCache | None = None) -> Manif
     if not loaded and not problems:
         problems.append(Problem(str(root), None, None, "no manifests (*.yaml, *.yml) found"))
     manifests = _assemble(loaded, base, problems)
+    manifests.whole_tree = root.is_dir()
     if problems:
         raise ManifestError(sorted(problems, key=lambda p: (p.file, p.line or 0)))
     return manifests

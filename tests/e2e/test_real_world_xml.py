@@ -37,6 +37,10 @@ def test_corpus_defined_on_libvirtd_plans_to_zero_changes(e2e, conn):
             root.find("uuid").text = fresh
         for entry in root.iterfind("sysinfo/system/entry[@name='uuid']"):
             entry.text = fresh
+        for source in root.iterfind("devices/disk/source"):  # the corpus shares images: one each
+            for attribute in ("file", "dev"):
+                if source.get(attribute):
+                    source.set(attribute, f"{source.get(attribute)}-{name}")
         xml = etree.tostring(root, encoding="unicode")
         spec = parse_domain(xml).spec
         try:

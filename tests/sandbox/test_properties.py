@@ -77,7 +77,9 @@ desired_sets = st.dictionaries(
 def converge(root: Path, domains: dict) -> None:
     text = "---\n".join(domain_yaml(name, **spec) for name, spec in domains.items())
     write(root, "domains.yaml", text or "# none\n")
-    applied = reconcile(load_manifests(root), connect, ReconcileOptions(apply=True, allow_delete=True))
+    applied = reconcile(
+        load_manifests(root), connect, ReconcileOptions(apply=True, allow_delete=True, allow_mass_delete=True)
+    )
     assert not applied.failed, applied.results
     replanned = reconcile(load_manifests(root), connect, ReconcileOptions(apply=False))
     assert replanned.plan.actions == [], [(a.kind, a.domain, a.changes) for a in replanned.plan.actions]

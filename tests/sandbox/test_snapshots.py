@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import stat
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from reconciler.adapters import libvirt_host
+from reconciler.daemon.snapshots import SnapshotPublisher
+from reconciler.engine.preflight import wanted_paths
 from reconciler.engine.reconcile import ReconcileOptions, reconcile
-from reconciler.offline.snapshot import Snapshot, SnapshotHypervisor, snapshot_host
+from reconciler.errors import SnapshotError
+from reconciler.files.keys import signing_key
+from reconciler.offline.savedplan import signature
+from reconciler.offline.snapshot import Snapshot, SnapshotHypervisor, load_snapshots, snapshot_host
 from reconciler.report import plan_document
 from reconciler.spec.manifests import load_manifests
 from tests.helpers import cli, domain_yaml, host_yaml, write
@@ -47,6 +54,31 @@ def test_a_host_missing_from_the_snapshot_is_an_error(sandbox, tmp_path):
     assert result.code == 1 and "not in the snapshot" in result.out
 
 
+def test_the_daemon_publishes_a_copy_others_can_read(sandbox, tmp_path):
+    sandbox.domains(web={})
+    folder, published = tmp_path / "state", tmp_path / "published"
+    publisher = SnapshotPublisher(folder, live_connect, copy_to=published)
+    host = load_manifests(sandbox.root).hosts["hv1"]
+    publisher.publish(host, None, "2025-01-01T00:00:00+00:00")
+    copy = published / "hv1.json"
+    assert Snapshot.model_validate_json(copy.read_text()).hosts["hv1"].cpus > 0
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o644, "as snapshot --out writes it"
+    assert copy.read_bytes() == (folder / "hv1.json").read_bytes()
+
+
+def test_no_readable_snapshot_is_a_snapshot_error(sandbox, tmp_path):
+    sandbox.domains(web={})
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    with pytest.raises(SnapshotError, match="no snapshot files"):
+        load_snapshots(folder)
+    (folder / "hv1.json").write_text('{"kind": "something else"}')
+    with pytest.raises(SnapshotError, match=r"hv1\.json: not a virt-reconcile snapshot"):
+        load_snapshots(folder)
+    result = cli("plan", str(sandbox.root), "--state", str(folder))
+    assert result.code == 1 and "not a virt-reconcile snapshot" in result.err
+
+
 @given(first=desired_sets, second=desired_sets)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_offline_plan_equals_live_plan_for_any_state(first, second):
@@ -62,10 +94,10 @@ def test_offline_plan_equals_live_plan_for_any_state(first, second):
         live = reconcile(manifests, live_connect, ReconcileOptions(apply=False, allow_delete=True))
         host = manifests.hosts["hv1"]
         with libvirt_host.connect(host, write=False) as hypervisor:
+            environment = hypervisor.environment(wanted_paths(manifests.domains["hv1"].values()))
+            taken = snapshot_host(host.spec.uri, hypervisor.observe(), environment)
             recorded = Snapshot.model_validate_json(
-                Snapshot(
-                    taken_at="t", hosts={"hv1": snapshot_host(host.spec.uri, hypervisor.observe())}
-                ).model_dump_json(by_alias=True)
+                Snapshot(taken_at="t", hosts={"hv1": taken}).model_dump_json(by_alias=True)
             )
 
         def offline_connect(host_, _write):
@@ -82,6 +114,7 @@ def test_a_fresh_saved_plan_applies_exactly_and_converges(sandbox, tmp_path):
     saved = tmp_path / "plan.json"
     planned = cli("plan", str(sandbox.root), "--out", str(saved))
     assert planned.code == 2 and saved.exists()
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o644, "signed and secret-free: others may read it"
     sandbox.domains(web={"vcpus": 2}, db={"state": "stopped"}, later={})  # not in the saved plan
     applied = cli("apply", "--plan", str(saved))
     assert applied.code == 0, applied.out + applied.err
@@ -111,6 +144,7 @@ def test_saved_plan_rechecks_the_policy(sandbox, tmp_path):
     assert cli("plan", str(sandbox.root), "--out", str(saved)).code == 2
     document = json.loads(saved.read_text())
     document["hosts"]["hv1"]["overcommit"]["cpu"]["ratio"] = 0.5  # as if the policy were tighter now
+    document["signature"] = signature(document, signing_key())  # signed as such: the policy still holds it
     saved.write_text(json.dumps(document))
     refused = cli("apply", "--plan", str(saved))
     assert refused.code == 3 and not sandbox.state.exists()

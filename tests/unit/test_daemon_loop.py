@@ -32,7 +32,7 @@ def new_timers():
 
 
 def host_status(daemon, name: str = "hv1") -> dict:
-    return daemon.status_document()["hosts"][name]
+    return daemon.status.document()["hosts"][name]
 
 
 def sample(daemon, name: str, **labels: str) -> float:
@@ -71,10 +71,10 @@ def test_a_host_retry_reconciles_that_host_only_without_fetching(tmp_path):
     daemon, source, hosts = in_process_daemon(tmp_path, hosts=("hv1", "hv2"))
     hosts.fail("hv1", TemporaryHostError("hv1", "timeout"))
     daemon.reconcile_pass(START)
-    fetched, hosts.connects[:] = source.updates, []
+    fetched, hosts.writes[:] = source.updates, []
     daemon.reconcile_pass([(Trigger.RETRY, "hv1")])
     assert source.updates == fetched
-    assert set(hosts.connects) == {"hv1"}
+    assert set(hosts.writes) == {"hv1"}  # hv2 may be looked at (a move?), never changed
 
 
 # --------------------------------------------------------------------------- one retry per target
@@ -102,7 +102,7 @@ def test_failing_fetches_keep_one_pending_retry(tmp_path, new_timers):
     for _ in range(3):
         daemon.reconcile_pass([(Trigger.WEBHOOK, None)])
     assert len(new_timers()) == 1
-    assert daemon.status_document()["source"]["message"].startswith("fetch failed (attempt 3)")
+    assert daemon.status.document()["source"]["message"].startswith("fetch failed (attempt 3)")
     daemon.reconcile_pass([(Trigger.RETRY, None)])
     assert new_timers() == set()
     assert host_status(daemon)["result"] == "applied"
@@ -157,7 +157,7 @@ def test_a_fetch_error_that_no_retry_fixes_waits_for_the_next_trigger(tmp_path, 
     daemon, source, _hosts = in_process_daemon(tmp_path)
     source.fail_with = [ReconcilerError("no such branch")]
     daemon.reconcile_pass(START)
-    assert "no such branch" in daemon.status_document()["source"]["message"]
+    assert "no such branch" in daemon.status.document()["source"]["message"]
     assert new_timers() == set()
 
 
@@ -169,7 +169,7 @@ def test_after_the_source_recovers_every_host_is_reconciled_again(tmp_path):
     assert host_status(daemon)["message"].startswith("fetch failed")
     daemon.reconcile_pass([(Trigger.POLL, None)])  # the same revision, but the error is over
     assert host_status(daemon)["result"] == "unchanged"
-    assert daemon.status_document()["source"]["message"] == ""
+    assert daemon.status.document()["source"]["message"] == ""
 
 
 # ------------------------------------------------------------------------------------- status
@@ -183,7 +183,7 @@ def test_status_readers_never_see_half_an_update(tmp_path):
 
     def read() -> None:
         while not done.is_set() and not torn:
-            messages = {host["message"] for host in daemon.status_document()["hosts"].values()}
+            messages = {host["message"] for host in daemon.status.document()["hosts"].values()}
             if len(messages) > 1:
                 torn.append(messages)
             time.sleep(0)  # let the writer have the lock now and then
@@ -219,8 +219,9 @@ def test_the_status_survives_a_restart_and_is_written_whole(tmp_path):
 def test_each_event_is_one_line_on_the_daemon_logger(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="virt_reconcile")
     daemon, source, hosts = in_process_daemon(tmp_path, hosts=("hv1", "hv2"))
-    hosts.fail("hv2", PermanentHostError("hv2", "operation not supported"))
     daemon.reconcile_pass(START)
+    hosts.fail("hv2", PermanentHostError("hv2", "operation not supported"))
+    daemon.reconcile_pass([(Trigger.DRIFT, "hv2")])
     source.fail_with = [SourceError("git: connection refused")]
     daemon.reconcile_pass([(Trigger.WEBHOOK, None)])
     lines = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
@@ -229,7 +230,8 @@ def test_each_event_is_one_line_on_the_daemon_logger(tmp_path, caplog):
         "INFO",
         "hv1: applied at r1 (new revision): 2 action(s): define web-hv1, start web-hv1",
     )
-    assert lines[1][1] == "WARNING" and lines[1][2].startswith("hv2: error at r1 (new revision): hv2:")
-    assert lines[1][2].endswith("; waiting for a new revision")
-    assert lines[2][1] == "WARNING" and lines[2][2].startswith("fetch failed (attempt 1): git: connection")
-    assert len(lines) == 3 and all("\n" not in line for _, _, line in lines)
+    assert lines[1][2].startswith("hv2: applied at r1 (new revision)")
+    assert lines[2][1] == "WARNING" and lines[2][2].startswith("hv2: error at r1 (drift): hv2:")
+    assert lines[2][2].endswith("; waiting for a new revision")
+    assert lines[3][1] == "WARNING" and lines[3][2].startswith("fetch failed (attempt 1): git: connection")
+    assert len(lines) == 4 and all("\n" not in line for _, _, line in lines)

@@ -10,6 +10,7 @@ import pytest
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.engine.plan import DesiredHost, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
+from reconciler.engine.pruning import DeletionRules
 from reconciler.report import MARKDOWN_MARKER, render_markdown
 from reconciler.spec.models import Capacity, Domain, Overcommit, Owner
 from tests.helpers import domain_model, observed_domain
@@ -33,7 +34,7 @@ def host_plan(name, uri, desired, observed, *, cpus=8, **options):
         uri,
         {d.name: d for d in desired},
         lambda _n: OWNER,
-        options.get("allow_delete", False),
+        DeletionRules(allow=options.get("allow_delete", False)),
         HostPolicy(Capacity(), options.get("policy") or Overcommit()),
     )
     return build_host_plan(wanted, HostObservation(cpus=cpus, memory=16 * GiB, domains=tuple(observed)))

@@ -4,9 +4,11 @@ from pathlib import Path
 
 from lxml import etree
 
+from reconciler.engine.actions import ActionKind, Phase
 from reconciler.engine.diff import machine_matches, spec_changes
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
-from reconciler.engine.plan import ActionKind, DesiredHost, Phase, build_host_plan
+from reconciler.engine.plan import DesiredHost, build_host_plan
+from reconciler.engine.pruning import DeletionRules
 from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import Domain, DomainSpec, Owner
 from tests.helpers import domain_model, observed_domain
@@ -34,7 +36,13 @@ def live(
 
 def plan(desired: list[Domain], observed: list[DomainObservation], allow_delete: bool = False):
     return build_host_plan(
-        DesiredHost("hv1", "test:///", {d.name: d for d in desired}, lambda _name: OWNER, allow_delete),
+        DesiredHost(
+            "hv1",
+            "test:///",
+            {d.name: d for d in desired},
+            lambda _name: OWNER,
+            DeletionRules(allow=allow_delete),
+        ),
         HostObservation(cpus=8, memory=16 * GiB, domains=tuple(observed)),
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.engine.plan import Action, ActionKind, Phase
+from reconciler.engine.actions import Action, ActionKind, Phase
 from reconciler.engine.policy import HostFacts, evaluate, host_facts, limit, usage
 from reconciler.engine.usage import Usage
 from reconciler.spec.models import Capacity, DomainSpec, Overcommit

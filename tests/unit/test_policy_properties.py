@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.engine.plan import DesiredHost, build_host_plan
 from reconciler.engine.policy import HostFacts, evaluate, step, usage
+from reconciler.engine.pruning import DeletionRules
 from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import Domain, DomainSpec, Overcommit, Owner
 
@@ -79,7 +80,10 @@ def scenario(live, desired, allow_delete):
         )
         for name, spec in desired.items()
     }
-    return build_host_plan(DesiredHost("hv", "test:///", wanted, lambda _name: OWNER, allow_delete), observed)
+    return build_host_plan(
+        DesiredHost("hv", "test:///", wanted, lambda _name: OWNER, DeletionRules(allow=allow_delete)),
+        observed,
+    )
 
 
 @given(live_states, desired_states, st.booleans(), policies, facts)

@@ -4,8 +4,9 @@ import io
 
 from rich.markup import escape
 
+from reconciler.engine.actions import Action, ActionKind, Orphan, Phase
 from reconciler.engine.diff import Change
-from reconciler.engine.plan import Action, ActionKind, HostPlan, Orphan, Phase, Plan
+from reconciler.engine.plan import HostPlan, Plan
 from reconciler.report import Printer, plain, render_text, summary_line, wants_color
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from rich.markup import escape
 
 from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_REFUSED
-from reconciler.cli.inputs import connector, load, revision, selected_hosts
+from reconciler.cli.inputs import connector, load, revision, root_identity, selected_hosts
+from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.apply import ApplySettings, Hooks
 from reconciler.engine.plan import HostPlan
 from reconciler.engine.reconcile import Outcome, ReconcileOptions, reconcile, select_hosts
@@ -23,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     manifests = load(args.path)
     select_hosts(manifests, args.host)
     out = Printer(sys.stdout)
+    hooks = replace(_hooks(out), confirm=None if args.auto_approve else ask_on_terminal(out))
     outcome: Outcome = reconcile(
         manifests,
         connector(),
@@ -30,26 +34,50 @@ def run(args: argparse.Namespace) -> int:
             apply=True,
             hosts=selected_hosts(args),
             allow_delete=args.allow_delete,
+            allow_mass_delete=args.allow_mass_delete,
             revision=revision(manifests),
+            root=root_identity(manifests) if manifests.whole_tree else "",
+            whole_tree=manifests.whole_tree,
             settings=_settings(args),
         ),
-        _hooks(out, "  [dim]applying…[/dim]"),
+        hooks,
         parse_cache=ContentCache.default("domains"),
     )
     return _verdict(out, outcome)
+
+
+def ask_on_terminal(out: Printer) -> Callable[[Sequence[Action]], bool] | None:
+    """The question asked before undefining or moving domains, when a person is at a terminal."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return None
+
+    def confirm(leaving: Sequence[Action]) -> bool:
+        undefines = [a for a in leaving if a.kind is ActionKind.UNDEFINE]
+        moves = [a for a in leaving if a.kind is ActionKind.MOVE]
+        out.print()
+        for action in leaving:
+            where = f"{action.host} → {action.peer}" if action.peer else action.host
+            out.print(
+                f"  [red]{action.kind.symbol} {action.kind.value}[/red] {escape(action.domain)} ({where})"
+            )
+        question = f"Undefine {len(undefines)} and move {len(moves)} domain(s)? Only 'yes' goes ahead: "
+        try:
+            return input(question).strip().lower() == "yes"
+        except EOFError:
+            return False
+
+    return confirm
 
 
 def _settings(args: argparse.Namespace) -> ApplySettings:
     return ApplySettings(shutdown_timeout=args.shutdown_timeout, workers=max(args.parallel, 1))
 
 
-def _hooks(out: Printer, applying: str) -> Hooks:
-    """Print each host's plan as it is made (then ``applying``), and each action's result."""
+def _hooks(out: Printer) -> Hooks:
+    """Print each host's plan (every host is planned before any is changed), and each result."""
 
     def show_plan(host: HostPlan) -> None:
-        render_host_text(out, host)
-        if not host.blocked and host.actions:
-            out.print(applying)
+        render_host_text(out, host, blank_after=True)
 
     return Hooks(on_plan=show_plan, on_result=lambda result: render_result(out, result))
 
@@ -57,14 +85,15 @@ def _hooks(out: Printer, applying: str) -> Hooks:
 def _apply_saved(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from reconciler.files.keys import verifying_key
     from reconciler.offline.savedplan import apply_saved, load_plan
 
     out = Printer(sys.stdout)
     outcome = apply_saved(
-        load_plan(Path(args.plan)),
+        load_plan(Path(args.plan), verifying_key),  # refused unless this machine's key signed it
         connector(),
         _settings(args),
-        _hooks(out, "  [dim]applying the saved plan…[/dim]"),
+        _hooks(out),
     )
     return _verdict(out, outcome)
 
@@ -74,6 +103,9 @@ def _verdict(out: Printer, outcome: Outcome) -> int:
     failed = sum(1 for rs in outcome.results.values() for r in rs if not r.ok)
     refused = [name for name, host in outcome.plan.hosts.items() if host.refused]
     out.print()
+    if outcome.cancelled:
+        out.print("[bold][red]Not applied[/red]: the undefines and moves were not approved.[/bold]")
+        return EXIT_ERROR
     if outcome.failed:
         out.print(f"[bold][red]Apply failed[/red]: {done} action(s) done, {failed} failed.[/bold]")
         return EXIT_ERROR

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 
 from reconciler.cli.exit_codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_REFUSED
-from reconciler.cli.inputs import connector, load, revision, selected_hosts
+from reconciler.cli.inputs import connector, load, revision, root_identity, selected_hosts
 from reconciler.engine.apply import Hooks
 from reconciler.engine.reconcile import Connector, Outcome, ReconcileOptions, reconcile, select_hosts
 from reconciler.files.content_cache import ContentCache
@@ -35,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
         manifests,
         connect,
         ReconcileOptions(
-            hosts=selected_hosts(args), allow_delete=args.allow_delete, revision=revision(manifests)
+            hosts=selected_hosts(args),
+            allow_delete=args.allow_delete,
+            allow_mass_delete=args.allow_mass_delete,
+            revision=revision(manifests),
+            root=root_identity(manifests) if manifests.whole_tree else "",
+            whole_tree=manifests.whole_tree,
         ),
         Hooks(on_plan=(lambda host: render_host_text(out, host, blank_after=True)) if text else None),
         parse_cache=None if args.state else ContentCache.default("domains"),
@@ -72,17 +77,18 @@ def snapshot_connector(path: Path) -> Connector:
 
 
 def save(path: Path, outcome: Outcome, manifests: ManifestSet) -> None:
-    """Write the plan for ``apply --plan``, with what it was made against."""
+    """Write the plan for ``apply --plan``, with what it was made against, signed with this
+    machine's plan signing key (made on first use; ``$VIRT_RECONCILE_PLAN_KEY_FILE`` names another)."""
+    from reconciler.files.keys import signing_key
     from reconciler.offline.savedplan import save_plan
-    from reconciler.offline.snapshot import fingerprint
 
-    observed = {name: host.observed for name, host in outcome.plan.hosts.items() if host.observed is not None}
     save_plan(
         path,
         outcome.plan,
-        fingerprints={name: fingerprint(state) for name, state in observed.items()},
         policies={
             name: (manifests.hosts[name].spec.capacity, manifests.hosts[name].spec.overcommit)
-            for name in observed
+            for name, host in outcome.plan.hosts.items()
+            if host.observed is not None
         },
+        key=signing_key(),
     )
