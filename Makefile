@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := libvirt-dev pkg-config gcc python3-dev python3-venv
 MANIFESTS ?= manifests
 
-.PHONY: setup system-packages run plan test test-unit test-sandbox test-e2e lint bench bench-compare schema clean doctor
+.PHONY: setup system-packages run plan test test-unit test-sandbox test-e2e lint golden bench bench-compare schema clean doctor
 
 setup: system-packages $(STAMP)
 
@@ -48,6 +48,10 @@ lint: setup
 	$(BIN)/mypy reconciler
 	$(BIN)/lint-imports
 	$(BIN)/actionlint .github/workflows/*.yml
+
+## make golden: rewrite the golden files (markdown plans, XML merges) from the code; review the diff
+golden: setup
+	UPDATE_GOLDEN=1 $(BIN)/pytest -q tests/unit/test_markdown.py tests/unit/test_merge_golden.py
 
 ## make bench: the sandbox benchmark against the libvirt-python floor, the daemon's latencies, and
 ## the field-level diff (hand-written vs deepdiff, when installed)

@@ -14,10 +14,13 @@ wait for new input (a new revision, a new command line).
     ├── StalePlanError              no    a saved plan whose hosts moved since it was made
     ├── SavedPlanError              no    a file that is not a readable saved plan
     ├── AdoptionError               no    import / backup / restore cannot go ahead (and says why)
+    ├── SnapshotError               no    plan --state names no readable snapshot file
+    ├── ScaffoldError               no    init cannot write a repository where asked
     ├── SourceError                 yes   the manifest source (git) could not be fetched
+    ├── StatusError                 yes   a daemon's /status could not be read (it may be starting)
     └── HostError                   -     talking to a host failed (wraps libvirt errors)
         ├── TemporaryHostError      yes   connection lost, daemon busy, timeout
-        └── PermanentHostError      no    refused definition, unsupported operation
+        └── PermanentHostError      no    wrong address, refused credentials or definition, unsupported
 """
 
 from __future__ import annotations
@@ -75,8 +78,22 @@ class AdoptionError(ReconcilerError):
     """import, backup or restore cannot go ahead; the message says why and what to do."""
 
 
+class SnapshotError(ReconcilerError):
+    """A file or folder given as host snapshots that holds no readable snapshot."""
+
+
+class ScaffoldError(ReconcilerError):
+    """``init`` cannot write a new repository where asked (a file, or a non-empty folder)."""
+
+
 class SourceError(ReconcilerError):
     """The git source could not be cloned or fetched (the last good checkout stays in place)."""
+
+    retryable = True
+
+
+class StatusError(ReconcilerError):
+    """A running daemon's ``/status`` could not be read: not running (yet), or another address."""
 
     retryable = True
 
@@ -96,4 +113,5 @@ class TemporaryHostError(HostError):
 
 
 class PermanentHostError(HostError):
-    """A host error that a retry will not fix (invalid XML, unsupported operation)."""
+    """A host error that a retry will not fix (a wrong address, refused credentials, invalid XML, an
+    unsupported operation)."""

@@ -11,7 +11,7 @@ import contextlib
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +20,12 @@ from typing import Any, TypeVar
 import libvirt
 from lxml import etree
 
-from reconciler.adapters import sandbox
-from reconciler.engine.hypervisor import DomainObservation, HostObservation, StopOutcome
+from reconciler.adapters import hostlock, sandbox
+from reconciler.adapters.libvirt_environment import domain_xmls, read_environment
+from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation, StopOutcome
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
 from reconciler.libvirtxml.ownership import OWNER_NS, OWNER_PREFIX, owner_metadata
+from reconciler.libvirtxml.secrets import defined_name, keep_secrets
 from reconciler.ops.doctor import DaemonFacts
 from reconciler.spec.models import Host, Owner
 from reconciler.spec.sizes import KIB, parse_libvirt_size
@@ -31,7 +33,10 @@ from reconciler.spec.sizes import KIB, parse_libvirt_size
 T = TypeVar("T")
 
 _XML_READERS = 8  # XML reads in flight at once while observing a host through libvirtd
-_XML_FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+#: Observed XML leaves out secure values (graphics passwords): it reaches plans, snapshots, manifests.
+_XML_FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE
+#: With them: for a redefine to keep them, for backups, for the sandbox's own state file.
+_SECURE_XML_FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 _UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
@@ -42,14 +47,20 @@ _UNDEFINE_FLAGS = (
 _UNDEFINE_FLAGS_BASIC = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 )
+#: Errors of the way to the host, not of the request: the same call may succeed later. Every other
+#: code is permanent: AUTH_FAILED, NO_SUPPORT, INVALID_ARG, XML_ERROR, CONFIG_UNSUPPORTED,
+#: OPERATION_INVALID, and INTERNAL_ERROR (the catch-all of a driver, e.g. QEMU refusing a config).
 _TEMPORARY_CODES = {
-    libvirt.VIR_ERR_NO_CONNECT,
-    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_SYSTEM_ERROR,  # socket refused or missing (daemon down), host unreachable, I/O
+    libvirt.VIR_ERR_RPC,  # the connection broke mid-call
+    libvirt.VIR_ERR_NO_CONNECT,  # from a transport (SSH handshake); libvirt's own: see below
     libvirt.VIR_ERR_OPERATION_TIMEOUT,
-    libvirt.VIR_ERR_SYSTEM_ERROR,
     libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
-    libvirt.VIR_ERR_INTERNAL_ERROR,
+    libvirt.VIR_ERR_AGENT_UNSYNCED,
+    libvirt.VIR_ERR_RESOURCE_BUSY,
 }
+#: Sources whose INTERNAL_ERROR means a lost connection ("client socket is closed"), not a refusal.
+_CONNECTION_SOURCES = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 _ACTIVE_STATES = {
     libvirt.VIR_DOMAIN_RUNNING,
     libvirt.VIR_DOMAIN_BLOCKED,
@@ -66,10 +77,25 @@ def _ignore_libvirt_errors(_context: object, _error: object) -> None:
 libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
 
 
+def _is_temporary(err: libvirt.libvirtError) -> bool:
+    """Whether a libvirt error is about reaching the host (retry later) rather than the request.
+
+    NO_CONNECT raised by libvirt itself (no source: an unknown driver, a URI without one) is a
+    mistake in the address; INTERNAL_ERROR is temporary only from the RPC layer (connection lost).
+    """
+    code: int = err.get_error_code()
+    source: int = err.get_error_domain()
+    if code == libvirt.VIR_ERR_NO_CONNECT:
+        return bool(source != libvirt.VIR_FROM_NONE)
+    if code == libvirt.VIR_ERR_INTERNAL_ERROR:
+        return source in _CONNECTION_SOURCES
+    return code in _TEMPORARY_CODES
+
+
 def _wrap(host: str, what: str, err: libvirt.libvirtError) -> HostError:
-    code = err.get_error_code()
+    """The project's error for a libvirt error: temporary (the daemon retries) or permanent."""
     message = f"{what}: {err.get_error_message() or err}"
-    if code in _TEMPORARY_CODES:
+    if _is_temporary(err):
         return TemporaryHostError(host, message)
     return PermanentHostError(host, message)
 
@@ -175,9 +201,23 @@ class LibvirtHypervisor:
         return min(sizes) if sizes else 4 * KIB
 
     def define(self, xml: str) -> None:
-        """Define or redefine a persistent domain."""
+        """Define or redefine a persistent domain; a redefine keeps the current secure values
+        (passwords), which the observed XML it was made from leaves out."""
+        name = defined_name(xml)
+        current = self.secure_xml(name) if name is not None else None
+        if current is not None:
+            xml = keep_secrets(xml, current)
         self.changed = True
         self._call("define", self.conn.defineXML, xml)
+
+    def secure_xml(self, name: str) -> str | None:
+        """A domain's persistent XML with its secure values (backups, redefines); None when gone."""
+        try:
+            return self.conn.lookupByName(name).XMLDesc(_SECURE_XML_FLAGS)  # type: ignore[no-any-return]
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None  # a new domain, or one undefined meanwhile
+            raise _wrap(self.name, f"XML of {name!r}", err) from err
 
     def undefine(self, name: str) -> None:
         """Undefine with managed save, snapshot/checkpoint metadata and NVRAM, as the driver allows."""
@@ -254,12 +294,21 @@ class LibvirtHypervisor:
             libvirt.VIR_DOMAIN_AFFECT_CONFIG,
         )
 
+    def environment(self, paths: Collection[str]) -> HostEnvironment:
+        """Networks, bridges and the given files, for the pre-flight checks (``libvirt_environment``)."""
+        simulated = self._is_test_driver  # a test-driver host declares only what its node file holds
+        return self._call(
+            "environment", lambda: read_environment(self.conn, paths, local=self.local, simulated=simulated)
+        )
+
     def sandbox_domains(self) -> list[sandbox.SandboxDomain]:
         """Every domain's persistent XML and run state, to write a sandbox state file."""
         autostart = {d.name() for d in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
         return [
             sandbox.SandboxDomain(
-                xml=dom.XMLDesc(_XML_FLAGS), active=bool(dom.isActive()), autostart=dom.name() in autostart
+                xml=dom.XMLDesc(_SECURE_XML_FLAGS),
+                active=bool(dom.isActive()),
+                autostart=dom.name() in autostart,
             )
             for dom in sorted(self.conn.listAllDomains(0), key=lambda d: d.name())
         ]
@@ -377,6 +426,7 @@ def daemon_facts(uri: str) -> DaemonFacts:
             hypervisor=f"{conn.getType()} {_version(conn.getVersion())}",
             node_info_memory=int(info[1]) * 1024 * KIB,
             kernel_memory=kernel,
+            domains=domain_xmls(conn),
         )
     except libvirt.libvirtError as err:
         raise _wrap(uri, "daemon facts", err) from err
@@ -390,30 +440,34 @@ def _version(number: int) -> str:
 
 
 def _open(name: str, uri: str) -> libvirt.virConnect:
+    """Connect to ``uri``; a failure is classified like any other (a bad URI is not retried)."""
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as err:
-        raise TemporaryHostError(name, f"cannot connect to {uri}: {err.get_error_message() or err}") from err
+        raise _wrap(name, f"cannot connect to {uri}", err) from err
 
 
 @contextmanager
 def connect(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
-    """Open ``host``; for a sandbox, hold its lock and (when writing) save its state on the way out.
+    """Open ``host``; when writing, hold its lock for the whole block (see ``hostlock``): observe,
+    check and apply then see no other apply in between. For a sandbox, save its state on the way out.
 
     The sandbox is saved even when apply stops half-way, exactly like a real host keeps the
-    actions that completed before a crash; the next run re-plans from there.
+    actions that completed before a crash; the next run re-plans from there. Reading (plan,
+    snapshot) takes no lock and writes nothing.
     """
     uri = host.spec.address
     if not uri.is_sandbox:
         conn = _open(host.name, uri.text)
         try:
-            yield LibvirtHypervisor(host.name, conn, local=uri.is_local, in_process=uri.in_process)
+            with hostlock.host_lock(conn, uri, host.name) if write else contextlib.nullcontext():
+                yield LibvirtHypervisor(host.name, conn, local=uri.is_local, in_process=uri.in_process)
         finally:
             conn.close()
         return
     path = uri.sandbox_path
     capacity = host.spec.capacity
-    with sandbox.locked(path, write=write) as state:
+    with sandbox.locked(path, write=write, host=host.name) as state:
         node_xml = state.read()
         if node_xml is None:
             node_xml = sandbox.new_node_xml(capacity.cpus, capacity.memory)

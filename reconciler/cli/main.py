@@ -1,7 +1,12 @@
 """The entry point: parse the command line, run the command's module, turn errors into exit codes.
 
 Each command lives in its own module under ``reconciler.cli.commands`` and is imported only when
-it runs, so ``validate`` never pays for the daemon, GitPython or prometheus-client.
+it runs, so ``validate`` never pays for the daemon, GitPython or prometheus-client. Which module
+runs which command is in the one command table, :data:`reconciler.cli.parser.COMMANDS`.
+
+Errors: a ``ReconcilerError`` or an ``OSError`` (a file that cannot be read or written) is the
+user's to fix: ``error: ...`` and exit 1. A wrong option value is argparse's usage error (exit 2).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,36 +18,21 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from reconciler.cli.exit_codes import EXIT_ERROR
-from reconciler.cli.parser import build_parser
+from reconciler.cli.parser import COMMANDS, build_parser
 from reconciler.errors import ManifestError, ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.report import Printer
 
-__all__ = ["HANDLERS", "build_parser", "main"]
+__all__ = ["build_parser", "handler", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-#: Command -> ``module:function`` under ``reconciler.cli.commands`` that carries it out.
-HANDLERS: dict[str, str] = {
-    "validate": "validate:run",
-    "plan": "plan:run",
-    "apply": "apply:run",
-    "import": "adopt:run_import",
-    "backup": "adopt:run_backup",
-    "restore": "adopt:run_restore",
-    "snapshot": "snapshot:run",
-    "daemon": "daemon:run",
-    "status": "status:run",
-    "doctor": "doctor:run",
-    "schema": "schema:run",
-    "init": "init_repository:run",
-}
 
 
 def handler(command: str) -> Handler:
     """The function that runs ``command``, its module imported now."""
-    module, function = HANDLERS[command].split(":")
+    [target] = [c.handler for c in COMMANDS if c.name == command]
+    module, function = target.split(":")
     run: Handler = getattr(importlib.import_module(f"reconciler.cli.commands.{module}"), function)
     return run
 
@@ -66,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ManifestError as problem:
         _print_manifest_error(problem)
         return EXIT_ERROR
-    except (ReconcilerError, ValueError, OSError) as failure:
+    except (ReconcilerError, OSError) as failure:
         from rich.markup import escape
 
         _stderr().print(f"[red]error:[/red] {escape(str(failure))}")

@@ -1,19 +1,61 @@
-"""The argument parser: one small function per command, and nothing a command needs to run.
+"""The command table and the argument parser: per command, its arguments and the function that runs it.
 
-Building the parser imports no command module, so ``--help`` and ``--version`` start at once.
+Building the parser imports no command module, so ``--help`` and ``--version`` start at once. Values
+with a format (durations, addresses) are checked here, by argparse ``type=`` functions: a wrong one
+is a usage error (exit 2) named after its option, before any command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
-from typing import TypeAlias
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from reconciler import __version__
 
 DEFAULT_PATH = "manifests"
+#: What ``init --install-from`` writes by default: the git URL, with a placeholder for its owner.
+DEFAULT_INSTALL_FROM = "virt-reconcile @ git+https://github.com/OWNER/virt-reconcile@v" + __version__
 
-Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))  # "ms" before "s"
+
+
+def duration(text: str) -> float:
+    """``500ms``, ``30s``, ``5m``, ``1h`` (a bare number is seconds) -> seconds, finite and above 0."""
+    number, scale = text, 1.0
+    for suffix, unit in _UNITS:
+        if text.endswith(suffix):
+            number, scale = text[: -len(suffix)], unit
+            break
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 500ms, 30s, 5m or 24h")
+    return seconds
+
+
+def expiry(text: str) -> timedelta:
+    """A :func:`duration` from now that ends before the year 9999 (``import --expire``)."""
+    try:
+        expire = timedelta(seconds=duration(text))
+        datetime.now(UTC) + expire  # raises OverflowError past the year 9999
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} ends after the year 9999") from None
+    if expire <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"{text!r} is shorter than a microsecond")
+    return expire
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9469`` for IPv6; without a host, 127.0.0.1) -> (host, port)."""
+    host, _, port = text.rpartition(":")
+    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address such as 127.0.0.1:9469")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _with_path(sub: argparse.ArgumentParser) -> None:
@@ -30,14 +72,16 @@ def _with_allow_delete(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--allow-delete", action="store_true", help="undefine managed domains gone from git")
 
 
-def add_validate(commands: Commands) -> None:
-    """``validate [PATH]``."""
-    _with_path(commands.add_parser("validate", help="parse and check manifests only"))
+def _with_allow_mass_delete(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="allow undefining more than a host's maxDeletions (default 5) or half of its managed domains",
+    )
 
 
-def add_plan(commands: Commands) -> None:
+def _plan(plan: argparse.ArgumentParser) -> None:
     """``plan [PATH]``: a dry run, live or against snapshots."""
-    plan = commands.add_parser("plan", help="show what apply would change (dry run)")
     _with_path(plan)
     plan.add_argument("--format", choices=("text", "json", "markdown"), default="text")
     plan.add_argument("--out", metavar="FILE", help="also save the plan for apply --plan FILE")
@@ -46,14 +90,20 @@ def add_plan(commands: Commands) -> None:
     plan.add_argument(
         "--allow-delete", action="store_true", help="plan to undefine managed domains gone from git"
     )
+    _with_allow_mass_delete(plan)
 
 
-def add_apply(commands: Commands) -> None:
+def _apply(apply: argparse.ArgumentParser) -> None:
     """``apply [PATH]``: plan, then change the hosts."""
-    apply = commands.add_parser("apply", help="plan, then change the hosts to match the manifests")
     _with_path(apply)
     _with_hosts(apply)
     _with_allow_delete(apply)
+    _with_allow_mass_delete(apply)
+    apply.add_argument(
+        "--auto-approve",
+        action="store_true",
+        help="do not ask before undefining or moving domains (the question is asked only on a terminal)",
+    )
     apply.add_argument("--plan", metavar="FILE", help="apply exactly this saved plan (refused when stale)")
     apply.add_argument(
         "--parallel",
@@ -71,32 +121,44 @@ def add_apply(commands: Commands) -> None:
     )
 
 
-def add_import(commands: Commands) -> None:
+def _import(importer: argparse.ArgumentParser) -> None:
     """``import [PATH] --host H --out DIR [DOMAIN ...]``."""
-    importer = commands.add_parser("import", help="write manifests for live domains and mark them managed")
     _with_path(importer)
     importer.add_argument("--host", required=True, metavar="NAME")
     importer.add_argument(
         "--out", required=True, metavar="DIR", help="folder for the manifests (new or empty)"
     )
-    importer.add_argument("--force", action="store_true", help="replace DIR; re-import managed domains")
+    importer.add_argument(
+        "--force",
+        action="store_true",
+        help="re-import managed domains; write into a non-empty DIR (only their manifests are replaced)",
+    )
+    importer.add_argument(
+        "--expire",
+        type=expiry,
+        metavar="DURATION",
+        help="the pending mark that keeps a daemon from pruning an imported domain lapses after "
+        "DURATION (e.g. 24h, 30m; default: only once its manifest is applied)",
+    )
     importer.add_argument("domains", nargs="*", metavar="DOMAIN", help="default: every unmanaged domain")
 
 
-def add_backup(commands: Commands) -> None:
+def _backup(backup: argparse.ArgumentParser) -> None:
     """``backup [PATH] --host H --out DIR [DOMAIN ...]``."""
-    backup = commands.add_parser("backup", help="each domain's XML and a manifest of its disk images")
     _with_path(backup)
     backup.add_argument("--host", required=True, metavar="NAME")
     backup.add_argument("--out", required=True, metavar="DIR", help="backup folder (new or empty)")
     backup.add_argument("--with-images", action="store_true", help="copy the disk images too (sparse)")
-    backup.add_argument("--force", action="store_true", help="replace a non-empty DIR")
+    backup.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty DIR (only the backed-up domains' entries are replaced)",
+    )
     backup.add_argument("domains", nargs="*", metavar="DOMAIN", help="default: every domain")
 
 
-def add_restore(commands: Commands) -> None:
+def _restore(restore: argparse.ArgumentParser) -> None:
     """``restore [PATH] --host H --from DIR [DOMAIN ...]``."""
-    restore = commands.add_parser("restore", help="define domains from a backup whose images are intact")
     _with_path(restore)
     restore.add_argument("--host", required=True, metavar="NAME")
     restore.add_argument("--from", required=True, dest="source", metavar="DIR", help="backup folder")
@@ -104,17 +166,15 @@ def add_restore(commands: Commands) -> None:
     restore.add_argument("domains", nargs="*", metavar="DOMAIN", help="default: every domain in the backup")
 
 
-def add_snapshot(commands: Commands) -> None:
+def _snapshot(snapshot: argparse.ArgumentParser) -> None:
     """``snapshot [PATH] --out FILE``."""
-    snapshot = commands.add_parser("snapshot", help="write the observed state of hosts as JSON")
     _with_path(snapshot)
     snapshot.add_argument("--out", required=True, metavar="FILE", help="snapshot file to write")
     _with_hosts(snapshot)
 
 
-def add_daemon(commands: Commands) -> None:
+def _daemon(daemon: argparse.ArgumentParser) -> None:
     """``daemon --source GIT_URL_OR_DIR``: reconcile continuously."""
-    daemon = commands.add_parser("daemon", help="reconcile continuously from a git repository or a directory")
     daemon.add_argument(
         "--source",
         required=True,
@@ -124,9 +184,15 @@ def add_daemon(commands: Commands) -> None:
     daemon.add_argument("--branch", default="main")
     daemon.add_argument("--path", default="manifests", help="manifest folder inside the repository")
     _with_hosts(daemon)
-    daemon.add_argument("--interval", default="30s", help="git poll interval, jittered (default: 30s)")
-    daemon.add_argument("--resync", default="10m", help="full reconcile at least this often (default: 10m)")
-    daemon.add_argument("--listen", default="127.0.0.1:9469", help="HTTP address (default: 127.0.0.1:9469)")
+    daemon.add_argument(
+        "--interval", type=duration, default="30s", help="git poll interval, jittered (default: 30s)"
+    )
+    daemon.add_argument(
+        "--resync", type=duration, default="10m", help="full reconcile at least this often (default: 10m)"
+    )
+    daemon.add_argument(
+        "--listen", type=listen_address, default="127.0.0.1:9469", help="HTTP address (default: %(default)s)"
+    )
     daemon.add_argument("--state-dir", default="/var/lib/virt-reconcile", help="clone and status live here")
     daemon.add_argument("--webhook-secret-file", metavar="FILE", help="enables POST /hooks/git (HMAC)")
     _with_allow_delete(daemon)
@@ -139,53 +205,75 @@ def add_daemon(commands: Commands) -> None:
     )
 
 
-def add_status(commands: Commands) -> None:
+def _status(status: argparse.ArgumentParser) -> None:
     """``status [--url URL]``."""
-    status = commands.add_parser("status", help="print a running daemon's /status for people")
     status.add_argument("--url", default="http://127.0.0.1:9469", help="the daemon's address")
 
 
-def add_doctor(commands: Commands) -> None:
+def _doctor(doctor: argparse.ArgumentParser) -> None:
     """``doctor [--uri URI]``."""
-    doctor = commands.add_parser("doctor", help="check this machine: kvm, /dev/kvm, libvirtd, KSM, swap")
     doctor.add_argument(
         "--uri", default="qemu:///system", help="libvirt URI to check (default: qemu:///system)"
     )
 
 
-def add_schema(commands: Commands) -> None:
+def _schema(schema: argparse.ArgumentParser) -> None:
     """``schema [--out DIR]``."""
-    schema = commands.add_parser("schema", help="write the manifests' JSON Schemas")
     schema.add_argument(
         "--out", default="schemas", metavar="DIR", help="folder to write into (default: schemas/)"
     )
 
 
-def add_init(commands: Commands) -> None:
-    """``init DIR [--force]``: a new manifests repository."""
-    init = commands.add_parser(
-        "init", help="start a manifests repository: a sandbox host, a domain, a plan workflow"
-    )
+def _init(init: argparse.ArgumentParser) -> None:
+    """``init DIR [--force] [--install-from SPEC]``: a new manifests repository."""
     init.add_argument("directory", metavar="DIR", help="folder to create (new or empty)")
     init.add_argument(
         "--force", action="store_true", help="write into a non-empty DIR; existing files are kept"
     )
+    init.add_argument(
+        "--install-from",
+        default=DEFAULT_INSTALL_FROM,
+        metavar="SPEC",
+        help="what the plan workflow pip-installs, e.g. 'virt-reconcile @ git+https://HOST/PATH@TAG' "
+        "(default: the git URL with OWNER to replace, which the workflow reports on each pull request)",
+    )
 
 
-#: The commands in the order ``--help`` lists them.
-COMMANDS: tuple[Callable[[Commands], None], ...] = (
-    add_validate,
-    add_plan,
-    add_apply,
-    add_import,
-    add_backup,
-    add_restore,
-    add_snapshot,
-    add_daemon,
-    add_status,
-    add_doctor,
-    add_schema,
-    add_init,
+@dataclass(frozen=True)
+class Command:
+    """One command: its name and help line, the function that adds its arguments, and the one that
+    runs it, as ``module:function`` under ``reconciler.cli.commands`` (imported only when it runs)."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    handler: str
+
+
+#: Every command, in the order ``--help`` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("validate", "parse and check manifests only", _with_path, "validate:run"),
+    Command("plan", "show what apply would change (dry run)", _plan, "plan:run"),
+    Command("apply", "plan, then change the hosts to match the manifests", _apply, "apply:run"),
+    Command("import", "write manifests for live domains and mark them managed", _import, "adopt:run_import"),
+    Command("backup", "each domain's XML and a manifest of its disk images", _backup, "adopt:run_backup"),
+    Command(
+        "restore",
+        "define domains from a backup whose images are intact; start those that ran",
+        _restore,
+        "adopt:run_restore",
+    ),
+    Command("snapshot", "write the observed state of hosts as JSON", _snapshot, "snapshot:run"),
+    Command("daemon", "reconcile continuously from a git repository or a directory", _daemon, "daemon:run"),
+    Command("status", "print a running daemon's /status for people", _status, "status:run"),
+    Command("doctor", "check this machine: kvm, /dev/kvm, libvirtd, KSM, swap", _doctor, "doctor:run"),
+    Command("schema", "write the manifests' JSON Schemas", _schema, "schema:run"),
+    Command(
+        "init",
+        "start a manifests repository: a sandbox host, a domain, a plan workflow",
+        _init,
+        "init_repository:run",
+    ),
 )
 
 
@@ -197,6 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"virt-reconcile {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in COMMANDS:
-        add(commands)
+    for command in COMMANDS:
+        command.arguments(commands.add_parser(command.name, help=command.help))
     return parser

@@ -1,9 +1,15 @@
 """The command line as a process: entry points, unreachable hosts, exit codes."""
 
+import argparse
+import socket
 import subprocess
 import sys
 
+import pytest
+
 from reconciler import __version__
+from reconciler.cli.commands import status
+from reconciler.errors import StatusError
 from tests.helpers import REPO, cli, write
 
 
@@ -56,3 +62,13 @@ def test_any_libvirt_uri_works_as_a_host(tmp_path):
     assert result.code == 2 and "+ define a" in result.out
     # test:///default holds an unmanaged domain called 'test': never an orphan, never touched.
     assert "orphan" not in result.out
+
+
+def test_a_daemon_that_does_not_answer_is_a_status_error(tmp_path):
+    with socket.socket() as closed:  # a port nothing listens on: bound, never listening
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        result = cli("status", "--url", f"http://127.0.0.1:{port}")
+        with pytest.raises(StatusError):  # retryable: the daemon may still be starting
+            status.run(argparse.Namespace(url=f"http://127.0.0.1:{port}"))
+    assert result.code == 1 and f"error: cannot read http://127.0.0.1:{port}/status" in result.err

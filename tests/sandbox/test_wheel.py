@@ -44,7 +44,7 @@ def test_the_wheel_installs_alone_and_validates_and_plans(tmp_path):
     version = reconciler.__version__
     assert wheel.name.startswith(f"virt_reconcile-{version}-")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "reconciler/cli/templates/plan.yml" in names and "reconciler/cli/templates/gitignore" in names
+    assert "reconciler/ops/templates/plan.yml" in names and "reconciler/ops/templates/gitignore" in names
     assert not [name for name in names if name.startswith("tests/")]
 
     venv = tmp_path / "venv"

@@ -7,6 +7,7 @@ no module grows past ~500 lines and no function past ~60, so the layout stays vi
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "reconciler"
@@ -40,9 +41,21 @@ def test_no_function_is_long():
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
+def layers_contract() -> list[str]:
+    """The ``layers`` list of the import-linter layers contract in pyproject.toml."""
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    [contract] = [c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"]
+    layers: list[str] = contract["layers"]
+    return layers
+
+
 def test_every_package_is_a_layer_of_the_import_contract():
     """A new sub-package must be placed in the layers contract, or it escapes the architecture."""
-    pyproject = (PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8")
-    packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
-    missing = [name for name in packages if f'"reconciler.{name}"' not in pyproject]
+    packages = sorted(f"reconciler.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py"))
+    layers = layers_contract()
+    missing = [name for name in packages if name not in layers]
     assert packages and not missing, f"sub-packages missing from the layers contract: {missing}"
+    modules = sorted(
+        f"reconciler.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")
+    )
+    assert set(layers) == {*packages, *modules}, "a layer that names no package or top-level module"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import urllib.error
 import urllib.request
 
@@ -83,6 +84,14 @@ def test_a_signed_webhook_triggers_a_pass_and_a_badly_signed_one_does_not(served
     assert request(server.url + "/hooks/git", body, "")[0] == 401
     assert request(server.url + "/elsewhere", body, sign(body))[0] == 404
     assert hooks == ["webhook"]
+
+
+def test_a_refused_webhook_is_logged_with_its_caller(served, caplog):
+    body = b"{}"
+    with caplog.at_level(logging.WARNING, logger="virt_reconcile.daemon.http"):
+        assert request(served.signed.url + "/hooks/git", body, sign(body))[0] == 202
+        assert request(served.signed.url + "/hooks/git", body, sign(body, b"other"))[0] == 401
+    assert [r.getMessage() for r in caplog.records] == ["webhook refused: bad signature (from 127.0.0.1)"]
 
 
 def test_the_webhook_is_off_without_a_secret(served):

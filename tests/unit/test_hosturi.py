@@ -32,6 +32,8 @@ def test_local_means_a_real_hypervisor_on_this_machine(uri, local):
         ("test:///default", True),
         ("test:///tmp/node.xml", True),
         ("test+unix:///default?socket=/run/hv1.sock", False),  # the test driver behind libvirtd
+        ("test://hv1/default", False),  # a host part: libvirtd on hv1, over the default transport (TLS)
+        ("test://localhost/default", False),  # the same through this machine's libvirtd
         ("qemu:///system", False),
         ("qemu+ssh://hv1/system", False),
     ],

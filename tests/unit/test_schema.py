@@ -40,11 +40,6 @@ def test_examples_name_the_schema_and_are_valid():
     load_manifests(REPO / "manifests")
 
 
-#: Objects whose fields are documented by their own module's owner, not by reconciler.spec.models:
-#: the snapshot's own envelope (its DomainSpec and Owner definitions are still checked).
-NOT_MANIFEST_MODELS = {"Snapshot", "SnapshotHost", "SnapshotDomain"}
-
-
 def _undocumented(schema: dict, where: str) -> list[str]:
     """Every property, at any depth of a schema, without a description, as ``Object.property``."""
     missing = []
@@ -52,16 +47,13 @@ def _undocumented(schema: dict, where: str) -> list[str]:
         if not prop.get("description"):
             missing.append(f"{where}.{name}")
     for name, definition in schema.get("$defs", {}).items():
-        if name not in NOT_MANIFEST_MODELS:
-            missing.extend(_undocumented(definition, name))
+        missing.extend(_undocumented(definition, name))
     return missing
 
 
 def test_every_field_has_a_description_for_editors():
     for file, schema in schemas().items():
-        title = schema.get("title", file)
-        root = {"properties": {}} if title in NOT_MANIFEST_MODELS else schema
-        missing = _undocumented({**root, "$defs": schema.get("$defs", {})}, title)
+        missing = _undocumented(schema, schema.get("title", file))
         assert not missing, f"{file}: add Field(description=...) to {', '.join(missing)}"
 
 

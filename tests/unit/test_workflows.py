@@ -42,9 +42,14 @@ def test_plan_workflow_validates_plans_offline_and_fails_on_refusal():
 
 def test_every_virt_reconcile_invocation_parses():
     parser = build_parser()
+    called = set()
     for name in ("ci.yml", "plan.yml"):
         for run in commands(load(name)):
             for line in run.splitlines():
-                match = re.search(r"virt-reconcile (.*?)(?:\s*[>|]|$)", line)
+                # a command line (``virt-reconcile ...`` or ``.venv/bin/virt-reconcile ...``), not the
+                # prose of a pull-request comment written by the same script
+                match = re.match(r"\s*(?:\S*/)?virt-reconcile (.*?)(?:\s*[>|]|$)", line)
                 if match:
                     parser.parse_args(match.group(1).split())  # exits on an unknown command or option
+                    called.add(match.group(1).split()[0])
+    assert {"validate", "plan", "snapshot"} <= called

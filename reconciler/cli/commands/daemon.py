@@ -16,23 +16,15 @@ def run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground; its exit code."""
     from reconciler.adapters import libvirt_host
     from reconciler.adapters.watch import watch_directory
-    from reconciler.daemon import (
-        Daemon,
-        DaemonConfig,
-        DirectorySource,
-        GitSource,
-        configure_logging,
-        parse_duration,
-        parse_listen,
-    )
+    from reconciler.daemon import Daemon, DaemonConfig, DirectorySource, GitSource, configure_logging
 
     state_dir = Path(args.state_dir)
     secret = Path(args.webhook_secret_file).read_bytes().strip() if args.webhook_secret_file else None
     config = DaemonConfig(
         hosts=args.host or [],
-        interval=parse_duration(args.interval),
-        resync=parse_duration(args.resync),
-        listen=parse_listen(args.listen),
+        interval=args.interval,  # seconds, listen (host, port): checked by the parser's types
+        resync=args.resync,
+        listen=args.listen,
         state_dir=state_dir,
         webhook_secret=secret,
         allow_delete=args.allow_delete,

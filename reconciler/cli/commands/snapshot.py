@@ -19,6 +19,7 @@ from reconciler.report import Printer
 def run(args: argparse.Namespace) -> int:
     """Write one snapshot file holding every selected host."""
     from reconciler.adapters import libvirt_host
+    from reconciler.engine.preflight import wanted_paths
     from reconciler.offline.snapshot import Snapshot, snapshot_host
 
     manifests = load(args.path)
@@ -26,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
     for name in select_hosts(manifests, args.host):
         host = manifests.hosts[name]
         with libvirt_host.connect(host, write=False) as hypervisor:
-            hosts[name] = snapshot_host(host.spec.uri, hypervisor.observe())
+            # The environment too, so a plan against the snapshot runs the same pre-flight checks.
+            environment = hypervisor.environment(wanted_paths(manifests.domains[name].values()))
+            hosts[name] = snapshot_host(host.spec.uri, hypervisor.observe(), environment)
     snapshot = Snapshot(taken_at=datetime.now(UTC).isoformat(timespec="seconds"), hosts=hosts)
     write_atomically(Path(args.out), snapshot.model_dump_json(by_alias=True, indent=2) + "\n", mode=0o644)
     domains = sum(len(h.domains) for h in hosts.values())

@@ -11,7 +11,7 @@ from typing import Any
 from rich.markup import escape
 
 from reconciler.cli.exit_codes import EXIT_OK
-from reconciler.errors import ReconcilerError
+from reconciler.errors import StatusError
 from reconciler.report import Printer
 
 COLORS: dict[str | None, str] = {"applied": "green", "unchanged": "green", "refused": "red", "error": "red"}
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(url, timeout=10) as response:
             document = json.load(response)
     except (OSError, ValueError) as err:
-        raise ReconcilerError(f"cannot read {url}: {err}") from err
+        raise StatusError(f"cannot read {url}: {err}") from err
     out = Printer(sys.stdout)
     source = document.get("source", {})
     if source.get("message"):
