@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from reconciler.engine import plan as plan_module
+from reconciler.engine import domainplan as plan_module
 from reconciler.engine.diff import Change, spec_changes
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.engine.plan import DesiredHost, build_host_plan

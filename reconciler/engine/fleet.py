@@ -14,14 +14,13 @@ from dataclasses import dataclass, field, replace
 
 from reconciler.engine.actions import ActionKind
 from reconciler.engine.hypervisor import HostEnvironment, HostObservation
-from reconciler.engine.plan import DesiredHost, HostPlan, acted_on, build_host_plan
+from reconciler.engine.plan import DesiredHost, HostPlan, build_host_plan
 from reconciler.errors import DomainXMLError
 from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.models import Domain
 
-#: Rounds of planning: the pre-flight's facts, then holding moves whose other half is blocked (each
-#: round only adds, so a few suffice).
-_ROUNDS = 4
+#: Rounds of holding moves whose other half is blocked; each round only holds more, so two suffice.
+_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -106,47 +105,39 @@ def plan_fleet(
 ) -> dict[str, HostPlan]:
     """Plan every selected, observed host with the others in view; hold moves with a blocked half.
 
-    A host whose plan acts on domains is asked (once) for its environment and planned again with it,
-    so a plan with nothing to do costs no pre-flight calls.
+    A host whose plan acts on domains is asked for its environment (the pre-flight's facts) once the
+    actions are known, so a plan with nothing to do costs no pre-flight calls.
     """
     fleet = build_fleet(desired, observed, unobservable, selected)
+    asks = {host: _asked_once(host, environment_of) for host in selected} if environment_of else {}
     held: dict[str, str] = {}
-    environments: dict[str, HostEnvironment] = {}
     plans: dict[str, HostPlan] = {}
     for _ in range(_ROUNDS):
         view = replace(fleet, held=dict(held))
         plans = {
-            host: build_host_plan(desired[host], observed[host], view, environments.get(host))
+            host: build_host_plan(desired[host], observed[host], view, asks.get(host))
             for host in selected
             if host in observed
         }
-        asked = _ask_environments(plans, desired, environments, environment_of)
         blocked = _blocked_moves(plans)
-        if blocked.keys() <= held.keys() and not asked:
+        if blocked.keys() <= held.keys():
             break
         held.update(blocked)
     return plans
 
 
-def _ask_environments(
-    plans: Mapping[str, HostPlan],
-    desired: Mapping[str, DesiredHost],
-    environments: dict[str, HostEnvironment],
-    environment_of: EnvironmentOf | None,
-) -> bool:
-    """Fetch the environment of each host that acts on domains and has none yet; whether any was."""
-    if environment_of is None:
-        return False
-    asked = False
-    for host, plan in plans.items():
-        if host in environments or not (acted := acted_on(plan.actions)):
-            continue
-        domains = desired[host].domains
-        environments[host] = environment_of(
-            host, [domains[name] for name in sorted(acted) if name in domains]
-        )
-        asked = True
-    return asked
+def _asked_once(host: str, environment_of: EnvironmentOf) -> Callable[[Sequence[Domain]], HostEnvironment]:
+    """The host's environment for the plan's domains, asked of the host once however many rounds
+    plan it (a round that only holds moves acts on no new domain)."""
+    asked: dict[tuple[str, ...], HostEnvironment] = {}
+
+    def environment(domains: Sequence[Domain]) -> HostEnvironment:
+        key = tuple(domain.name for domain in domains)
+        if key not in asked:
+            asked[key] = environment_of(host, domains)
+        return asked[key]
+
+    return environment
 
 
 def _blocked_moves(plans: Mapping[str, HostPlan]) -> dict[str, str]:

@@ -8,7 +8,7 @@ it grows: no intermediate state uses more than the larger of before and after.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -111,13 +111,14 @@ def build_host_plan(
     desired: DesiredHost,
     observed: HostObservation,
     fleet: Fleet | None = None,
-    environment: HostEnvironment | None = None,
+    environment: Callable[[Sequence[Domain]], HostEnvironment] | None = None,
 ) -> HostPlan:
     """Plan one host: define what is missing, change what differs, report orphans and conflicts.
 
     With a ``fleet`` (what the other hosts hold), a domain whose host changed becomes a move, and a
     domain that may still run on a host that could not be observed is held. With the host's
-    ``environment``, the domains the plan acts on are checked before anything runs (a missing
+    ``environment`` (asked once the actions are known, only when there are some, about the domains
+    the plan acts on), those domains are checked before anything runs (a missing
     network, bridge or file blocks the host; the same about an untouched domain is a warning).
     With ``desired.policy``, the plan carries the policy's verdict on its actions.
     """
@@ -154,12 +155,15 @@ def acted_on(actions: Iterable[Action]) -> set[str]:
 
 
 def _preflight(
-    plan: PlanDraft, domains: Mapping[str, Domain], environment: HostEnvironment | None
+    plan: PlanDraft,
+    domains: Mapping[str, Domain],
+    environment_of: Callable[[Sequence[Domain]], HostEnvironment] | None,
 ) -> Preflight:
     """Check the host has what the domains need; errors only block for domains the plan acts on."""
-    if environment is None:
-        return Preflight()
     acted = acted_on(plan.actions)
+    if environment_of is None or not acted:
+        return Preflight()
+    environment = environment_of([domains[name] for name in sorted(acted) if name in domains])
     busy = preflight({name: d for name, d in domains.items() if name in acted}, environment)
     idle = preflight({name: d for name, d in domains.items() if name not in acted}, environment)
     plan.errors.extend(busy.errors)

@@ -102,7 +102,8 @@ def _verdict(out: Printer, outcome: Outcome) -> int:
     done = sum(1 for rs in outcome.results.values() for r in rs if r.ok)
     failed = sum(1 for rs in outcome.results.values() for r in rs if not r.ok)
     refused = [name for name, host in outcome.plan.hosts.items() if host.refused]
-    out.print()
+    if done or failed:
+        out.print()  # each plan ends with a blank line already; the results do not
     if outcome.cancelled:
         out.print("[bold][red]Not applied[/red]: the undefines and moves were not approved.[/bold]")
         return EXIT_ERROR
