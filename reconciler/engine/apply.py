@@ -95,8 +95,13 @@ def apply_fleet(
     results: dict[str, list[ActionResult]] = {}
     for host, hypervisor in sessions.items():
         plan = plans[host]
-        shrink = [action for action in plan.actions if action.phase in SHRINK]
+        shrink, orphaned = _moves_to_blocked_hosts(plan, plans)
         results[host] = [] if plan.blocked else run_actions(hypervisor, shrink, settings, hooks)
+        for action in [] if plan.blocked else orphaned:
+            result = ActionResult(action, False, f"not moved: {action.peer} is blocked", 0.0)
+            results[host].append(result)
+            if hooks.on_result is not None:
+                hooks.on_result(result)
     released = {
         (r.action.host, r.action.domain)
         for done in results.values()
@@ -115,6 +120,24 @@ def apply_fleet(
                 hooks.on_result(result)
         results[host] += run_actions(hypervisor, grow, settings, hooks)
     return results
+
+
+def _moves_to_blocked_hosts(
+    plan: HostPlan, plans: Mapping[str, HostPlan]
+) -> tuple[list[Action], list[Action]]:
+    """A plan's shrink actions to run, and the moves out it must not start because the domain's new
+    host is blocked or not in the run (the planner holds those; this is the last guard)."""
+    run: list[Action] = []
+    skipped: list[Action] = []
+    for action in plan.actions:
+        if action.phase not in SHRINK:
+            continue
+        target = plans.get(action.peer) if action.kind is ActionKind.MOVE and action.releases else None
+        if action.kind is ActionKind.MOVE and action.releases and (target is None or target.blocked):
+            skipped.append(action)
+        else:
+            run.append(action)
+    return run, skipped
 
 
 def _stranded_moves(plan: HostPlan, released: set[tuple[str, str]]) -> tuple[list[Action], list[Action]]:
@@ -231,8 +254,10 @@ def _execute(hypervisor: Hypervisor, action: Action, shutdown_timeout: float) ->
                 hypervisor.set_autostart(name, True)
             return f"defined (moved from {action.peer})"
         case ActionKind.UNDEFINE | ActionKind.MOVE:
-            outcome = hypervisor.stop(name, shutdown_timeout) if action.stop_first else None
-            hypervisor.undefine(name)
+            # Stopped whatever the plan saw: it may have been started since (an undefine would then
+            # leave it running as a transient domain, and a move would run it twice).
+            outcome = hypervisor.stop(name, shutdown_timeout)
+            hypervisor.undefine(name, keep_nvram=action.kind is ActionKind.MOVE)
             if outcome is None or outcome is StopOutcome.ALREADY:
                 return "undefined"
             return f"{outcome.value}, then undefined"

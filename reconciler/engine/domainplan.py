@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from reconciler.engine.actions import Action, ActionKind, Conflict, Held, Orphan, Phase
 from reconciler.engine.diff import LIVE_FIELDS, NO_RESTART_FIELDS, Change, normalise, spec_changes
 from reconciler.engine.hypervisor import DomainObservation
+from reconciler.engine.ownership import owner_to_write
 from reconciler.engine.usage import Usage
 from reconciler.libvirtxml.merge import merge_domain
 from reconciler.libvirtxml.parse import ParsedDomain
@@ -40,10 +41,14 @@ def _default_off(change: Change) -> bool:
     return change.field == "deletionProtection" and change.after is False
 
 
-def plan_define(plan: PlanDraft, domain: Domain, owner: Owner, *, moved_from: str = "") -> None:
+def plan_define(
+    plan: PlanDraft, domain: Domain, owner: Owner, *, moved_from: str = "", source_xml: str | None = None
+) -> None:
     """Define a domain the host lacks (the target half of a move when ``moved_from`` names its old
-    host), and start it when the manifest wants it running."""
+    host), and start it when the manifest wants it running. A moved domain keeps what its old
+    definition held beyond the manifest (uuid, MACs, firmware, devices): ``source_xml`` merged."""
     spec = domain.spec
+    xml = merge_domain(source_xml, spec, owner) if source_xml else render_domain(domain.name, spec, owner)
     plan.actions.append(
         Action(
             ActionKind.MOVE if moved_from else ActionKind.DEFINE,
@@ -52,7 +57,7 @@ def plan_define(plan: PlanDraft, domain: Domain, owner: Owner, *, moved_from: st
             Phase.DEFINE,
             changes=tuple(c for c in spec_changes(None, spec) if c.field != "state" and not _default_off(c)),
             reason=f"from {moved_from}" if moved_from else "in git, absent on the host",
-            xml=render_domain(domain.name, spec, owner),
+            xml=xml,
             autostart=spec.autostart,
             spec=spec,
             peer=moved_from,
@@ -73,13 +78,12 @@ def plan_define(plan: PlanDraft, domain: Domain, owner: Owner, *, moved_from: st
 def _ownership_change(found: Owner, wanted: Owner) -> Change | None:
     """The ownership record to rewrite, if the domain now belongs to another root or Host entry, or
     an import's pending mark is to be cleared (its first apply from git). Revision and spec hash
-    alone never cause a redefine, nor do fields an older version did not record."""
+    alone never cause a redefine. ``wanted`` is what :func:`owner_to_write` gives: a plan of part of
+    a tree keeps the recorded root."""
     before = (found.root, found.host, found.pending)
     after = (wanted.root, wanted.host, False)
-    moved_root = bool(found.root and wanted.root and found.root != wanted.root)
-    moved_host = bool(found.host and found.host != wanted.host)
-    if not (found.pending or moved_root or moved_host):
-        return None  # unchanged, or older ownership without these fields: recorded at the next redefine
+    if not (found.pending or before[:2] != after[:2]):
+        return None  # unchanged
 
     def describe(root: str, host: str, pending: bool) -> str:
         return (
@@ -99,7 +103,8 @@ def plan_change(
     """The actions that take one managed domain from what libvirt holds to what its manifest says."""
     current = parsed.spec
     desired = normalise(domain.spec, current)
-    ownership = _ownership_change(parsed.owner, owner_of(domain.name)) if parsed.owner else None
+    owner = owner_to_write(parsed.owner, owner_of(domain.name))
+    ownership = _ownership_change(parsed.owner, owner) if parsed.owner else None
     if desired == current and ownership is None:
         return  # the common case, decided without flattening both specs
     changes = spec_changes(current, desired) + ((ownership,) if ownership else ())
@@ -126,7 +131,7 @@ def plan_change(
             changes=redefine + ((autostart,) if autostart else ()),
             ballooned=balloon is not None,
             restart=stays_running and any(c.top_field not in NO_RESTART_FIELDS for c in redefine),
-            xml_for=(lambda spec: merge_domain(live.xml, spec, owner_of(name))) if redefine else None,
+            xml_for=(lambda spec: merge_domain(live.xml, spec, owner)) if redefine else None,
         )
         _plan_updates(plan, name, update)
     if "state" in by_field and desired.state == "running":

@@ -14,13 +14,11 @@ from dataclasses import dataclass, field, replace
 
 from reconciler.engine.actions import ActionKind
 from reconciler.engine.hypervisor import HostEnvironment, HostObservation
+from reconciler.engine.ownership import Relation, relation
 from reconciler.engine.plan import DesiredHost, HostPlan, build_host_plan
 from reconciler.errors import DomainXMLError
 from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.models import Domain
-
-#: Rounds of holding moves whose other half is blocked; each round only holds more, so two suffice.
-_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -33,6 +31,8 @@ class Fleet:
     selected: frozenset[str]  # the hosts this run may change
     unobservable: Mapping[str, str]  # host -> why it could not be observed
     held: Mapping[str, str] = field(default_factory=dict)  # domain -> why its move waits
+    sources: Mapping[str, str] = field(default_factory=dict)  # domain -> its XML on the host it leaves
+    kept_disks: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # path -> (domain, host)
 
     def target_of(self, name: str, source: str) -> str | None:
         """The host ``name`` moves to from ``source``: the first that wants it and was seen without it."""
@@ -52,12 +52,21 @@ class Fleet:
                 return host
         return None
 
-    def unseen_wanter(self, name: str, source: str) -> str | None:
-        """A host that wants ``name`` but was not observed in this run (so a move cannot be judged)."""
+    def blocker(self, name: str, source: str) -> str | None:
+        """Why ``name``, ours on ``source`` and wanted on another host, can neither move nor go: that
+        host was not observed, or holds another domain of that name (None: neither)."""
         for host in self.wanted.get(name, ()):
-            if host != source and host not in self.present:
-                return host
+            if host == source:
+                continue
+            if host not in self.present:
+                return f"in git for {host} now, which this run did not observe"
+            if name in self.present[host] and host not in self.managed_anywhere(name):
+                return f"in git for {host} now, where a domain of that name exists that is not ours"
         return None
+
+    def managed_anywhere(self, name: str) -> tuple[str, ...]:
+        """Every host holding ``name`` as ours (wanted there or not)."""
+        return self.managed.get(name, ())
 
 
 def build_fleet(
@@ -72,24 +81,55 @@ def build_fleet(
         for name in want.domains:
             wanted[name] = (*wanted.get(name, ()), host)
     managed: dict[str, tuple[str, ...]] = {}
+    sources: dict[str, str] = {}
     for host, seen in observed.items():
-        rules = desired[host].deletion
         for domain in seen.domains:
-            if domain.name not in wanted or host in wanted[domain.name]:
-                continue  # only a domain wanted elsewhere can be moving
-            try:
-                owner = parse_domain(domain.xml).owner
-            except DomainXMLError:
-                continue
-            if owner is not None and owner.root in ("", rules.root) and owner.host in ("", host):
+            if domain.name not in wanted:
+                continue  # only a domain wanted somewhere can be moving
+            if _ours(domain.xml, host, desired[host].deletion.root):
                 managed[domain.name] = (*managed.get(domain.name, ()), host)
+                if host not in wanted[domain.name]:
+                    sources.setdefault(domain.name, domain.xml)
     return Fleet(
         managed=managed,
         present={host: frozenset(d.name for d in seen.domains) for host, seen in observed.items()},
         wanted=wanted,
         selected=frozenset(selected),
         unobservable=dict(unobservable),
+        sources=sources,
     )
+
+
+def _ours(xml: str, host: str, root: str) -> bool:
+    """Whether a domain is this manifest tree's, through this Host entry (or recorded before either
+    was): only such a domain moves."""
+    try:
+        owner = parse_domain(xml).owner
+    except DomainXMLError:
+        return False
+    if owner is None or owner.host not in ("", host):
+        return False
+    return relation(owner.root, root) in (Relation.SAME, Relation.UNRECORDED) or not root
+
+
+def _kept_disks(
+    desired: Mapping[str, DesiredHost], observed: Mapping[str, HostObservation], plans: Mapping[str, HostPlan]
+) -> dict[str, tuple[str, str]]:
+    """Disks of domains no manifest wants that stay where they are after these plans (an unmanaged
+    domain, an orphan kept): another host's domain must not be given one of them."""
+    leaving = {(plan.host, a.domain) for plan in plans.values() for a in plan.actions if a.releases}
+    kept: dict[str, tuple[str, str]] = {}
+    for host, seen in observed.items():
+        for domain in seen.domains:
+            if domain.name in desired[host].domains or (host, domain.name) in leaving:
+                continue
+            try:
+                disks = parse_domain(domain.xml).spec.disks
+            except DomainXMLError:
+                continue
+            for disk in disks:
+                kept.setdefault(disk.path, (domain.name, host))
+    return kept
 
 
 #: Asks a host about the networks, bridges and files the given domains need (the pre-flight's facts).
@@ -111,18 +151,23 @@ def plan_fleet(
     fleet = build_fleet(desired, observed, unobservable, selected)
     asks = {host: _asked_once(host, environment_of) for host in selected} if environment_of else {}
     held: dict[str, str] = {}
+    kept: dict[str, tuple[str, str]] = {}
     plans: dict[str, HostPlan] = {}
-    for _ in range(_ROUNDS):
-        view = replace(fleet, held=dict(held))
+    # Each round only holds more moves and keeps more disks, so this ends; a chain of N moves whose
+    # last target is blocked needs N + 1 rounds.
+    for _ in range(2 + sum(1 for hosts in fleet.managed.values() for _ in hosts)):
+        view = replace(fleet, held=dict(held), kept_disks=dict(kept))
         plans = {
             host: build_host_plan(desired[host], observed[host], view, asks.get(host))
             for host in selected
             if host in observed
         }
         blocked = _blocked_moves(plans)
-        if blocked.keys() <= held.keys():
+        staying = _kept_disks(desired, observed, plans)
+        if blocked.keys() <= held.keys() and staying.keys() <= kept.keys():
             break
         held.update(blocked)
+        kept.update(staying)
     return plans
 
 

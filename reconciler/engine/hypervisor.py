@@ -98,8 +98,9 @@ class Hypervisor(Protocol):
         """Define (or redefine) a persistent domain from XML."""
         ...
 
-    def undefine(self, name: str) -> None:
-        """Remove a shut-off domain's definition, with its managed save, snapshots and NVRAM."""
+    def undefine(self, name: str, *, keep_nvram: bool = False) -> None:
+        """Remove a shut-off domain's definition with its managed save and snapshot metadata, and
+        its NVRAM unless ``keep_nvram`` (a moved guest's firmware variables stay for the operator)."""
         ...
 
     def start(self, name: str) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from reconciler.engine.actions import Action, ActionKind, Conflict, Held, Orphan
 from reconciler.engine.domainplan import PlanDraft, plan_change, plan_define
 from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation
+from reconciler.engine.ownership import Relation, relation
 from reconciler.engine.policy import HostPolicy, PolicyReport
 from reconciler.engine.preflight import Preflight, preflight
 from reconciler.engine.pruning import DeletionRules, Seen, check_mass_deletion, plan_orphans
@@ -127,7 +128,7 @@ def build_host_plan(
     for name, domain in desired.domains.items():
         _plan_domain(plan, domain, desired, seen.get(name), fleet)
     plan_orphans(plan, seen, desired.domains, desired.deletion, fleet)
-    _check_disks_in_use(plan, desired, seen)
+    _check_disks_in_use(plan, desired, seen, fleet)
     check_mass_deletion(plan, seen, desired.deletion)
     checked = _preflight(plan, desired.domains, environment)
     plan.actions.sort(key=lambda action: action.phase)
@@ -167,7 +168,7 @@ def _preflight(
     busy = preflight({name: d for name, d in domains.items() if name in acted}, environment)
     idle = preflight({name: d for name, d in domains.items() if name not in acted}, environment)
     plan.errors.extend(busy.errors)
-    unchecked = tuple(dict.fromkeys((*busy.unchecked, *idle.unchecked)))
+    unchecked = busy.unchecked  # the untouched domains' files were not asked about, on purpose
     return Preflight((), (*busy.warnings, *idle.errors, *idle.warnings), unchecked)
 
 
@@ -216,7 +217,7 @@ def _plan_domain(
             Conflict(plan.host, name, "exists on the host but is not managed by virt-reconcile")
         )
         return
-    if parsed.owner.root and root and parsed.owner.root != root:
+    if root and relation(parsed.owner.root, root) is Relation.OTHER:
         reason = f"managed from another manifest root ({parsed.owner.root}); this plan loaded {root}"
         plan.conflicts.append(Conflict(plan.host, name, reason))
         return
@@ -241,7 +242,10 @@ def _plan_arrival(plan: PlanDraft, domain: Domain, owner: Owner, fleet: Fleet | 
         elif name in fleet.held:
             plan.held.append(Held(plan.host, name, fleet.held[name]))
         else:
-            plan_define(plan, domain, owner, moved_from=source)
+            try:
+                plan_define(plan, domain, owner, moved_from=source, source_xml=fleet.sources.get(name))
+            except DomainXMLError as err:  # its old definition cannot take the manifest's spec
+                plan.errors.append(f"domain {name!r} cannot move from {source}: {err}")
         return
     dark = [host for host in fleet.unobservable if host != plan.host]
     if dark:
@@ -251,31 +255,54 @@ def _plan_arrival(plan: PlanDraft, domain: Domain, owner: Owner, fleet: Fleet | 
     plan_define(plan, domain, owner)
 
 
-def _check_disks_in_use(plan: PlanDraft, desired: DesiredHost, seen: Seen) -> None:
+def _check_disks_in_use(plan: PlanDraft, desired: DesiredHost, seen: Seen, fleet: Fleet | None) -> None:
     """One disk, one domain: a disk the manifests give a domain here must not belong to another
-    domain that stays on the host (unmanaged, an orphan kept, a renamed domain's old self)."""
-    leaving = {action.domain for action in plan.actions if action.releases}
-    kept: dict[str, str] = {}
-    for name, (_, parsed) in seen.items():
-        if name in desired.domains or name in leaving or parsed is None:
-            continue
-        for disk in parsed.spec.disks:
-            kept.setdefault(disk.path, name)
+    domain that keeps it: one staying on the host unwanted (unmanaged, an orphan kept, a renamed
+    domain's old self), one that keeps running here until a restart, or one kept on another host
+    (shared storage)."""
+    held = _disks_held(plan, desired, seen)
+    elsewhere = {
+        path: f"{user!r} on {host}"
+        for path, (user, host) in (fleet.kept_disks.items() if fleet is not None else ())
+        if host != plan.host
+    }
     for name, domain in desired.domains.items():
         for index, disk in enumerate(domain.spec.disks):
-            user = kept.get(disk.path)
-            if user is not None:
+            user = held.get(disk.path)
+            if user is not None and user != name:
+                why = _why_it_stays(user, seen, plan, desired)
                 plan.errors.append(
                     f"domain {name!r}: spec.disks[{index}].path {disk.path} is the disk of {user!r}, "
-                    f"which stays on the host ({_why_it_stays(user, seen, plan)}): one disk image, one domain"
+                    f"which keeps it ({why}): one disk image, one domain"
+                )
+            elif disk.path in elsewhere:
+                plan.errors.append(
+                    f"domain {name!r}: spec.disks[{index}].path {disk.path} is the disk of "
+                    f"{elsewhere[disk.path]}, which stays there: one disk image, one domain"
                 )
 
 
-def _why_it_stays(name: str, seen: Seen, plan: PlanDraft) -> str:
-    """Why a domain that uses a wanted disk is not going away: not ours, or an orphan kept."""
+def _disks_held(plan: PlanDraft, desired: DesiredHost, seen: Seen) -> dict[str, str]:
+    """Each disk path on this host and the domain that will still hold it after the plan."""
+    leaving = {action.domain for action in plan.actions if action.releases}
+    stopping = {a.domain for a in plan.actions if a.kind is ActionKind.STOP}
+    held: dict[str, str] = {}
+    for name, (live, parsed) in seen.items():
+        if name in leaving or parsed is None:
+            continue
+        if name not in desired.domains or (live.active and name not in stopping):
+            for disk in parsed.spec.disks:  # unwanted and staying, or running on them until a restart
+                held.setdefault(disk.path, name)
+    return held
+
+
+def _why_it_stays(name: str, seen: Seen, plan: PlanDraft, desired: DesiredHost) -> str:
+    """Why a domain that uses a wanted disk keeps it: not ours, an orphan kept, or still running."""
     parsed = seen[name][1]
     if parsed is None or parsed.owner is None:
         return "not managed by virt-reconcile"
+    if name in desired.domains:
+        return "running on it until it is stopped or restarted"
     for orphan in plan.orphans:
         if orphan.domain == name:
             return f"no longer in git, kept: {orphan.reason}"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from reconciler.engine.actions import Action, ActionKind, Orphan, Phase
 from reconciler.engine.domainplan import PlanDraft
 from reconciler.engine.hypervisor import DomainObservation
+from reconciler.engine.ownership import Relation, relation
 from reconciler.libvirtxml.parse import ParsedDomain
 from reconciler.spec.models import Domain, Owner
 
@@ -51,11 +52,19 @@ def keep_reason(owner: Owner, host: str, rules: DeletionRules) -> str:
         return "deletionProtection: true"
     if owner.pending_at(rules.now):
         until = f" (or until {owner.pending_until})" if owner.pending_until else ""
-        return f"adopted by import, kept until a revision that holds it is applied{until}"
+        return f"adopted (imported or restored), kept until a revision that holds it is applied{until}"
     if not rules.whole_tree:
         return "this plan loaded part of the manifest tree (a file): it never undefines"
-    if owner.root and rules.root and owner.root != rules.root:
-        return f"owned by another manifest root ({owner.root}); this plan loaded {rules.root}"
+    match relation(owner.root, rules.root) if rules.root else Relation.SAME:
+        case Relation.UNRECORDED:
+            return (
+                "its ownership (from an older version) names no manifest root, so no plan can prove "
+                "it is the owner: undefine it by hand if it should go"
+            )
+        case Relation.PART:
+            return f"this plan loaded part of the manifest tree that defined it ({owner.root})"
+        case Relation.OTHER:
+            return f"owned by another manifest root ({owner.root}); this plan loaded {rules.root}"
     if owner.host and owner.host != host:
         return f"defined through Host entry {owner.host!r}, not {host!r}"
     if not rules.allow:
@@ -70,7 +79,11 @@ def plan_orphans(
     for name, (live, parsed) in seen.items():
         if name in wanted or parsed is None or parsed.owner is None:
             continue
-        reason = _move_out(plan, name, live, fleet)
+        ours = parsed.owner.host in ("", plan.host) and relation(parsed.owner.root, rules.root) in (
+            Relation.SAME,
+            Relation.UNRECORDED,
+        )
+        reason = _move_out(plan, name, live, fleet) if ours or not rules.root else ""
         if reason is None:
             continue  # moved out: not an orphan
         reason = reason or keep_reason(parsed.owner, plan.host, rules)
@@ -94,8 +107,7 @@ def _move_out(plan: PlanDraft, name: str, live: DomainObservation, fleet: Fleet 
         return ""
     target = fleet.target_of(name, plan.host)
     if target is None:
-        unseen = fleet.unseen_wanter(name, plan.host)
-        return f"in git for {unseen} now, which this run did not observe" if unseen else ""
+        return fleet.blocker(name, plan.host) or ""
     if target not in fleet.selected:
         return f"in git for {target} now: it moves when {target} is in the run too (--host {target})"
     if name in fleet.held:
@@ -123,7 +135,7 @@ def check_mass_deletion(plan: PlanDraft, seen: Seen, rules: DeletionRules) -> No
     managed = sum(1 for _, parsed in seen.values() if parsed is not None and parsed.owner is not None)
     if undefines > rules.max_deletions:
         why = f"more than maxDeletions ({rules.max_deletions})"
-    elif undefines > 1 and 2 * undefines > managed:
+    elif 2 * undefines > managed:
         why = f"more than half of its {managed} managed domains"
     else:
         return

@@ -28,20 +28,21 @@ from reconciler import __version__
 from reconciler.files.atomic import write_atomically
 
 FORMAT = 1
-#: The modules that decide what a manifest or a domain XML means.
-_SOURCES = ("content_cache.py", "domxml.py", "manifests.py", "models.py", "sizes.py")
+#: The folders (below the package) whose modules decide what a manifest or a domain XML means.
+_SOURCES = ("files", "spec", "libvirtxml")
 
 
 @functools.cache
 def code_version() -> str:
     """A digest of the code that gives cached values their meaning: another version never reads them."""
     digest = hashlib.sha256(f"{FORMAT} {__version__} pydantic {pydantic.VERSION}".encode())
-    here = Path(__file__).parent
-    for name in _SOURCES:
-        try:
-            digest.update((here / name).read_bytes())
-        except OSError:  # installed without readable sources (a zip): the release number must do
-            digest.update(name.encode())
+    package = Path(__file__).parent.parent
+    for folder in _SOURCES:
+        modules = sorted((package / folder).glob("*.py"))
+        if not modules:  # installed without readable sources (a zip): the release number must do
+            digest.update(folder.encode())
+        for module in modules:
+            digest.update(module.name.encode() + b"\0" + module.read_bytes())
     return digest.hexdigest()
 
 

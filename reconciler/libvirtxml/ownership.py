@@ -10,7 +10,7 @@ from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
-from reconciler.libvirtxml.tree import add_last, insert_after
+from reconciler.libvirtxml.tree import add_last, domain_root, insert_after
 from reconciler.spec.models import Owner
 
 OWNER_NS = "https://virt-reconcile.dev/xmlns/owner/v1"
@@ -71,6 +71,19 @@ def write_owner(root: etree._Element, owner: Owner) -> None:
             del element.attrib[attribute]
     for attribute, value in _attributes(owner):
         element.set(attribute, value)
+
+
+def marked_pending(xml: str) -> str:
+    """A managed domain's XML with its ownership marked pending (as an import marks it): restored
+    from a backup, it is not pruned again before a revision that holds it is applied. XML of an
+    unmanaged domain comes back unchanged."""
+    root = domain_root(xml)
+    metadata = root.find("metadata")
+    owner = read_owner(metadata)
+    if owner is None:
+        return xml
+    write_owner(root, owner.model_copy(update={"pending": True}))
+    return etree.tostring(root, encoding="unicode")
 
 
 def owner_metadata(owner: Owner) -> str:

@@ -167,7 +167,14 @@ def save_plan(
     key: SigningKey,
 ) -> None:
     """Write and sign ``plan`` with everything ``apply --plan`` needs, for every host of ``policies``
-    that could be observed."""
+    that could be observed. A plan with a move is refused: a move spans two hosts and must be
+    re-derived from the manifests (plain ``apply``), not replayed."""
+    moves = sorted({a.domain for a in plan.actions if a.kind is ActionKind.MOVE})
+    if moves:
+        raise SavedPlanError(
+            f"{path}: not saved: the plan moves {', '.join(moves)} between hosts, which a saved plan "
+            "cannot carry; apply it with plain `apply`"
+        )
     hosts = {
         name: {
             "uri": host.uri,
@@ -257,9 +264,11 @@ def apply_saved(
     does not hold up, refuses the whole plan.
     """
     outcome = Outcome(Plan(revision=saved.revision))
+    # Hosts opened (and their apply locks taken) in the one global order every apply uses.
+    order = sorted(saved.hosts, key=lambda name: saved.hosts[name].host(name).spec.address.hypervisor_key)
     with ExitStack() as stack:
         hypervisors = {
-            name: stack.enter_context(connect(entry.host(name), True)) for name, entry in saved.hosts.items()
+            name: stack.enter_context(connect(saved.hosts[name].host(name), True)) for name in order
         }
         stale, refused = [], []
         for name, hypervisor in hypervisors.items():
@@ -282,9 +291,16 @@ def apply_saved(
                 f"{source}: the saved plan is stale: {', '.join(stale)} changed since it was made; nothing "
                 "was applied (plan again)"
             )
-        for name, host_plan in outcome.plan.hosts.items():
+        for host_plan in outcome.plan.hosts.values():
             if hooks.on_plan is not None:
                 hooks.on_plan(host_plan)
+        leaving = [
+            a for host in outcome.plan.hosts.values() if not host.blocked for a in host.actions if a.releases
+        ]
+        if leaving and hooks.confirm is not None and not hooks.confirm(leaving):
+            outcome.cancelled = True
+            return outcome
+        for name, host_plan in outcome.plan.hosts.items():
             outcome.results[name] = apply_host_plan(hypervisors[name], host_plan, settings, hooks)
     return outcome
 
@@ -300,6 +316,7 @@ def _recheck(name: str, entry: SavedHost, observed: HostObservation) -> HostPlan
     return replace(
         current,
         actions=actions,
+        orphans=(),  # the plan re-derived here wants nothing: its "orphans" are every managed domain
         conflicts=current.conflicts + entry.conflicts,
         errors=current.errors + entry.errors,
         policy=policy.judge(observed, current.before, actions),

@@ -249,7 +249,7 @@ class SnapshotHypervisor:
         """Refused."""
         self._refuse(xml)
 
-    def undefine(self, name: str) -> None:
+    def undefine(self, name: str, *, keep_nvram: bool = False) -> None:
         """Refused."""
         self._refuse(name)
 

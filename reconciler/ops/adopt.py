@@ -33,7 +33,7 @@ from lxml import etree
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.errors import AdoptionError, DomainXMLError, HostError
 from reconciler.files.atomic import fsync_directory, write_atomically
-from reconciler.libvirtxml.ownership import OWNER_NS
+from reconciler.libvirtxml.ownership import OWNER_NS, marked_pending
 from reconciler.libvirtxml.parse import parse_domain
 from reconciler.ops.staging import PRIVATE, Staging, staged
 from reconciler.spec.models import API_VERSION, DomainSpec, Owner
@@ -383,8 +383,8 @@ def restore_domains(
             report.refused.append(f"{domain.name}: {refusal}")
             continue
         try:
-            hypervisor.define(domain.xml)
-        except HostError as err:
+            hypervisor.define(marked_pending(domain.xml))  # not pruned again before git holds it
+        except (HostError, DomainXMLError) as err:
             report.refused.append(f"{domain.name}: {err}")
             continue
         problem = _restore_state(hypervisor, domain)

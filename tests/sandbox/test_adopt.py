@@ -168,7 +168,7 @@ def test_backup_with_images_and_restore(sandbox, tmp_path):
 
     # the domain disappears (managed, so --allow-delete removes it), then comes back from the backup
     write(sandbox.root, "imported/keep.yaml", "# gone\n")
-    assert cli("apply", str(sandbox.root), "--allow-delete").code == 0
+    assert cli("apply", str(sandbox.root), "--allow-delete", "--allow-mass-delete").code == 0
     assert "keep" not in sandbox.view()
     image.write_bytes(image.read_bytes() + b"changed")
     changed = cli("restore", str(sandbox.root), "--host", "hv1", "--from", str(backup))
@@ -186,6 +186,8 @@ def test_backup_with_images_and_restore(sandbox, tmp_path):
     assert 'manifest="imported/keep.yaml"' in back.xml, "ownership metadata kept from the backup"
     assert back.active, "it was running when backed up"
     assert image.stat().st_blocks * 512 < image.stat().st_size, "put back sparse"
+    kept = cli("plan", str(sandbox.root), "--allow-delete", "--allow-mass-delete")
+    assert kept.code == 0 and "adopted (imported or restored)" in kept.out, "not pruned again at once"
 
 
 def test_backup_refuses_bad_input_and_writes_nothing(sandbox, tmp_path):

@@ -8,6 +8,7 @@ import uuid
 import yaml
 from lxml import etree
 
+from reconciler.adapters.gitsource import root_identity
 from reconciler.libvirtxml.merge import merge_domain
 from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.models import Owner
@@ -42,7 +43,8 @@ def test_corpus_domains_plan_to_zero_changes_then_a_memory_change_alters_only_me
                 if source.get(attribute):
                     source.set(attribute, f"{source.get(attribute)}-{name}")
         renamed = etree.tostring(root, encoding="unicode")
-        xml = merge_domain(renamed, parse_domain(renamed).spec, OWNER)
+        owner = OWNER.model_copy(update={"root": root_identity(sandbox.root), "host": "hv1"})
+        xml = merge_domain(renamed, parse_domain(renamed).spec, owner)
         sandbox.seed(xml, running=False)
         documents.append(manifest_for(xml, name))
         names.append(name)

@@ -8,6 +8,8 @@ import pty
 import subprocess
 import sys
 
+from reconciler.adapters.gitsource import root_identity
+from reconciler.adapters.sandbox import SandboxDomain, compose_node_xml, new_node_xml
 from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import DomainSpec, Owner
 from tests.helpers import REPO, cli, domain_yaml, host_yaml, write
@@ -38,21 +40,24 @@ def test_a_plan_of_one_file_never_undefines(sandbox):
 
 
 def test_a_plan_of_a_subfolder_never_undefines_what_the_whole_root_defined(sandbox):
-    write(sandbox.root, "hosts.yaml", host_yaml(prune=True))
+    write(sandbox.root, "hosts.yaml", host_yaml(prune=True, state="team-a/state/hv1.xml"))
     write(sandbox.root, "team-a/web.yaml", domain_yaml("web"))
     write(sandbox.root, "team-b/db.yaml", domain_yaml("db"))
     assert cli("apply", str(sandbox.root)).code == 0
     # The subfolder is a manifest tree of its own (with its own Host document for the same sandbox).
-    write(sandbox.root, "team-a/host.yaml", host_yaml(prune=True, state="../state/hv1.xml"))
     (sandbox.root / "hosts.yaml").rename(sandbox.root / "hosts.yaml.off")
+    write(sandbox.root, "team-a/host.yaml", host_yaml(prune=True, state="state/hv1.xml"))
     planned = cli("plan", str(sandbox.root / "team-a"), "--format", "json")
-    assert planned.code == 1, planned.out + planned.err  # web belongs to the whole root: a conflict
+    assert planned.code == 0, planned.out + planned.err  # web is the subfolder's to change, not to own
     host = json.loads(planned.out)["hosts"]["hv1"]
     [orphan] = host["orphans"]
     assert orphan["domain"] == "db" and not orphan["delete"]
-    assert "owned by another manifest root" in orphan["reason"]
-    [conflict] = host["conflicts"]
-    assert conflict["domain"] == "web" and "managed from another manifest root" in conflict["reason"]
+    assert "this plan loaded part of the manifest tree that defined it" in orphan["reason"]
+    write(sandbox.root, "team-a/web.yaml", domain_yaml("web", vcpus=2))
+    assert cli("apply", str(sandbox.root / "team-a")).code == 0
+    state = (sandbox.root / "team-a" / "state" / "hv1.xml").read_text()
+    assert "<name>db</name>" in state and "<vcpu" in state and ">2</vcpu>" in state
+    assert state.count(f'root="{root_identity(sandbox.root)}"') == 2, "the whole root keeps both"
 
 
 def test_an_emptied_tree_is_refused_as_a_mass_deletion(sandbox):
@@ -106,8 +111,21 @@ def test_turning_deletion_protection_on_redefines_without_a_restart(sandbox):
 
 
 def seed_owned(sandbox, name: str, owner: Owner, disk: str | None = None) -> None:
+    """A domain defined by this manifest tree (its root recorded), with the ownership given."""
     spec = DomainSpec.model_validate({"memory": "1GiB", "disks": [{"path": disk}] if disk else []})
+    owner = owner.model_copy(update={"root": root_identity(sandbox.root)})
     sandbox.seed(render_domain(name, spec, owner), running=False)
+
+
+def test_a_domain_whose_ownership_names_no_root_is_never_pruned(sandbox):
+    """Ownership written before roots were recorded cannot prove which tree it belongs to."""
+    write(sandbox.root, "hosts.yaml", host_yaml(prune=True))
+    sandbox.domains(web={}, db={}, app={})
+    cli("apply", str(sandbox.root))
+    spec = DomainSpec.model_validate({"memory": "1GiB"})
+    sandbox.seed(render_domain("legacy", spec, Owner(manifest="old.yaml")), running=False)
+    planned = cli("plan", str(sandbox.root))
+    assert planned.code == 0 and "names no manifest root" in planned.out
 
 
 def test_an_import_waiting_for_its_first_apply_is_never_pruned(sandbox):
@@ -116,7 +134,7 @@ def test_an_import_waiting_for_its_first_apply_is_never_pruned(sandbox):
     cli("apply", str(sandbox.root))
     seed_owned(sandbox, "adopted", Owner(manifest="imported/adopted.yaml", host="hv1", pending=True))
     planned = cli("plan", str(sandbox.root))
-    assert planned.code == 0 and "adopted by import" in planned.out
+    assert planned.code == 0 and "adopted (imported or restored)" in planned.out
     assert cli("apply", str(sandbox.root)).code == 0 and "adopted" in names(sandbox)
     lapsed = Owner(manifest="x.yaml", host="hv1", pending=True, pending_until="2000-01-01T00:00:00+00:00")
     seed_owned(sandbox, "lapsed", lapsed)
@@ -144,9 +162,9 @@ def test_a_rename_is_refused_while_the_old_domain_keeps_the_disk(sandbox):
     sandbox.domains(**{"web-new": {"disks": disk}})
     refused = cli("apply", str(sandbox.root))
     assert refused.code == 1
-    assert "is the disk of 'web', which stays on the host (no longer in git, kept" in refused.out
+    assert "is the disk of 'web', which keeps it (no longer in git, kept" in refused.out
     assert names(sandbox) == {"web"}
-    renamed = cli("apply", str(sandbox.root), "--allow-delete")  # the old one goes first, then the new
+    renamed = cli("apply", str(sandbox.root), "--allow-delete", "--allow-mass-delete")  # old first, then new
     assert renamed.code == 0, renamed.out
     assert names(sandbox) == {"web-new"}
 
@@ -270,3 +288,53 @@ def test_auto_approve_and_no_terminal_ask_nothing(sandbox):
     sandbox.domains(web={})
     assert cli("apply", str(sandbox.root), "--allow-delete").code == 0  # no terminal: no question
     assert names(sandbox) == {"web"}
+
+
+def test_a_running_domain_keeps_its_disk_until_it_restarts(sandbox):
+    sandbox.domains(a={"disks": [{"path": "/img/x"}]}, b={"disks": [{"path": "/img/y"}], "state": "stopped"})
+    cli("apply", str(sandbox.root))
+    sandbox.domains(a={"disks": [{"path": "/img/y"}]}, b={"disks": [{"path": "/img/x"}]})  # swapped
+    refused = cli("apply", str(sandbox.root))
+    assert refused.code == 1, refused.out
+    assert "/img/x is the disk of 'a', which keeps it (running on it until it is stopped" in refused.out
+
+
+def test_a_chain_of_moves_with_a_blocked_end_moves_nothing(sandbox):
+    """d1→h2, d2→h3, d3→h4 where h4 cannot take d3: every move waits, no domain is lost."""
+    hosts = "---\n".join(host_yaml(f"h{i}", f"state/h{i}.xml", cpus=4, memory="4GiB") for i in range(1, 5))
+    write(sandbox.root, "hosts.yaml", hosts)
+    place = {"d1": "h1", "d2": "h2", "d3": "h3", "z": "h4"}
+    spec = {"memory": "2GiB", "vcpus": 2}
+    write(sandbox.root, "vms.yaml", "---\n".join(domain_yaml(d, host=h, **spec) for d, h in place.items()))
+    assert cli("apply", str(sandbox.root)).code == 0
+    place.update(d1="h2", d2="h3", d3="h4")
+    write(sandbox.root, "vms.yaml", "---\n".join(domain_yaml(d, host=h, **spec) for d, h in place.items()))
+    result = cli("apply", str(sandbox.root))
+    assert result.code in {1, 3}, result.out
+    assert [names(sandbox, f"state/h{i}.xml") for i in range(1, 5)] == [{"d1"}, {"d2"}, {"d3"}, {"z"}]
+
+
+def test_a_move_onto_a_name_taken_on_the_target_undefines_nothing(sandbox):
+    two_hosts(sandbox)
+    write(
+        sandbox.root, "hosts.yaml", host_yaml("hv1", prune=True) + "---\n" + host_yaml("hv2", "state/hv2.xml")
+    )
+    write(sandbox.root, "vms.yaml", domain_yaml("a", host="hv1") + "---\n" + domain_yaml("b", host="hv1"))
+    cli("apply", str(sandbox.root))
+    theirs = render_domain("a", DomainSpec.model_validate({"memory": "1GiB"}), None)
+    other = sandbox.root / "state" / "hv2.xml"
+    other.write_text(compose_node_xml(new_node_xml(16, 64 << 30), [SandboxDomain(theirs, False, False)]))
+    write(sandbox.root, "vms.yaml", domain_yaml("a", host="hv2") + "---\n" + domain_yaml("b", host="hv1"))
+    result = cli("apply", str(sandbox.root))
+    assert result.code == 1 and "where a domain of that name exists that is not ours" in result.out
+    assert names(sandbox) == {"a", "b"}
+
+
+def test_a_rename_onto_another_host_with_the_same_shared_disk_is_refused(sandbox):
+    two_hosts(sandbox)
+    write(sandbox.root, "vms.yaml", domain_yaml("a", host="hv1", disks=[{"path": "/shared/a.qcow2"}]))
+    cli("apply", str(sandbox.root))
+    write(sandbox.root, "vms.yaml", domain_yaml("a-new", host="hv2", disks=[{"path": "/shared/a.qcow2"}]))
+    result = cli("apply", str(sandbox.root))
+    assert result.code == 1 and "is the disk of 'a' on hv1, which stays there" in result.out
+    assert names(sandbox, "state/hv2.xml") == set()

@@ -210,3 +210,28 @@ def test_a_change_the_merge_refuses_blocks_its_host_instead_of_failing_the_pass(
     host = plan([wanted], [live(name, xml=xml, active=False)])
     assert host.blocked and host.actions == ()
     assert any("cannot be updated" in error and "NUMA" in error for error in host.errors), host.errors
+
+
+def test_a_domain_another_manifest_root_owns_is_neither_changed_nor_pruned():
+    theirs = Owner(manifest="m.yaml", root="git:example.org/team-b/infra:manifests", host="hv1")
+    rules = DeletionRules(allow=True, root="git:example.org/team-a/infra:manifests")
+    desired = DesiredHost("hv1", "test:///", {"web": domain("web", vcpus=4)}, lambda _n: OWNER, rules)
+    observed = [observed_domain("web", theirs, vcpus=1), observed_domain("db", theirs)]
+    plan = build_host_plan(desired, HostObservation(cpus=8, memory=16 * GiB, domains=tuple(observed)))
+    assert plan.actions == () and [c.domain for c in plan.conflicts] == ["web"]
+    assert "managed from another manifest root" in plan.conflicts[0].reason
+    [orphan] = plan.orphans
+    assert orphan.domain == "db" and not orphan.delete and "owned by another manifest root" in orphan.reason
+
+
+def test_a_subfolder_of_the_owning_root_changes_a_domain_but_keeps_its_root():
+    whole = "git:example.org/team-a/infra:manifests"
+    ours = Owner(manifest="team-a/web.yaml", root=whole, host="hv1")
+    part = DeletionRules(allow=True, root=whole + "/team-a")
+    wanted = Owner(manifest="web.yaml", root=whole + "/team-a", host="hv1")
+    desired = DesiredHost("hv1", "test:///", {"web": domain("web", vcpus=4)}, lambda _n: wanted, part)
+    observed = [observed_domain("web", ours, vcpus=1), observed_domain("db", ours)]
+    plan = build_host_plan(desired, HostObservation(cpus=8, memory=16 * GiB, domains=tuple(observed)))
+    [update] = plan.actions
+    assert update.kind is ActionKind.UPDATE and f'root="{whole}"' in (update.xml or "")
+    assert [(o.domain, o.delete) for o in plan.orphans] == [("db", False)]

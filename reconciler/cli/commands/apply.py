@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 def ask_on_terminal(out: Printer) -> Callable[[Sequence[Action]], bool] | None:
     """The question asked before undefining or moving domains, when a person is at a terminal."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if not sys.stdin.isatty():  # a person can answer (stdout may be piped, e.g. into tee)
         return None
 
     def confirm(leaving: Sequence[Action]) -> bool:
@@ -93,7 +93,7 @@ def _apply_saved(args: argparse.Namespace) -> int:
         load_plan(Path(args.plan), verifying_key),  # refused unless this machine's key signed it
         connector(),
         _settings(args),
-        _hooks(out),
+        replace(_hooks(out), confirm=None if args.auto_approve else ask_on_terminal(out)),
     )
     return _verdict(out, outcome)
 
