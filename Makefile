@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := libvirt-dev pkg-config gcc python3-dev python3-venv
+SYSTEM_PACKAGES := libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client gnupg
 MANIFESTS ?= manifests
 
 .PHONY: setup system-packages run plan test test-unit test-sandbox test-e2e lint golden bench bench-compare schema clean doctor
@@ -75,6 +75,13 @@ bench-compare: setup
 
 schema: setup
 	$(BIN)/virt-reconcile schema --out schemas
+
+## make fuzz: the manifest loader fuzzed with a large budget from a random seed (make test runs 200
+## examples, derandomized); VR_FUZZ_EXAMPLES=N sets the budget, and a failure prints how to replay it
+VR_FUZZ_EXAMPLES ?= 20000
+.PHONY: fuzz
+fuzz: setup
+	VR_FUZZ_EXAMPLES=$(VR_FUZZ_EXAMPLES) $(BIN)/pytest -q tests/unit/test_fuzz_manifests.py
 
 ## make dist: an sdist and a wheel (built from the sdist) in dist/, for `pip install` or `pipx install`
 ## (which build libvirt-python from source: they need libvirt-dev pkg-config gcc python3-dev)

@@ -25,7 +25,8 @@ from tests.helpers import domain_yaml
 SECRET = b"bench"
 
 
-def host_yaml(state: Path, name: str = "hv1", uri: str | None = None) -> str:
+def host_yaml(state: str, name: str = "hv1", uri: str | None = None) -> str:
+    """A Host on a sandbox whose state file ``state`` lies inside the manifest tree (relative path)."""
     return (
         f"apiVersion: virt-reconcile/v1\nkind: Host\nmetadata: {{name: {name}}}\n"
         f"spec:\n  uri: {uri or f'sandbox:{state}'}\n  capacity: {{cpus: 2048, memory: 4TiB}}\n"
@@ -50,9 +51,11 @@ def percentiles(values: list[float]) -> str:
 
 def push_latency(root: Path, repeat: int, *, webhook: bool) -> list[float]:
     repo = Repo(root)
-    state = root / "hv1.xml"
     repo.commit(
-        {"hosts.yaml": host_yaml(state), "vms.yaml": "---\n".join(domain_yaml(f"vm{i}") for i in range(10))}
+        {
+            "hosts.yaml": host_yaml("state/hv1.xml"),
+            "vms.yaml": "---\n".join(domain_yaml(f"vm{i}") for i in range(10)),
+        }
     )
     interval = "1h" if webhook else "1s"
     daemon = DaemonProcess(
@@ -93,7 +96,7 @@ def drift_latency(root: Path, repeat: int) -> list[float] | str:
     name = f"vrbench-{uuid.uuid4().hex[:8]}"
     folder = root / "drift"
     folder.mkdir()
-    (folder / "hosts.yaml").write_text(host_yaml(root, "local", "qemu:///system"))
+    (folder / "hosts.yaml").write_text(host_yaml("", "local", "qemu:///system"))
     (folder / "vm.yaml").write_text(domain_yaml(name, memory="64MiB", type="qemu"))  # no OS: starts fast
     daemon = DaemonProcess(
         "--source", str(folder), "--interval", "1h", "--resync", "1h", state_dir=root / "dstate"
@@ -137,7 +140,7 @@ def _active(conn: object, name: str) -> bool:
 def idle_cost(root: Path, domains: int, seconds: float) -> str:
     folder = root / "idle"
     folder.mkdir()
-    (folder / "hosts.yaml").write_text(host_yaml(root / "idle.xml"))
+    (folder / "hosts.yaml").write_text(host_yaml("state/idle.xml"))
     vms = folder / "vms"
     vms.mkdir()
     for index in range(domains):

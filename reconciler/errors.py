@@ -16,7 +16,11 @@ wait for new input (a new revision, a new command line).
     ├── AdoptionError               no    import / backup / restore cannot go ahead (and says why)
     ├── SnapshotError               no    plan --state names no readable snapshot file
     ├── ScaffoldError               no    init cannot write a repository where asked
+    ├── DaemonConfigError           no    the daemon cannot start as told (an empty webhook secret)
+    ├── ManifestTimeoutError        no    the daemon gave up on manifests too slow to load
     ├── SourceError                 yes   the manifest source (git) could not be fetched
+    ├── RevisionRefusedError        no    the source's new revision is unsigned, untrusted or rewinds history
+    ├── SourceCheckError            no    --verify-signatures / --require-fast-forward cannot be set up
     ├── StatusError                 yes   a daemon's /status could not be read (it may be starting)
     └── HostError                   -     talking to a host failed (wraps libvirt errors)
         ├── TemporaryHostError      yes   connection lost, daemon busy, timeout
@@ -86,10 +90,30 @@ class ScaffoldError(ReconcilerError):
     """``init`` cannot write a new repository where asked (a file, or a non-empty folder)."""
 
 
+class DaemonConfigError(ReconcilerError):
+    """The daemon cannot start as told: a setting that would leave it unsafe (an empty webhook secret)."""
+
+
+class ManifestTimeoutError(ReconcilerError):
+    """The manifests did not load within the daemon's time budget: that revision is an error (the
+    same files would be as slow again, so only a new revision or a resync tries once more)."""
+
+
 class SourceError(ReconcilerError):
     """The git source could not be cloned or fetched (the last good checkout stays in place)."""
 
     retryable = True
+
+
+class RevisionRefusedError(ReconcilerError):
+    """The source's newest revision fails a check the operator asked for: its head commit is not
+    signed by a trusted key, or (``--require-fast-forward``) it does not descend from the revision
+    checked out before. Nothing of it is checked out or applied; the last good revision stays."""
+
+
+class SourceCheckError(ReconcilerError):
+    """The checks asked of the source cannot be set up: the keys file is neither an OpenSSH
+    allowed-signers file nor a GnuPG keyring, or the source is a plain directory (no commits)."""
 
 
 class StatusError(ReconcilerError):

@@ -204,7 +204,7 @@ class FakeHypervisor:
             name, xml, bool(old and old.active), bool(old and old.autostart)
         )
 
-    def undefine(self, name: str) -> None:
+    def undefine(self, name: str, *, keep_nvram: bool = False) -> None:
         del self.domains[name]
 
     def start(self, name: str) -> None:
@@ -270,8 +270,11 @@ class FakeSource:
         return self.revision
 
 
-def in_process_daemon(root: Path, hosts: tuple[str, ...] = ("hv1",), domains: tuple[str, ...] = ("web",)):
-    """A Daemon (not running: call ``reconcile_pass``) over in-memory hosts and a FakeSource."""
+def in_process_daemon(
+    root: Path, hosts: tuple[str, ...] = ("hv1",), domains: tuple[str, ...] = ("web",), **settings: object
+):
+    """A Daemon (not running: call ``reconcile_pass``, or ``run`` it in a thread) over in-memory hosts
+    and a FakeSource; ``settings`` are more DaemonConfig fields (a short backoff, a load timeout...)."""
     from reconciler.daemon import Daemon, DaemonConfig
     from tests.helpers import domain_yaml, host_yaml
 
@@ -281,10 +284,67 @@ def in_process_daemon(root: Path, hosts: tuple[str, ...] = ("hv1",), domains: tu
     documents += [domain_yaml(f"{domain}-{name}", host=name) for name in hosts for domain in domains]
     (manifests / "all.yaml").write_text("---\n".join(documents))
     source, connect = FakeSource(manifests), FakeHosts()
-    daemon = Daemon(DaemonConfig(state_dir=root / "state", listen=("127.0.0.1", 0)), source, connect)
+    config = DaemonConfig(state_dir=root / "state", listen=("127.0.0.1", 0), **settings)
+    daemon = Daemon(config, source, connect)
     return daemon, source, connect
 
 
 def retry_timers() -> set[threading.Timer]:
     """The retry timers alive in this process."""
     return {t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()}
+
+
+# ------------------------------------------------------------------ raw HTTP, as a hostile peer sends it
+
+
+def raw_request(
+    address: tuple[str, int], data: bytes, *, timeout: float = 5.0, close_write: bool = True
+) -> bytes:
+    """Send ``data`` as it is on a new connection, then read until the server closes; the bytes read.
+
+    ``close_write`` ends the sending side after ``data`` (the server sees the end of the request).
+    """
+    import socket
+
+    with socket.create_connection(address, timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            if close_write:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server may have answered and closed before taking everything
+        chunks: list[bytes] = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks)
+
+
+def status_code(response: bytes) -> int:
+    """The status code of a raw HTTP response (after any ``100 Continue``); 0 when there is none."""
+    import re
+
+    codes = re.findall(rb"^HTTP/1\.[01] (\d{3}) ", response, re.MULTILINE)
+    finals = [int(code) for code in codes if code != b"100"]
+    return finals[-1] if finals else 0
+
+
+def process_status(pid: int) -> dict[str, str]:
+    """``/proc/PID/status`` as a dict (``VmRSS``, ``Threads``...)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory in KiB."""
+    return int(process_status(pid)["VmRSS"].split()[0])
+
+
+def thread_count(pid: int) -> int:
+    """A process's threads."""
+    return int(process_status(pid)["Threads"])

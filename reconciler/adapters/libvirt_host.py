@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -110,7 +109,8 @@ class LibvirtHypervisor:
         self.conn = conn
         self.local = local  # the hypervisor is this machine: its swap can be read from /proc
         self._in_process = in_process  # an in-process driver: concurrent reads gain nothing
-        self._is_test_driver = conn.getType() == "TEST"  # takes LIVE or CONFIG, never both at once
+        # The test driver takes LIVE or CONFIG, never both at once.
+        self._is_test_driver = self._call("driver type", conn.getType) == "TEST"
         self.changed = False  # whether any method below changed the host
 
     def _call(self, what: str, func: Callable[..., T], *args: Any) -> T:
@@ -219,12 +219,16 @@ class LibvirtHypervisor:
                 return None  # a new domain, or one undefined meanwhile
             raise _wrap(self.name, f"XML of {name!r}", err) from err
 
-    def undefine(self, name: str) -> None:
-        """Undefine with managed save, snapshot/checkpoint metadata and NVRAM, as the driver allows."""
+    def undefine(self, name: str, *, keep_nvram: bool = False) -> None:
+        """Undefine with managed save, snapshot/checkpoint metadata and NVRAM (kept when asked), as
+        the driver allows."""
         dom = self._lookup(name)
         self.changed = True
+        flags = _UNDEFINE_FLAGS
+        if keep_nvram:
+            flags = (flags & ~libvirt.VIR_DOMAIN_UNDEFINE_NVRAM) | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
         try:
-            dom.undefineFlags(_UNDEFINE_FLAGS)
+            dom.undefineFlags(flags)
         except libvirt.libvirtError as err:
             if err.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
                 raise _wrap(self.name, f"undefine {name!r}", err) from err
@@ -252,7 +256,8 @@ class LibvirtHypervisor:
         try:
             dom.destroy()
         except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
+            invalid = err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
+            if invalid and not self._call(f"state of {name!r}", dom.isActive):
                 return StopOutcome.SHUTDOWN  # it went down on its own just now
             raise _wrap(self.name, f"force off {name!r}", err) from err
         return StopOutcome.DESTROYED
@@ -323,94 +328,6 @@ def local_swap(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-_EVENT_LOOP_LOCK = threading.Lock()
-_EVENT_LOOP_RUNNING = threading.Event()
-
-
-def _start_event_loop() -> None:
-    """libvirt's default event loop, run in a background thread, once per process."""
-    with _EVENT_LOOP_LOCK:
-        if _EVENT_LOOP_RUNNING.is_set():
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-        _EVENT_LOOP_RUNNING.set()
-
-
-class DomainEvents:
-    """Reports domain events of one host (lifecycle, balloon changes) as they happen: drift.
-
-    ``on_event(domain, what)`` is called from libvirt's event thread. The connection is kept alive
-    and re-opened after the daemon restarts; :meth:`connected` says whether events are flowing.
-    """
-
-    def __init__(self, host: Host, on_event: Callable[[str, str], None]) -> None:
-        self.host = host
-        self.on_event = on_event
-        self.conn: libvirt.virConnect | None = None
-        self._callbacks: list[int] = []
-
-    def connected(self) -> bool:
-        """Whether the event connection is open and alive."""
-        return self.conn is not None and bool(self.conn.isAlive())
-
-    def ensure(self) -> bool:
-        """Open the event connection if it is not; return whether it is open now."""
-        if self.connected():
-            return True
-        self.close()
-        _start_event_loop()
-        try:
-            conn = libvirt.open(self.host.spec.uri)
-            conn.setKeepAlive(5, 3)
-            self._callbacks = [
-                conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
-                ),
-                conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, self._balloon, None
-                ),
-            ]
-        except libvirt.libvirtError:
-            return False
-        self.conn = conn
-        return True
-
-    def _lifecycle(
-        self, _conn: object, dom: libvirt.virDomain, event: int, _detail: int, _opaque: object
-    ) -> None:
-        self.on_event(dom.name(), _LIFECYCLE.get(event, f"event {event}"))
-
-    def _balloon(self, _conn: object, dom: libvirt.virDomain, actual: int, _opaque: object) -> None:
-        self.on_event(dom.name(), f"balloon {actual} KiB")
-
-    def close(self) -> None:
-        """Stop listening."""
-        if self.conn is None:
-            return
-        with contextlib.suppress(libvirt.libvirtError):
-            for callback in self._callbacks:
-                self.conn.domainEventDeregisterAny(callback)
-            self.conn.close()
-        self.conn, self._callbacks = None, []
-
-
-_LIFECYCLE = {
-    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
-    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
-    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shut down",
-}
 
 
 def daemon_facts(uri: str) -> DaemonFacts:

@@ -9,6 +9,8 @@ This module handles files and XML only; ``libvirt_host`` drives libvirt.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from xml.sax.saxutils import quoteattr, unescape
 from lxml import etree
 
 from reconciler.adapters import hostlock
+from reconciler.errors import PermanentHostError
 from reconciler.files.atomic import write_atomically
 from reconciler.spec.sizes import KIB, parse_size
 
@@ -27,6 +30,9 @@ DEFAULT_CPUS = 8
 DEFAULT_MEMORY = parse_size("16GiB")
 #: virDomainState values the test driver's runstate takes.
 RUNNING, SHUTOFF = 1, 5
+#: The most a state file may hold: 2,000 domains take some 6 MiB. A larger file (or a device that
+#: never ends) is refused before it is read, rather than read until memory runs out.
+MAX_STATE_BYTES = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -96,15 +102,61 @@ def _domain_name(xml: str) -> str:
 class SandboxFile:
     """A sandbox state file held under an exclusive (write) or shared (read) lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, host: str | None = None) -> None:
         self.path = path
+        self.host = host or str(path)
 
     def read(self) -> str | None:
-        """The node XML, or None when the sandbox does not exist yet."""
+        """The node XML, or None when the sandbox does not exist yet.
+
+        The path comes from a manifest, so the file is read with care: only a regular file (a FIFO
+        would block, a device never ends), at most :data:`MAX_STATE_BYTES`, and only a ``<node>``
+        document without a DTD (whose entities could pull other files in). A file that is none of
+        these is a ``PermanentHostError`` that says where it went wrong and never quotes the file:
+        libvirt's own parse errors would, and they reach plans, pull requests, ``/status`` and logs.
+        """
         try:
-            return self.path.read_text(encoding="utf-8")
+            handle = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except OSError as err:
+            raise self._refused(f"cannot be read: {err.strerror}") from None
+        try:
+            status = os.fstat(handle)
+            if not stat.S_ISREG(status.st_mode):
+                raise self._refused("is not a regular file")
+            with open(handle, "rb", closefd=False) as stream:  # a regular file: open() takes it
+                content = b"" if status.st_size > MAX_STATE_BYTES else stream.read(MAX_STATE_BYTES + 1)
+        finally:
+            os.close(handle)
+        if status.st_size > MAX_STATE_BYTES or len(content) > MAX_STATE_BYTES:
+            raise self._refused(
+                f"is larger than {MAX_STATE_BYTES // 1024**2} MiB, the most a sandbox may hold"
+            )
+        return self._node_xml(content)
+
+    def _node_xml(self, content: bytes) -> str:
+        """The text of a well-formed ``<node>`` document without a DTD; otherwise refused."""
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = content.count(b"\n", 0, err.start) + 1
+            raise self._refused(f"is not UTF-8 (line {line})") from None
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+        try:
+            root = etree.fromstring(content, parser)
+        except etree.XMLSyntaxError as err:
+            line, column = err.position
+            raise self._refused(f"is not XML (line {line}, column {column})") from None
+        if str(getattr(root.getroottree().docinfo, "doctype", "")):  # (lxml's stubs lack it)
+            raise self._refused("declares a DTD, which a sandbox state file never has")
+        if root.tag != "node":
+            raise self._refused("is not a libvirt test driver <node> document")
+        return text
+
+    def _refused(self, why: str) -> PermanentHostError:
+        """The error for a state file that cannot be used: its path and why, never its content."""
+        return PermanentHostError(self.host, f"sandbox state file {self.path} {why}")
 
     def write(self, node_xml: str) -> None:
         """Replace the state atomically (a crash leaves the old state or the new, never half)."""
@@ -122,8 +174,8 @@ def locked(path: Path, *, write: bool, host: str | None = None) -> Iterator[Sand
     in a read-only state folder. ``host`` names the host in errors (default: the path).
     """
     if not write:
-        yield SandboxFile(path)
+        yield SandboxFile(path, host)
         return
     name = host or str(path)
     with hostlock.file_lock(path.with_name(path.name + ".lock"), name, hostlock.LockLimits.from_env(name)):
-        yield SandboxFile(path)
+        yield SandboxFile(path, host)

@@ -6,20 +6,40 @@ The libvirt and git adapters are imported only when a command calls for them.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.files.content_cache import ContentCache
+from reconciler.spec.hosturi import UriRules
 from reconciler.spec.manifests import ManifestSet, load_manifests
+
+#: Query parameters Host URIs may use, comma-separated (``socket,keyfile``), beside ``--allow-uri-param``.
+URI_PARAMS_ENV = "VIRT_RECONCILE_ALLOW_URI_PARAMS"
+#: Transports Host URIs may use beyond the default ones (``ext``), beside ``--allow-uri-transport``.
+URI_TRANSPORTS_ENV = "VIRT_RECONCILE_ALLOW_URI_TRANSPORTS"
 
 if TYPE_CHECKING:
     from reconciler.engine.reconcile import Connector
     from reconciler.spec.models import Host
 
 
-def load(path: str) -> ManifestSet:
-    """The manifests at ``path``, parsed through the on-disk cache."""
-    return load_manifests(Path(path), ContentCache.default("manifests"))
+def load(path: str, args: argparse.Namespace | None = None) -> ManifestSet:
+    """The manifests at ``path``, parsed through the on-disk cache, Host URIs held to the operator's
+    :func:`uri_rules` (the environment's, and the options of ``args`` when given)."""
+    return load_manifests(Path(path), ContentCache.default("manifests"), uri_rules=uri_rules(args))
+
+
+def uri_rules(args: argparse.Namespace | None = None) -> UriRules:
+    """What the operator lets Host URIs use beyond the defaults: ``$VIRT_RECONCILE_ALLOW_URI_PARAMS``
+    and ``$VIRT_RECONCILE_ALLOW_URI_TRANSPORTS`` (comma- or space-separated), plus the command's
+    ``--allow-uri-param`` and ``--allow-uri-transport``. Never anything a manifest says."""
+    params = re.split(r"[,\s]+", os.environ.get(URI_PARAMS_ENV, ""))
+    transports = re.split(r"[,\s]+", os.environ.get(URI_TRANSPORTS_ENV, ""))
+    params += getattr(args, "allow_uri_param", None) or []
+    transports += getattr(args, "allow_uri_transport", None) or []
+    return UriRules.of(params, transports)
 
 
 def selected_hosts(args: argparse.Namespace) -> tuple[str, ...] | None:
@@ -52,6 +72,6 @@ def one_host(args: argparse.Namespace) -> tuple[ManifestSet, Host]:
     """The manifests and the one host named by ``--host`` (import, backup, restore)."""
     from reconciler.engine.reconcile import select_hosts
 
-    manifests = load(args.path)
+    manifests = load(args.path, args)
     [name] = select_hosts(manifests, [args.host])
     return manifests, manifests.hosts[name]

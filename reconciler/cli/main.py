@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_manifest_error(problem)
         return EXIT_ERROR
     except (ReconcilerError, OSError) as failure:
-        from rich.markup import escape
+        from reconciler.report import escape_markup as escape
 
         _stderr().print(f"[red]error:[/red] {escape(str(failure))}")
         return EXIT_ERROR
@@ -70,7 +70,7 @@ def _stderr() -> Printer:
 
 
 def _print_manifest_error(problem: ManifestError) -> None:
-    from rich.markup import escape
+    from reconciler.report import escape_markup as escape
 
     err = _stderr()
     count = len(problem.problems)

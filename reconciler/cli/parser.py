@@ -1,67 +1,29 @@
 """The command table and the argument parser: per command, its arguments and the function that runs it.
 
 Building the parser imports no command module, so ``--help`` and ``--version`` start at once. Values
-with a format (durations, addresses) are checked here, by argparse ``type=`` functions: a wrong one
-is a usage error (exit 2) named after its option, before any command runs.
+with a format (durations, addresses) are checked by the argparse ``type=`` functions of
+:mod:`reconciler.cli.argtypes`: a wrong one is a usage error (exit 2) named after its option.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from reconciler import __version__
+from reconciler.cli.argtypes import expiry, listen_address, period
 
 DEFAULT_PATH = "manifests"
 #: What ``init --install-from`` writes by default: the git URL, with a placeholder for its owner.
 DEFAULT_INSTALL_FROM = "virt-reconcile @ git+https://github.com/OWNER/virt-reconcile@v" + __version__
-
-_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))  # "ms" before "s"
-
-
-def duration(text: str) -> float:
-    """``500ms``, ``30s``, ``5m``, ``1h`` (a bare number is seconds) -> seconds, finite and above 0."""
-    number, scale = text, 1.0
-    for suffix, unit in _UNITS:
-        if text.endswith(suffix):
-            number, scale = text[: -len(suffix)], unit
-            break
-    try:
-        seconds = float(number) * scale
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 500ms, 30s, 5m or 24h")
-    return seconds
-
-
-def expiry(text: str) -> timedelta:
-    """A :func:`duration` from now that ends before the year 9999 (``import --expire``)."""
-    try:
-        expire = timedelta(seconds=duration(text))
-        datetime.now(UTC) + expire  # raises OverflowError past the year 9999
-    except OverflowError:
-        raise argparse.ArgumentTypeError(f"{text!r} ends after the year 9999") from None
-    if expire <= timedelta(0):
-        raise argparse.ArgumentTypeError(f"{text!r} is shorter than a microsecond")
-    return expire
-
-
-def listen_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:9469`` for IPv6; without a host, 127.0.0.1) -> (host, port)."""
-    host, _, port = text.rpartition(":")
-    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an address such as 127.0.0.1:9469")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _with_path(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "path", nargs="?", default=DEFAULT_PATH, help="manifest file or folder (default: manifests/)"
     )
+    _with_uri_rules(sub)  # every command that reads manifests holds their Host URIs to the operator's rules
 
 
 def _with_hosts(sub: argparse.ArgumentParser) -> None:
@@ -78,6 +40,14 @@ def _with_allow_mass_delete(sub: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow undefining more than a host's maxDeletions (default 5) or half of its managed domains",
     )
+
+
+def _with_uri_rules(sub: argparse.ArgumentParser) -> None:
+    """What Host URIs may use beyond the defaults (no query parameter; transports unix, tls, tcp, ssh,
+    libssh, libssh2): the operator's to say, here or in the environment, never a manifest's."""
+    for kind, example in (("param", "socket"), ("transport", "ext")):
+        help_text = f"let Host URIs use the {kind} NAME, e.g. {example} (repeatable)"
+        sub.add_argument(f"--allow-uri-{kind}", action="append", metavar="NAME", help=help_text)
 
 
 def _plan(plan: argparse.ArgumentParser) -> None:
@@ -184,25 +154,28 @@ def _daemon(daemon: argparse.ArgumentParser) -> None:
     daemon.add_argument("--branch", default="main")
     daemon.add_argument("--path", default="manifests", help="manifest folder inside the repository")
     _with_hosts(daemon)
-    daemon.add_argument(
-        "--interval", type=duration, default="30s", help="git poll interval, jittered (default: 30s)"
-    )
-    daemon.add_argument(
-        "--resync", type=duration, default="10m", help="full reconcile at least this often (default: 10m)"
-    )
-    daemon.add_argument(
-        "--listen", type=listen_address, default="127.0.0.1:9469", help="HTTP address (default: %(default)s)"
-    )
+    poll, resync = "git poll interval, jittered, ≥ 1s", "full reconcile at least this often, ≥ 1s"
+    daemon.add_argument("--interval", type=period, default="30s", help=f"{poll} (default: 30s)")
+    daemon.add_argument("--resync", type=period, default="10m", help=f"{resync} (default: 10m)")
+    listen = "HTTP address (default: %(default)s; beyond loopback, a warning names what is exposed)"
+    daemon.add_argument("--listen", type=listen_address, default="127.0.0.1:9469", help=listen)
     daemon.add_argument("--state-dir", default="/var/lib/virt-reconcile", help="clone and status live here")
     daemon.add_argument("--webhook-secret-file", metavar="FILE", help="enables POST /hooks/git (HMAC)")
     _with_allow_delete(daemon)
     daemon.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS")
-    daemon.add_argument(
-        "--snapshot-to", metavar="DIR", help="copy each host's snapshot here after a reconcile"
-    )
-    daemon.add_argument(
-        "--snapshot-command", metavar="CMD", help="run CMD with a fresh snapshot's path (e.g. an upload)"
-    )
+    copy, publish = "copy each host's snapshot here after a reconcile", "run CMD with a fresh snapshot's path"
+    daemon.add_argument("--snapshot-to", metavar="DIR", help=copy)
+    daemon.add_argument("--snapshot-command", metavar="CMD", help=f"{publish} (e.g. an upload)")
+    _with_revision_checks(daemon)
+    _with_uri_rules(daemon)
+
+
+def _with_revision_checks(daemon: argparse.ArgumentParser) -> None:
+    """What a new revision of a git source must pass before it is checked out and applied."""
+    signed = "refuse a revision whose head commit no key in FILE signed (allowed-signers, GnuPG keyring)"
+    daemon.add_argument("--verify-signatures", metavar="FILE", help=signed)
+    forward = "refuse a revision that does not descend from the one checked out (a force-push back)"
+    daemon.add_argument("--require-fast-forward", action="store_true", help=forward)
 
 
 def _status(status: argparse.ArgumentParser) -> None:

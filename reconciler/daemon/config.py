@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.daemon.http import Limits
+from reconciler.daemon.retries import BASE_DELAY, MAX_BACKOFF
+from reconciler.spec.hosturi import UriRules
+
 
 @dataclass
 class DaemonConfig:
@@ -20,3 +24,8 @@ class DaemonConfig:
     shutdown_timeout: float = 60.0
     snapshot_to: Path | None = None  # also copy each host's snapshot into this folder
     snapshot_command: str | None = None  # run this with the snapshot file's path after each write
+    load_timeout: float = 60.0  # a revision whose manifests take longer to load is an error
+    uri_rules: UriRules = field(default_factory=UriRules)  # what the operator lets Host URIs use
+    http: Limits = field(default_factory=Limits)  # what one network peer may cost
+    retry_base: float = BASE_DELAY  # the first retry's delay; it doubles up to retry_cap (tests shorten both)
+    retry_cap: float = MAX_BACKOFF

@@ -9,6 +9,13 @@ on each host; a refused or failing revision changes nothing and the daemon keeps
 error (the source or a host unreachable for now) is retried with backoff; any other waits for the
 next revision. SIGTERM ends the pass between two actions.
 
+Nothing in a revision can end the daemon: any error met while loading or reconciling it (a bug's
+``ValueError``, an ``OverflowError``, a ``RecursionError`` or ``MemoryError`` from a pathological
+manifest) is that revision's error, reported in ``/status`` and the log like invalid manifests: the
+last good revision stays applied, and only a new revision (or a resync, or drift) tries again.
+Manifests load in a thread of their own, so a load that hangs costs its time budget
+(``load_timeout``), not the loop, and SIGTERM is honoured within a fraction of a second meanwhile.
+
 The HTTP side (:mod:`~reconciler.daemon.http`) runs in its own threads and only reads the status
 (:mod:`~reconciler.daemon.status`) or enqueues a trigger.
 """
@@ -27,10 +34,10 @@ from typing import Any
 
 from reconciler.daemon.config import DaemonConfig
 from reconciler.daemon.decision import HostTask, Trigger, decide, is_idle, needs_fetch
-from reconciler.daemon.http import Endpoints, HttpEndpoints
+from reconciler.daemon.http import Endpoints, HttpEndpoints, exposure_warning
 from reconciler.daemon.logs import one_line
 from reconciler.daemon.metrics import Metrics
-from reconciler.daemon.retries import Retries
+from reconciler.daemon.retries import Retries, backoff_delay
 from reconciler.daemon.snapshots import SnapshotPublisher
 from reconciler.daemon.sources import Source
 from reconciler.daemon.status import HostStatus, StatusStore, now
@@ -38,7 +45,7 @@ from reconciler.daemon.verdict import HostVerdict, judge
 from reconciler.daemon.watchers import DomainWatchers, EventsFactory
 from reconciler.engine.apply import ApplySettings, Hooks
 from reconciler.engine.reconcile import Connector, Outcome, ReconcileOptions, reconcile
-from reconciler.errors import ManifestError, ReconcilerError
+from reconciler.errors import ManifestError, ManifestTimeoutError, ReconcilerError
 from reconciler.files.content_cache import ContentCache
 from reconciler.spec.manifests import ManifestSet, load_manifests
 
@@ -46,8 +53,65 @@ log = logging.getLogger("virt_reconcile.daemon.loop")
 
 COALESCE_SECONDS = 0.05
 STALL_SECONDS = 300.0  # /healthz fails when the loop has not come round for this long
+STOP_CHECK_SECONDS = 0.1  # how often the loop looks at stop while a load runs
+MESSAGE_CHARS = 300  # an unexpected error's text in /status and the log is cut to this
 
 Watch = Callable[[Path, Callable[[], None], threading.Event], Any]
+
+
+def describe(err: BaseException) -> str:
+    """An unexpected error in one line: its class and the start of its text (``MemoryError`` has none)."""
+    text = one_line(str(err))
+    if len(text) > MESSAGE_CHARS:
+        text = text[:MESSAGE_CHARS] + "…"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class ManifestLoader:
+    """Loads the manifests in a thread of its own, so the loop can give up on a load that hangs.
+
+    One load at a time: a load still running past its budget keeps its thread (a thread cannot be
+    killed), and every later load is refused until it ends, so a revision that hangs the loader
+    costs one thread, not one per pass.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+
+    def load(
+        self, root: Path, cache: ContentCache, config: DaemonConfig, stop: threading.Event
+    ) -> ManifestSet | None:
+        """The manifests below ``root``; None if ``stop`` was set meanwhile. Whatever the load
+        raises is raised here; a load past ``config.load_timeout`` seconds is a
+        ``ManifestTimeoutError``. Host URIs are held to the operator's ``config.uri_rules``."""
+        budget = config.load_timeout
+        if self._thread is not None and self._thread.is_alive():
+            raise ManifestTimeoutError("an earlier load of the manifests is still running")
+        done = threading.Event()
+        result: list[ManifestSet] = []
+        failure: list[Exception] = []
+
+        def work() -> None:
+            try:
+                result.append(load_manifests(root, cache, uri_rules=config.uri_rules))
+            except Exception as err:  # handed to the loop thread, which reports it
+                failure.append(err)
+            finally:
+                done.set()
+
+        self._thread = threading.Thread(target=work, name="load-manifests", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + budget
+        while not done.wait(STOP_CHECK_SECONDS):
+            if stop.is_set():
+                return None
+            if time.monotonic() >= deadline:
+                raise ManifestTimeoutError(f"loading the manifests took longer than {budget:g}s")
+        if failure:
+            raise failure[0]
+        if not result:
+            raise ManifestTimeoutError("the load of the manifests ended without a result")
+        return result[0]
 
 
 class Daemon:
@@ -71,7 +135,11 @@ class Daemon:
         self.triggers: queue.Queue[tuple[Trigger, str | None]] = queue.Queue()
         self.metrics = Metrics()
         self.status = StatusStore.load(config.state_dir / "status.json")
-        self.retries = Retries(lambda target: self.trigger(Trigger.RETRY, target))
+        self.retries = Retries(
+            lambda target: self.trigger(Trigger.RETRY, target),
+            lambda attempt: backoff_delay(attempt, base=config.retry_base, cap=config.retry_cap),
+        )
+        self.loader = ManifestLoader()
         self.snapshots = SnapshotPublisher(
             config.state_dir / "snapshots",
             connect,
@@ -91,14 +159,22 @@ class Daemon:
         self.triggers.put((kind, host))
 
     def _poll(self) -> None:
-        """Fetch every ``interval`` (jittered, so many daemons do not fetch in step) and resync."""
-        last_resync = time.monotonic()
-        while not self.stop.wait(self.config.interval * random.uniform(0.9, 1.1)):
-            if time.monotonic() - last_resync >= self.config.resync:
-                last_resync = time.monotonic()
+        """Fetch every ``interval`` (jittered, so many daemons do not fetch in step) and resync every
+        ``resync``, whichever is due first (a resync fetches too, so it also counts as a poll)."""
+        started = time.monotonic()
+        next_poll, next_resync = started + self._jittered_interval(), started + self.config.resync
+        while not self.stop.wait(max(0.0, min(next_poll, next_resync) - time.monotonic())):
+            moment = time.monotonic()
+            if moment >= next_resync:
                 self.trigger(Trigger.RESYNC)
-            else:
+                next_resync, next_poll = moment + self.config.resync, moment + self._jittered_interval()
+            elif moment >= next_poll:
                 self.trigger(Trigger.POLL)
+                next_poll = moment + self._jittered_interval()
+
+    def _jittered_interval(self) -> float:
+        """The interval ±10%, so many daemons started together do not fetch in step."""
+        return self.config.interval * random.uniform(0.9, 1.1)
 
     def _next_batch(self) -> list[tuple[Trigger, str | None]]:
         """The triggers of one burst (empty after a quiet second, so the loop checks :attr:`stop`)."""
@@ -117,8 +193,11 @@ class Daemon:
 
     def run(self) -> int:
         """Serve and reconcile until :attr:`stop` is set; return the exit code."""
-        self._http = HttpEndpoints(self.config.listen, self._endpoints())
+        self._http = HttpEndpoints(self.config.listen, self._endpoints(), self.config.http)
         log.info("virt-reconcile daemon: listening on %s", self._http.url)
+        exposed = exposure_warning(self.config.listen[0], self.config.webhook_secret is not None)
+        if exposed is not None:
+            log.warning("%s", exposed)
         threading.Thread(target=self._poll, name="poll", daemon=True).start()
         if self.source.watchable and self.watch is not None:
             self.watch(self.source.manifests, lambda: self.trigger(Trigger.FILES), self.stop)
@@ -128,7 +207,7 @@ class Daemon:
                 self.loop_beat = time.monotonic()
                 batch = self._next_batch()
                 if batch and not self.stop.is_set():
-                    self.reconcile_pass(batch)
+                    self._guarded_pass(batch)
         finally:
             self.close()
         log.info("virt-reconcile daemon: stopped")
@@ -142,8 +221,19 @@ class Daemon:
             self._http.close()
             self._http = None
 
+    def _guarded_pass(self, batch: Iterable[tuple[Trigger, str | None]]) -> None:
+        """A pass that cannot end the loop: an error :meth:`reconcile_pass` did not report itself
+        (``status.json`` not written: the disk is full) is logged, and the loop goes on."""
+        try:
+            self.reconcile_pass(batch)
+        except Exception as err:
+            log.error("pass failed: %s", describe(err))
+
     def reconcile_pass(self, batch: Iterable[tuple[Trigger, str | None]]) -> None:
-        """One coalesced pass: fetch if asked, load, then reconcile the hosts that need it."""
+        """One coalesced pass: fetch if asked, load, then reconcile the hosts that need it.
+
+        Any error met loading or reconciling the revision is reported as that revision's error.
+        """
         triggers = list(batch)
         before = self.status.reconciled_revision
         revision: str | None = before
@@ -152,39 +242,70 @@ class Daemon:
             revision = self._fetch(before)
             if failing and revision is not None:
                 triggers.append((Trigger.RETRY, None))  # the source is back: every host again
+            if revision is None:  # the source is down: a host's retry or drift still runs, as before
+                triggers = [(kind, host) for kind, host in triggers if host is not None]
+                revision = before if triggers and before else None
         if revision is None or is_idle(triggers, before, revision):
             return  # the fetch failed, or a routine poll found nothing new
-        try:
-            manifests = load_manifests(self.source.manifests, self.manifest_cache)
-        except ManifestError as err:
-            message = f"manifests invalid at {revision[:12]}: {err}"
-            log.warning("%s", one_line(message))
-            self.status.every_host_failed(self.config.hosts, revision, message)
-            self.status.reconciled(revision)
-            self.status.save()
-            return
+        manifests = self._load(revision)
+        if manifests is None:
+            return  # reported, or the daemon stops
         selected = self._selected(manifests)
         decision = decide(triggers, before, revision, selected)
-        # Listen first: a change made while (or right after) this pass reconciles is not missed.
-        self.watchers.ensure(manifests, selected)
-        if decision.tasks and not self.stop.is_set():
-            self._reconcile_hosts(manifests, decision.tasks, revision)
+        try:
+            # Listen first: a change made while (or right after) this pass reconciles is not missed.
+            self.watchers.ensure(manifests, selected)
+            if decision.tasks and not self.stop.is_set():
+                self._reconcile_hosts(manifests, decision.tasks, revision)
+        except Exception as err:
+            message = f"reconcile failed at {revision[:12]}: {describe(err)}"
+            self._revision_failed(revision, message, [task.host for task in decision.tasks], every=False)
+            return
         self.status.reconciled(revision)
+        self.status.save()
+
+    def _load(self, revision: str) -> ManifestSet | None:
+        """The manifests at ``revision``; None when they cannot be used (reported) or on stop."""
+        try:
+            return self.loader.load(self.source.manifests, self.manifest_cache, self.config, self.stop)
+        except ManifestError as err:
+            message = f"manifests invalid at {revision[:12]}: {err}"
+        except ManifestTimeoutError as err:
+            message = f"manifests not loaded at {revision[:12]}: {err}"
+        except Exception as err:
+            message = f"manifests not loaded at {revision[:12]}: {describe(err)}"
+        self._revision_failed(revision, message, self.config.hosts)
+        return None
+
+    def _revision_failed(
+        self, revision: str, message: str, hosts: Sequence[str], *, every: bool = True
+    ) -> None:
+        """``revision`` cannot be applied: ``hosts`` (and with ``every``, every host known) report
+        ``message``; it counts as reconciled, so routine polls do not load it again (no retry storm)."""
+        log.warning("%s", one_line(message))
+        for host in hosts:
+            self.retries.forget(host)  # a retry would meet the same error
+        if every:
+            self.status.every_host_failed(hosts, revision, message)
+        else:
+            self.status.hosts_failed(hosts, revision, message)
+        self.status.reconciled(revision, message)
         self.status.save()
 
     def _fetch(self, current: str) -> str | None:
         """Bring the source up to date; on failure report it, retry if that can help, return None."""
         try:
             revision = self.source.update()
-        except ReconcilerError as err:
+        except Exception as err:  # a bug's error, too, is the source's: the loop goes on
             self.metrics.fetch_failures.inc()
-            if err.retryable:
+            text = str(err) if isinstance(err, ReconcilerError) else describe(err)
+            if isinstance(err, ReconcilerError) and err.retryable:
                 attempt, delay = self.retries.failed(None)
-                message = f"fetch failed (attempt {attempt}): {err}"
+                message = f"fetch failed (attempt {attempt}): {text}"
                 log.warning("%s; retrying in %.1fs", one_line(message), delay)
             else:
                 self.retries.forget(None)
-                message = f"fetch failed: {err}"
+                message = f"fetch failed: {text}"
                 log.warning("%s; waiting for the next trigger", one_line(message))
             self.status.source_failed(current, message)
             self.status.save()
@@ -239,7 +360,10 @@ class Daemon:
         if plan is not None and plan.observed is not None:
             observed = plan.observed if not results else None
             domains = manifests.domains[task.host].values()
-            self.snapshots.publish(manifests.hosts[task.host], observed, now(), domains)
+            try:  # the host's verdict stands whatever happens to its snapshot
+                self.snapshots.publish(manifests.hosts[task.host], observed, now(), domains)
+            except Exception as err:
+                log.warning("%s: snapshot not published: %s", task.host, describe(err))
 
     def _after(self, task: HostTask, revision: str, verdict: HostVerdict) -> None:
         """Log the host's result and schedule its retry (a retryable error) or forget it (any other)."""

@@ -1,11 +1,21 @@
-"""Where the daemon's manifests come from: a git branch, or a plain directory that is watched."""
+"""Where the daemon's manifests come from: a git branch, or a plain directory that is watched.
+
+A git source can be told what a new revision must pass before it is checked out
+(:class:`RevisionChecks`): a signature by a trusted key, and a fast-forward from the revision
+before. A refused revision is a ``RevisionRefusedError`` from :meth:`GitSource.update`; the loop
+reports it like any failed fetch that no retry fixes (``/status``, the log) and keeps the last good
+revision, checked out and applied, until a new one arrives.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from reconciler.errors import SourceCheckError
 
 
 class Source(Protocol):
@@ -28,20 +38,58 @@ class Source(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RevisionChecks:
+    """What a new revision of a git source must pass before it is checked out.
+
+    ``signers``: its head commit is signed by a key in this file (an OpenSSH allowed-signers file or
+    a GnuPG keyring: ``daemon --verify-signatures``). ``require_fast_forward``: it descends from the
+    revision checked out before; without it, a force-push to another history is only reported.
+    """
+
+    signers: Path | None = None
+    require_fast_forward: bool = False
+
+    @classmethod
+    def from_options(cls, verify_signatures: str | None, require_fast_forward: bool) -> RevisionChecks:
+        """The checks the daemon's command line asks for."""
+        return cls(Path(verify_signatures) if verify_signatures else None, require_fast_forward)
+
+    @property
+    def asked(self) -> bool:
+        """Whether any check is asked for."""
+        return self.signers is not None or self.require_fast_forward
+
+
 class GitSource:
     """A git URL cloned into the state directory, following one branch."""
 
     watchable = False
 
-    def __init__(self, url: str, branch: str, path: str, state_dir: Path) -> None:
-        from reconciler.adapters.gitsource import GitCheckout
+    def __init__(
+        self, url: str, branch: str, path: str, state_dir: Path, checks: RevisionChecks | None = None
+    ) -> None:
+        from reconciler.adapters.gitsource import GitCheckout, TrustedKeys
 
-        self.checkout = GitCheckout(url, branch, state_dir / "checkout")
+        checks = checks or RevisionChecks()
+        trust = TrustedKeys.load(checks.signers) if checks.signers is not None else None
+        self.checkout = GitCheckout(
+            url,
+            branch,
+            state_dir / "checkout",
+            trust=trust,
+            require_fast_forward=checks.require_fast_forward,
+        )
         self.manifests = state_dir / "checkout" / path
 
     def update(self) -> str:
-        """Fetch and check out the branch tip."""
+        """Fetch, check and check out the branch tip (a history rewrite let through is logged)."""
         return self.checkout.update()
+
+    @property
+    def notice(self) -> str:
+        """A warning about the revision checked out (a history rewrite let through), or ""."""
+        return self.checkout.notice
 
     @property
     def identity(self) -> str:
@@ -55,8 +103,13 @@ class DirectorySource:
     """A plain directory of manifests (no git): its revision is a digest of the files' contents."""
 
     watchable = True
+    notice = ""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, checks: RevisionChecks | None = None) -> None:
+        if checks is not None and checks.asked:
+            raise SourceCheckError(
+                f"--verify-signatures and --require-fast-forward need a git source; {path} is a directory"
+            )
         self.manifests = path
 
     @property

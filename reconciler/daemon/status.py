@@ -52,6 +52,7 @@ class StatusStore:
         self._hosts: dict[str, HostStatus] = dict(hosts or {})
         self._source = SourceStatus()
         self._reconciled = ""
+        self._revision_error = ""  # why the revision last reconciled could not be applied, or ""
 
     @classmethod
     def load(cls, path: Path) -> StatusStore:
@@ -107,15 +108,25 @@ class StatusStore:
     def every_host_failed(self, hosts: Iterable[str], revision: str, message: str) -> None:
         """Every host known, and ``hosts``, are in error at ``revision`` (invalid manifests)."""
         with self._lock:
-            time = now()
-            for name in set(self._hosts) | set(hosts):
-                applied = self._hosts.get(name, HostStatus()).appliedRevision
-                self._hosts[name] = HostStatus(revision, "error", applied, message, time)
+            self._failed(set(self._hosts) | set(hosts), revision, message)
 
-    def reconciled(self, revision: str) -> None:
-        """A pass at ``revision`` is over."""
+    def hosts_failed(self, hosts: Iterable[str], revision: str, message: str) -> None:
+        """``hosts`` are in error at ``revision``, their applied revision kept (a pass that failed)."""
+        with self._lock:
+            self._failed(hosts, revision, message)
+
+    def _failed(self, hosts: Iterable[str], revision: str, message: str) -> None:
+        time = now()
+        for name in hosts:
+            applied = self._hosts.get(name, HostStatus()).appliedRevision
+            self._hosts[name] = HostStatus(revision, "error", applied, message, time)
+
+    def reconciled(self, revision: str, error: str = "") -> None:
+        """A pass at ``revision`` is over; ``error`` says why the revision could not be applied (its
+        manifests invalid, or an error met while loading or planning them), "" when it could."""
         with self._lock:
             self._reconciled = revision
+            self._revision_error = error
 
     def document(self) -> dict[str, Any]:
         """The ``/status`` JSON: a consistent copy, safe to use while the loop goes on."""
@@ -124,6 +135,7 @@ class StatusStore:
                 "hosts": {name: asdict(status) for name, status in sorted(self._hosts.items())},
                 "source": asdict(self._source),
                 "reconciledRevision": self._reconciled,
+                "revisionError": self._revision_error,  # shown even when no host is known yet
             }
 
     def save(self) -> None:

@@ -50,6 +50,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
                 "host": action.host,
                 "domain": action.domain,
                 "peer": action.peer or None,
+                "direction": ("in" if action.moves_in else "out") if action.kind.value == "move" else None,
                 "changes": [
                     {"field": change.field, "before": change.before, "after": change.after}
                     for change in action.changes
@@ -82,5 +83,9 @@ def _policy_document(report: PolicyReport | None) -> dict[str, Any]:
 
 
 def render_json(plan: Plan) -> str:
-    """The plan as indented JSON text."""
+    """The plan as indented JSON text.
+
+    Safe to print as it is: ``json.dumps`` (``ensure_ascii``) escapes every character outside
+    printable ASCII, control characters, DEL and bidi overrides included.
+    """
     return json.dumps(plan_document(plan), indent=2, sort_keys=False) + "\n"

@@ -1,6 +1,9 @@
 """The plan as a pull-request comment in GitHub-flavoured markdown (pure).
 
 A marker line lets a CI job find and update its own earlier comment instead of adding another.
+Every value from a manifest or from libvirt goes through ``escaping``: text with ``md_text``, a
+name or URI with ``md_code``, the full text plan in ``md_fence``, so that no value can add or close a
+table, heading, link, HTML element or the collapsible "Full plan" block.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import io
 
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.plan import HostPlan, Plan
+from reconciler.report.escaping import md_code, md_fence, md_text
 from reconciler.report.summary import define_lines, show_value, summary_line
 from reconciler.report.text import Printer, render_text
 
@@ -16,25 +20,16 @@ MARKDOWN_MARKER = "<!-- virt-reconcile-plan -->"
 _OK, _FAIL, _WARN = "✅", "❌", "⚠️"
 
 
-def _cell(text: str) -> str:
-    """Text safe inside a markdown table cell."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _code(text: str) -> str:
-    return "`" + text.replace("`", "'") + "`"
-
-
 def _markdown_changes(action: Action) -> str:
     if action.kind is ActionKind.DEFINE or action.moves_in:
         lines = define_lines(action) + ([f"({action.reason})"] if action.moves_in else [])
-        return "<br>".join(_cell(line) for line in lines)
+        return "<br>".join(md_text(line) for line in lines)
     if action.kind in (ActionKind.START, ActionKind.STOP) and len(action.changes) == 1:
         return ""
     parts = [f"{c.field}: {show_value(c.before)} → {show_value(c.after)}" for c in action.changes]
     if action.reason:
         parts.append(f"({action.reason})")
-    return "<br>".join(_cell(part) for part in parts)
+    return "<br>".join(md_text(part) for part in parts)
 
 
 def _markdown_policy(host: HostPlan) -> list[str]:
@@ -47,20 +42,18 @@ def _markdown_policy(host: HostPlan) -> list[str]:
         else (f"{_WARN} over the limit (enforcement: warn)" if report.violations else f"{_OK} within limits")
     )
     lines = [
-        f"**Overcommit policy** ({report.enforcement}): {verdict}",
+        f"**Overcommit policy** ({md_text(report.enforcement)}): {verdict}",
         "",
         "| rule | before | after | limit | |",
         "|---|---:|---:|---|---|",
     ]
     for rule in report.rules:
         mark = _OK if rule.ok else (_FAIL if rule.raised else _WARN)
-        lines.append(
-            f"| {rule.rule} | {rule.show(rule.before)} | {rule.show(rule.after)} | "
-            f"{_cell(rule.arithmetic)} | {mark} |"
-        )
+        before, after = md_text(rule.show(rule.before)), md_text(rule.show(rule.after))
+        lines.append(f"| {md_text(rule.rule)} | {before} | {after} | {md_text(rule.arithmetic)} | {mark} |")
     lines.append("")
-    lines += [f"> {_FAIL} {_cell(rule.message())}" for rule in report.violations if report.refused]
-    lines += [f"> {_WARN} {_cell(rule.message())}" for rule in report.violations if not report.refused]
+    lines += [f"> {_FAIL} {md_text(rule.message())}" for rule in report.violations if report.refused]
+    lines += [f"> {_WARN} {md_text(rule.message())}" for rule in report.violations if not report.refused]
     return lines
 
 
@@ -68,7 +61,7 @@ def render_markdown(plan: Plan) -> str:
     """The plan as a pull-request comment: summary, a section per host, collapsible full detail."""
     lines = [MARKDOWN_MARKER, f"## virt-reconcile plan: {_headline(plan)}", "", summary_line(plan)]
     if plan.revision:
-        lines += ["", f"Revision {_code(plan.revision[:12])}."]
+        lines += ["", f"Revision {md_code(plan.revision[:12])}."]
     for host in plan.hosts.values():
         lines += _host_section(host)
     detail = io.StringIO()
@@ -77,9 +70,7 @@ def render_markdown(plan: Plan) -> str:
         "",
         "<details><summary>Full plan</summary>",
         "",
-        "```text",
-        detail.getvalue().rstrip(),
-        "```",
+        *md_fence(detail.getvalue().rstrip()),
         "",
         "</details>",
         "",
@@ -93,7 +84,7 @@ def _headline(plan: Plan) -> str:
     if plan.has_errors:
         return f"{_FAIL} Plan has errors: nothing will be applied on the affected hosts"
     if refused:
-        return f"{_FAIL} Refused by the overcommit policy on {', '.join(refused)}"
+        return f"{_FAIL} Refused by the overcommit policy on {', '.join(md_text(name) for name in refused)}"
     if plan.has_changes:
         return f"{_WARN} Changes to apply"
     return f"{_OK} No changes"
@@ -101,13 +92,13 @@ def _headline(plan: Plan) -> str:
 
 def _host_section(host: HostPlan) -> list[str]:
     """One host: its actions as a table, the policy table, then what the plan will not touch."""
-    lines = ["", f"### {host.host} — {_code(host.uri)}", ""]
+    lines = ["", f"### {md_text(host.host)} — {md_code(host.uri)}", ""]
     if host.actions:
         lines += ["| | action | domain | changes | restart |", "|---|---|---|---|---|"]
         for action in host.actions:
             restart = f"{_WARN} needed" if action.restart else ""
             lines.append(
-                f"| `{action.kind.symbol}` | {action.kind.value} | {_code(action.domain)} | "
+                f"| `{action.kind.symbol}` | {action.kind.value} | {md_code(action.domain, in_table=True)} | "
                 f"{_markdown_changes(action)} | {restart} |"
             )
         lines.append("")
@@ -125,16 +116,16 @@ def _untouched(host: HostPlan) -> list[str]:
     kept = [o for o in host.orphans if not o.delete]
     if kept:
         lines += ["", "**Orphans** (managed, no longer in git; kept):"]
-        lines += [f"- {_code(o.domain)}: {_cell(o.reason)}" for o in kept]
+        lines += [f"- {md_code(o.domain)}: {md_text(o.reason)}" for o in kept]
     for held in host.held:
-        lines += ["", f"{_FAIL} **Held** {_code(held.domain)}: {_cell(held.reason)}"]
+        lines += ["", f"{_FAIL} **Held** {md_code(held.domain)}: {md_text(held.reason)}"]
     for warning in host.warnings:
-        lines += ["", f"{_WARN} **Warning**: {_cell(warning)}"]
+        lines += ["", f"{_WARN} **Warning**: {md_text(warning)}"]
     for conflict in host.conflicts:
-        reason = _cell(conflict.reason)
-        lines += ["", f"{_FAIL} **Conflict** {_code(conflict.domain)}: {reason}; never overwritten"]
+        reason = md_text(conflict.reason)
+        lines += ["", f"{_FAIL} **Conflict** {md_code(conflict.domain)}: {reason}; never overwritten"]
     for error in host.errors:
-        lines += ["", f"{_FAIL} **Error**: {_cell(error)}"]
+        lines += ["", f"{_FAIL} **Error**: {md_text(error)}"]
     if host.blocked:
-        lines += ["", f"**Nothing will be applied on {host.host}.**"]
+        lines += ["", f"**Nothing will be applied on {md_text(host.host)}.**"]
     return lines

@@ -69,7 +69,8 @@ def summary_line(plan: Plan) -> str:
         if counts[key]
     ]
     if not plan.has_changes:
-        head = "No changes: every host matches the manifests."
+        troubled = plan.has_errors or plan.refused
+        head = "No changes planned." if troubled else "No changes: every host matches the manifests."
         return head + (f" {', '.join(extras)}." if extras else "")
     parts = ", ".join(f"{counts[kind.value]} to {kind.value}" for kind in ORDER)
     if counts[ActionKind.MOVE.value]:

@@ -4,16 +4,16 @@ stream it is given)."""
 from __future__ import annotations
 
 import os
-import re
 from typing import IO
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import RE_TAGS
 
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.apply import ActionResult
 from reconciler.engine.plan import HostPlan, Plan
 from reconciler.engine.policy import PolicyReport
+from reconciler.report.escaping import escape_markup, visible_lines
 from reconciler.report.summary import define_lines, show_value, summary_line
 
 _STYLE = {
@@ -27,12 +27,23 @@ _STYLE = {
 }
 
 
-_MARKUP_TAG = re.compile(r"(?<!\\)\[/?[a-z]+(?: [a-z]+)*\]")
-
-
 def plain(markup: str) -> str:
-    """Rich markup without its style tags, as printed where there is no colour."""
-    return _MARKUP_TAG.sub("", markup).replace("\\[", "[")
+    """Rich markup without its style tags, as printed where there is no colour.
+
+    Read the way rich reads it (``rich.markup.render``), so a line shows the same text with colour
+    and without: a tag preceded by an odd run of backslashes is text, every pair of backslashes
+    before a tag is one, and elsewhere a backslash before ``[`` is dropped.
+    """
+    parts: list[str] = []
+    position = 0
+    for match in RE_TAGS.finditer(markup):
+        whole, escapes = match.group(1, 2)
+        parts.append(markup[position : match.start()].replace("\\[", "["))
+        backslashes, escaped = divmod(len(escapes), 2)
+        parts.append("\\" * backslashes + (whole[len(escapes) :] if escaped else ""))
+        position = match.end()
+    parts.append(markup[position:].replace("\\[", "["))
+    return "".join(parts)
 
 
 def wants_color(file: IO[str]) -> bool:
@@ -62,7 +73,13 @@ class Printer:
         )
 
     def print(self, markup: str = "") -> None:
-        """Print one line (or several, separated by newlines)."""
+        """Print one line (or several, separated by newlines).
+
+        Control characters other than those newlines are shown as escapes (``\\x1b``): values
+        should have been escaped already (``escape_markup``), and this keeps a caller that
+        forgot from letting one reach the terminal, where it could rewrite what is shown.
+        """
+        markup = visible_lines(markup)
         if self._console is not None:
             self._console.print(markup)
         else:
@@ -79,21 +96,21 @@ def action_title(action: Action) -> str:
         notes.append(action.reason)
     if action.stop_first:
         notes.append("running: stopped first")
-    suffix = f"  [dim]({escape('; '.join(notes))})[/dim]" if notes else ""
+    suffix = f"  [dim]({escape_markup('; '.join(notes))})[/dim]" if notes else ""
     head = f"[{style}]{action.kind.symbol} {action.kind.value}[/{style}]"
-    return f"{head} [bold]{escape(action.domain)}[/bold]{suffix}"
+    return f"{head} [bold]{escape_markup(action.domain)}[/bold]{suffix}"
 
 
 def render_host_text(console: Printer, host: HostPlan, *, blank_after: bool = False) -> None:
     """One host's plan: actions with their field changes, then orphans, conflicts and errors."""
-    console.print(f"[bold]{escape(host.host)}[/bold]  [dim]{escape(host.uri)}[/dim]")
+    console.print(f"[bold]{escape_markup(host.host)}[/bold]  [dim]{escape_markup(host.uri)}[/dim]")
     for action in host.actions:
         _print_action(console, action)
     _print_untouched(console, host)
     if host.policy is not None:
         _print_policy(console, host.policy)
     if host.blocked:
-        console.print(f"  [red]nothing will be applied on {escape(host.host)}[/red]")
+        console.print(f"  [red]nothing will be applied on {escape_markup(host.host)}[/red]")
     elif not host.actions:
         console.print("  [dim]no changes[/dim]")
     if blank_after:
@@ -107,11 +124,11 @@ def _print_action(console: Printer, action: Action) -> None:
         return
     if action.kind is ActionKind.DEFINE or action.moves_in:
         for line in define_lines(action):
-            console.print(f"      {escape(line)}")
+            console.print(f"      {escape_markup(line)}")
         return
     for change in action.changes:
-        before, after = escape(show_value(change.before)), escape(show_value(change.after))
-        console.print(f"      {escape(change.field)}: {before} → {after}")
+        before, after = escape_markup(show_value(change.before)), escape_markup(show_value(change.after))
+        console.print(f"      {escape_markup(change.field)}: {before} → {after}")
 
 
 def _print_untouched(console: Printer, host: HostPlan) -> None:
@@ -119,21 +136,19 @@ def _print_untouched(console: Printer, host: HostPlan) -> None:
     the pre-flight's warnings."""
     for orphan in host.orphans:
         if not orphan.delete:
-            console.print(
-                f"  [yellow]! orphan[/yellow] [bold]{escape(orphan.domain)}[/bold]: managed but no longer in "
-                f"git; kept: {escape(orphan.reason)}"
-            )
+            name, reason = escape_markup(orphan.domain), escape_markup(orphan.reason)
+            kept = f"managed but no longer in git; kept: {reason}"
+            console.print(f"  [yellow]! orphan[/yellow] [bold]{name}[/bold]: {kept}")
     for held in host.held:
-        console.print(f"  [red]✗ held[/red] [bold]{escape(held.domain)}[/bold]: {escape(held.reason)}")
+        name, reason = escape_markup(held.domain), escape_markup(held.reason)
+        console.print(f"  [red]✗ held[/red] [bold]{name}[/bold]: {reason}")
     for warning in host.warnings:
-        console.print(f"  [yellow]! warning[/yellow]: {escape(warning)}")
+        console.print(f"  [yellow]! warning[/yellow]: {escape_markup(warning)}")
     for conflict in host.conflicts:
-        console.print(
-            f"  [red]✗ conflict[/red] [bold]{escape(conflict.domain)}[/bold]: {escape(conflict.reason)}; "
-            "never overwritten"
-        )
+        name, reason = escape_markup(conflict.domain), escape_markup(conflict.reason)
+        console.print(f"  [red]✗ conflict[/red] [bold]{name}[/bold]: {reason}; never overwritten")
     for error in host.errors:
-        console.print(f"  [red]✗ error[/red]: {escape(error)}")
+        console.print(f"  [red]✗ error[/red]: {escape_markup(error)}")
 
 
 def _print_policy(console: Printer, report: PolicyReport) -> None:
@@ -141,10 +156,10 @@ def _print_policy(console: Printer, report: PolicyReport) -> None:
     console.print(f"  [dim]policy:[/dim] {policy_line(report)}")
     for rule in report.violations:
         if report.refused:
-            console.print(f"  [red]✗ refused by policy[/red]: {escape(rule.message())}")
+            console.print(f"  [red]✗ refused by policy[/red]: {escape_markup(rule.message())}")
         else:
             label = "[yellow]! policy warning (enforcement: warn)[/yellow]"
-            console.print(f"  {label}: {escape(rule.message())}")
+            console.print(f"  {label}: {escape_markup(rule.message())}")
 
 
 def policy_line(report: PolicyReport) -> str:
@@ -161,7 +176,9 @@ def policy_line(report: PolicyReport) -> str:
             else f"{rule.show(rule.before)}→{rule.show(rule.after)}"
         )
         mark = "" if rule.ok else (" [red]✗[/red]" if rule.raised else " [yellow]✗[/yellow]")
-        parts.append(f"{rule.rule} {escape(used)}/{escape(rule.show(rule.limit))}{mark}")
+        parts.append(
+            f"{escape_markup(rule.rule)} {escape_markup(used)}/{escape_markup(rule.show(rule.limit))}{mark}"
+        )
     return "  ".join(parts)
 
 
@@ -169,13 +186,13 @@ def render_text(plan: Plan, console: Printer) -> None:
     """The whole plan for people."""
     for host in plan.hosts.values():
         render_host_text(console, host, blank_after=True)
-    console.print(f"[bold]{escape(summary_line(plan))}[/bold]")
+    console.print(f"[bold]{escape_markup(summary_line(plan))}[/bold]")
 
 
 def render_result(console: Printer, result: ActionResult) -> None:
     """One applied action, as it finishes."""
     title = action_title(result.action)
     if result.ok:
-        console.print(f"  {title}: {escape(result.detail)} [dim]({result.seconds:.2f}s)[/dim]")
+        console.print(f"  {title}: {escape_markup(result.detail)} [dim]({result.seconds:.2f}s)[/dim]")
     else:
-        console.print(f"  {title}: [red]failed: {escape(result.detail)}[/red]")
+        console.print(f"  {title}: [red]failed: {escape_markup(result.detail)}[/red]")

@@ -2,16 +2,19 @@
 
 All problems in the tree are collected and raised together as one :class:`ManifestError`, each
 naming the file, the line and the field, so an operator fixes a pull request in one round.
+
+A manifest's author is not trusted: files are read within the limits of ``yamltree`` (size,
+nesting, alias expansion, strings libvirt's XML can carry), and Host URIs are held to the
+operator's :class:`UriRules` and to files inside the manifest root (``hosturi``).
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -19,27 +22,27 @@ from pydantic import BaseModel, ValidationError
 from reconciler.errors import ManifestError, Problem
 from reconciler.files.content_cache import ContentCache, content_digest
 from reconciler.spec.crosschecks import Placed, shared_disks, shared_hypervisors
+from reconciler.spec.hosturi import DEFAULT_URI_RULES, UriRules
+from reconciler.spec.messages import validation_message
 from reconciler.spec.models import API_VERSION, Domain, Host
+from reconciler.spec.yamltree import (
+    FORBIDDEN,
+    MAX_NODES,
+    Loader,
+    Loc,
+    Refusal,
+    bad_strings,
+    construct,
+    dotted,
+    measure,
+    printable,
+    read_manifest,
+    record_lines,
+)
 
-try:
-    _Base: type[yaml.CSafeLoader] = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _Base = yaml.SafeLoader  # type: ignore[assignment]
+#: Mixed into each cache key: a file cached by code that checked less is read (and checked) again.
+_CHECKS = b"virt-reconcile manifest checks 2\n"
 
-
-class _Loader(_Base):  # type: ignore[valid-type,misc]
-    """PyYAML's C loader, noticing duplicate keys (which PyYAML would silently overwrite)."""
-
-    has_duplicates = False
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        keys = [key.value for key, _ in node.value]
-        if len(set(keys)) != len(keys):
-            self.has_duplicates = True
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
-
-
-Loc = tuple[str | int, ...]
 KINDS: dict[str, type[BaseModel]] = {"Host": Host, "Domain": Domain}
 
 
@@ -98,21 +101,21 @@ class _Document:
     text: str
     index: int
     _lines: dict[Loc, int] | None = None
+    refused: bool = False  # a string it holds is refused: reported, never validated into a model
 
     def line_of(self, loc: Loc) -> int:
         """The line of the deepest known part of a field path (a missing field: its parent)."""
         if self._lines is None:
             # Composed again only when a problem needs a line: keeping every node tree alive for
             # the few documents that have problems would slow the garbage collector for all.
-            self._lines = {}
-            loader = _Loader(self.text)
+            loader = Loader(self.text)
             try:
                 for _ in range(self.index + 1):
                     loader.check_node()  # the C parser needs it before each get_node
                     node = loader.get_node()
             finally:
                 loader.dispose()
-            _record_lines(node, (), self._lines, self.file, [])
+            self._lines = record_lines(node, self.file, [])
         for end in range(len(loc), -1, -1):
             if loc[:end] in self._lines:
                 return self._lines[loc[:end]]
@@ -154,10 +157,14 @@ def _manifest_paths(path: Path, problems: list[Problem]) -> list[tuple[str, str]
     return found
 
 
-def load_manifests(path: Path | str, cache: ContentCache | None = None) -> ManifestSet:
+def load_manifests(
+    path: Path | str, cache: ContentCache | None = None, *, uri_rules: UriRules = DEFAULT_URI_RULES
+) -> ManifestSet:
     """Load and validate every manifest below ``path``; raise ManifestError listing every problem.
 
     With a ``cache``, files whose content loaded cleanly before skip YAML parsing (same result).
+    ``uri_rules`` is what the operator lets Host URIs use beyond the defaults (never the manifests:
+    see :class:`UriRules`); sandbox state files must lie inside the manifest root.
     """
     root = Path(path)
     if not root.exists():
@@ -171,7 +178,7 @@ def load_manifests(path: Path | str, cache: ContentCache | None = None) -> Manif
         cache.finish()
     if not loaded and not problems:
         problems.append(Problem(str(root), None, None, "no manifests (*.yaml, *.yml) found"))
-    manifests = _assemble(loaded, base, problems)
+    manifests = _assemble(loaded, base, problems, uri_rules)
     manifests.whole_tree = root.is_dir()
     if problems:
         raise ManifestError(sorted(problems, key=lambda p: (p.file, p.line or 0)))
@@ -184,25 +191,25 @@ def _load_tree(
     """Every valid document of every manifest file below ``root``, in file order."""
     loaded: list[tuple[BaseModel, _Document]] = []
     for file, display in _manifest_paths(root, problems):
-        try:
-            with open(file, "rb") as stream:
-                content = stream.read()
-            text = content.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            problems.append(Problem(display, None, None, f"cannot read: {err}"))
+        if FORBIDDEN.search(display):  # it would reach the ownership metadata in libvirt's XML
+            problems.append(Problem(printable(display), None, None, "a control character in the file name"))
             continue
-        loaded.extend(_load_file(content, text, display, problems, cache))
+        read = read_manifest(file, display, problems)
+        if read is not None:
+            loaded.extend(_load_file(*read, display, problems, cache))
     return loaded
 
 
-def _assemble(loaded: list[tuple[BaseModel, _Document]], base: Path, problems: list[Problem]) -> ManifestSet:
+def _assemble(
+    loaded: list[tuple[BaseModel, _Document]], base: Path, problems: list[Problem], rules: UriRules
+) -> ManifestSet:
     """Index the documents by name: every host first, so a domain may name a host from any file."""
     manifests = ManifestSet(root=base.resolve())
     domain_docs: list[tuple[Domain, _Document]] = []
     hosts: list[tuple[Host, Placed]] = []
     for model, doc in loaded:
         if isinstance(model, Host):
-            added = _add_host(manifests, model, doc, base, problems)
+            added = _add_host(manifests, model, doc, problems, rules)
             if added is not None:
                 hosts.append((added, Placed(doc.file, doc.line_of)))
         elif isinstance(model, Domain):
@@ -224,7 +231,7 @@ def _load_file(
 
     A cached file is a list of ``[line, index, kind, model JSON]``, one per document.
     """
-    digest = content_digest(content) if cache is not None else ""
+    digest = content_digest(_CHECKS + content) if cache is not None else ""
     cached = cache.get(digest) if cache is not None else None
     if cache is not None and cached is not None:
         try:
@@ -238,7 +245,7 @@ def _load_file(
     loaded = []
     for doc in _parse_yaml(text, file, problems):
         model = _validate(doc, problems)
-        if model is not None:
+        if model is not None and not doc.refused:
             loaded.append((model, doc))
     if cache is not None and len(problems) == before:
         cache.put(
@@ -252,9 +259,10 @@ def _load_file(
 
 
 def _parse_yaml(text: str, file: str, problems: list[Problem]) -> Iterator[_Document]:
-    """Parse every document of one file with the C loader."""
-    loader = _Loader(text)
+    """Parse every document of one file with the C loader, within the limits of ``yamltree``."""
+    loader = Loader(text)
     index = -1
+    budget = MAX_NODES
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -262,47 +270,47 @@ def _parse_yaml(text: str, file: str, problems: list[Problem]) -> Iterator[_Docu
             if node is None:
                 continue
             loader.has_duplicates = False
-            data = loader.construct_document(node)
-            if loader.has_duplicates:
-                _record_lines(node, (), {}, file, problems)  # reports each duplicate with its path
-            if data is None:
+            size = measure(node, budget)
+            data, refusal = (None, size) if isinstance(size, Refusal) else construct(loader, node)
+            if refusal is not None:
+                problems.append(Problem(file, refusal.line, None, refusal.message))
                 continue
-            yield _Document(file, node.start_mark.line + 1, data, text, index)
+            budget -= size if isinstance(size, int) else 0
+            if loader.has_duplicates:
+                record_lines(node, file, problems)  # reports each duplicate with its path
+            if data is not None:
+                yield _checked(_Document(file, node.start_mark.line + 1, data, text, index), node, problems)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(err, "problem", None) or str(err)
-        problems.append(Problem(file, line, None, f"YAML syntax error: {reason}"))
+        problems.append(Problem(file, _error_line(err, text), None, f"YAML syntax error: {_reason(err)}"))
     finally:
         loader.dispose()
 
 
-def _record_lines(
-    node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str, problems: list[Problem]
-) -> None:
-    """Walk a composed YAML node tree and note the line of each mapping key and list item."""
-    lines[loc] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            child = (*loc, key)
-            if key in seen:
-                problems.append(Problem(file, key_node.start_mark.line + 1, _dotted(child), "duplicate key"))
-            seen.add(key)
-            _record_lines(value_node, child, lines, file, problems)
-            lines[child] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _record_lines(item, (*loc, index), lines, file, problems)
+def _checked(doc: _Document, node: yaml.Node, problems: list[Problem]) -> _Document:
+    """The document, marked refused (and each problem reported) when a string it holds may not be
+    used: a control character, a character XML cannot carry, a value of a type no field takes."""
+    for loc, message in bad_strings(doc.data):
+        if doc._lines is None:
+            doc._lines = record_lines(node, doc.file, [])
+        doc.refused = True
+        problems.append(Problem(doc.file, doc.line_of(loc), dotted(loc), message))
+    return doc
 
 
-def _dotted(loc: Loc) -> str:
-    """Render a field path the way a manifest author reads it: ``spec.disks[0].path``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
+def _error_line(err: yaml.YAMLError, text: str) -> int | None:
+    """The line a YAML error names; a reader error (a character YAML refuses) gives a byte offset."""
+    if isinstance(err, yaml.reader.ReaderError):
+        return text.encode("utf-8", "surrogatepass")[: err.position].count(b"\n") + 1
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
+def _reason(err: yaml.YAMLError) -> str:
+    """What a YAML error says is wrong, without the text it quotes (a terminal must not see it raw)."""
+    if isinstance(err, yaml.reader.ReaderError):
+        character = err.character if isinstance(err.character, int) else ord(err.character[:1] or "?")
+        return f"character U+{character:04X} is not allowed in YAML ({err.reason})"
+    return printable(str(getattr(err, "problem", None) or err))
 
 
 def _validate(doc: _Document, problems: list[Problem]) -> BaseModel | None:
@@ -315,7 +323,9 @@ def _validate(doc: _Document, problems: list[Problem]) -> BaseModel | None:
     except ValidationError as err:
         for error in err.errors(include_url=False):
             loc = tuple(error["loc"])
-            problems.append(Problem(doc.file, doc.line_of(loc), _dotted(loc), _message(error, model_type)))
+            problems.append(
+                Problem(doc.file, doc.line_of(loc), dotted(loc), validation_message(error, model_type))
+            )
         return None
 
 
@@ -351,68 +361,11 @@ def _model_type(doc: _Document, problems: list[Problem]) -> type[BaseModel] | No
     return model_type
 
 
-def _message(error: Any, model_type: type[BaseModel]) -> str:
-    """Turn a pydantic error into a sentence for a manifest author."""
-    kind = error["type"]
-    value = error.get("input")
-    if kind == "extra_forbidden":
-        return "unknown field" + _suggestion(model_type, tuple(error["loc"]))
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "string_type" and isinstance(value, int | float | bool):
-        return f"expected a string, but YAML read {value!r} as {type(value).__name__}: put it in quotes"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
-
-
-def _suggestion(model_type: type[BaseModel], loc: Loc) -> str:
-    """``; did you mean X?`` naming the known field closest to the unknown one at ``loc``, or ``""``.
-
-    Computed only for a document that failed, so a clean load never pays for it.
-    """
-    if not loc or not isinstance(loc[-1], str):
-        return ""
-    owner = _model_at(model_type, loc[:-1])
-    if owner is None:
-        return ""
-    aliases = [info.alias or name for name, info in owner.model_fields.items()]
-    close = difflib.get_close_matches(loc[-1], aliases, n=1)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def _model_at(model_type: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
-    """The model a field path leads to (list indexes stay on the item model), or None."""
-    current: type[BaseModel] | None = model_type
-    for part in loc:
-        if isinstance(part, int):
-            continue  # an item of a tuple of models: the item model was found with the tuple
-        field_type = _field_types(current).get(part) if current is not None else None
-        current = _model_in(field_type)
-    return current
-
-
-def _field_types(model_type: type[BaseModel]) -> dict[str, Any]:
-    """A model's field types by every key a manifest may use: alias, and name (populate_by_name)."""
-    types = {name: info.annotation for name, info in model_type.model_fields.items()}
-    types.update({info.alias: info.annotation for info in model_type.model_fields.values() if info.alias})
-    return types
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The model a field's type holds: itself, or inside Optional, Annotated or tuple[...]."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in get_args(annotation):
-        found = _model_in(argument)
-        if found is not None:
-            return found
-    return None
-
-
 def _add_host(
-    manifests: ManifestSet, host: Host, doc: _Document, base: Path, problems: list[Problem]
+    manifests: ManifestSet, host: Host, doc: _Document, problems: list[Problem], rules: UriRules
 ) -> Host | None:
-    """Add a host, its sandbox path resolved against its file; a second host of that name is a problem."""
+    """Add a host, its sandbox path resolved against its file; a second host of that name, or a URI
+    the operator's ``rules`` or the manifest root do not allow, is a problem."""
     name = host.name
     if name in manifests.hosts:
         first = manifests.host_source(name)
@@ -425,7 +378,9 @@ def _add_host(
             )
         )
         return None
-    uri = host.spec.address.resolved((base / doc.file).parent)
+    uri, refusal = host.spec.address.checked(manifests.root, (manifests.root / doc.file).parent, rules)
+    if refusal is not None:
+        problems.append(Problem(doc.file, doc.line_of(("spec", "uri")), "spec.uri", refusal))
     if uri.text != host.spec.uri:
         host = host.model_copy(update={"spec": host.spec.model_copy(update={"uri": uri.text})})
     manifests.hosts[name] = host

@@ -38,6 +38,16 @@ Size = Annotated[
     WithJsonSchema({"type": "string", "pattern": SIZE_PATTERN, "examples": ["4GiB", "512MiB"]}),
 ]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+#: Numbers and booleans are taken as YAML wrote them: ``vcpus: true`` is not 1, ``autostart: 1`` not true.
+Count = Annotated[int, Field(strict=True)]
+Flag = Annotated[bool, Field(strict=True)]
+#: Overcommit ratios: finite, above 0, and at most this. Past it a limit no longer limits anything a
+#: machine holds, and host size × ratio leaves the range the policy arithmetic works in: a typo, or
+#: an attempt to break the policy check.
+MAX_RATIO = 1000
+Ratio = Annotated[float, Field(strict=True, gt=0, le=MAX_RATIO, allow_inf_nan=False)]
+#: More CPUs than any machine Linux runs on (8,192 with MAXSMP): beyond it, a typo.
+MAX_HOST_CPUS = 65_536
 
 #: Disk name prefix libvirt uses for each bus, for targets the manifest leaves out.
 BUS_TARGET_PREFIX: dict[str, str] = {"virtio": "vd", "sata": "sd", "scsi": "sd", "usb": "sd", "ide": "hd"}
@@ -61,11 +71,11 @@ class Model(BaseModel):
 class Capacity(Model):
     """What the host holds, overriding what libvirt reports (and the size of a new sandbox)."""
 
-    cpus: Annotated[int, Field(ge=1)] | None = Field(
+    cpus: Annotated[Count, Field(ge=1, le=MAX_HOST_CPUS)] | None = Field(
         default=None,
         description="Host CPUs the policy counts; null takes libvirt's count (a new sandbox gets 8).",
     )
-    memory: Size | None = Field(
+    memory: Annotated[Size, Field(gt=0)] | None = Field(
         default=None,
         description="Host memory the policy counts, e.g. 64GiB; null takes the kernel's total "
         "(a new sandbox gets 16GiB).",
@@ -80,14 +90,16 @@ class Capacity(Model):
 class CpuPolicy(Model):
     """CPU overcommit: sum of vCPUs <= cpus x ratio, and no domain wider than maxVcpusPerDomain."""
 
-    ratio: Annotated[float, Field(gt=0)] = Field(
-        default=4.0, description="Sum of vCPUs may reach host CPUs × ratio (rounded down); default 4."
+    ratio: Ratio = Field(
+        default=4.0,
+        description="Sum of vCPUs may reach host CPUs × ratio (rounded down); default 4. At most 1000: "
+        "past that the limit limits nothing a machine holds, and the arithmetic would overflow.",
     )
-    max_vcpus_per_domain: Annotated[int, Field(ge=1)] | None = Field(
+    max_vcpus_per_domain: Annotated[Count, Field(ge=1, le=MAX_HOST_CPUS)] | None = Field(
         default=None,
         description="Most vCPUs any one domain may have; null means the host's CPU count.",
     )
-    count_inactive: bool = Field(
+    count_inactive: Flag = Field(
         default=True,
         description="Whether shut-off domains count in cpu.total and memory.commit (they can be "
         "started at any time); default true.",
@@ -97,19 +109,21 @@ class CpuPolicy(Model):
 class MemoryPolicy(Model):
     """Memory overcommit: sum of maximum memory <= (memory - reserved) x ratio, plus the balloon bound."""
 
-    ratio: Annotated[float, Field(gt=0)] = Field(
+    ratio: Ratio = Field(
         default=1.0,
-        description="Sum of domains' maximum memory may reach (host memory − reserved) × ratio; default 1.",
+        description="Sum of domains' maximum memory may reach (host memory − reserved) × ratio; default "
+        "1. At most 1000: past that the limit limits nothing a machine holds, and the arithmetic would "
+        "overflow.",
     )
     reserved: Size = Field(  # type: ignore[assignment]  # validate_default turns "1GiB" into bytes
         default="1GiB",
         description="Memory kept for the host itself, never given to domains; default 1GiB.",
     )
-    count_swap: bool = Field(
+    count_swap: Flag = Field(
         default=False,
         description="Whether swap adds to what running domains' current memory may reach; default false.",
     )
-    count_ksm: bool = Field(
+    count_ksm: Flag = Field(
         default=False,
         description="Whether KSM savings add to what running domains' current memory may reach "
         "(they shrink when sharing drops); default false.",
@@ -141,12 +155,12 @@ class HostSpec(Model):
         default_factory=Capacity,
         description="CPUs, memory and swap to count instead of what libvirt reports.",
     )
-    prune: bool = Field(
+    prune: Flag = Field(
         default=False,
         description="Whether apply may undefine managed domains gone from the manifests without "
         "--allow-delete; default false.",
     )
-    max_deletions: Annotated[int, Field(ge=0)] = Field(
+    max_deletions: Annotated[Count, Field(ge=0, le=1_000_000)] = Field(
         default=5,
         description="An apply that would undefine more domains than this on the host (or more than "
         "half of its managed domains) is refused unless --allow-mass-delete; default 5.",
@@ -264,10 +278,10 @@ class Boot(Model):
 class DomainSpec(Model):
     """Everything the reconciler models about a domain; every other XML element is left alone."""
 
-    vcpus: Annotated[int, Field(ge=1, le=4096)] = Field(
+    vcpus: Annotated[Count, Field(ge=1, le=4096)] = Field(
         default=1, description="Virtual CPUs; counted by the host's cpu overcommit limits; default 1."
     )
-    memory: Size = Field(
+    memory: Annotated[Size, Field(gt=0)] = Field(
         description="Maximum memory with a unit, e.g. 4GiB; counted by the host's memory.commit limit.",
     )
     current_memory: Size = Field(
@@ -276,7 +290,7 @@ class DomainSpec(Model):
     state: Literal["running", "stopped"] = Field(
         default="running", description="Whether the domain should be running or shut off; default running."
     )
-    autostart: bool = Field(
+    autostart: Flag = Field(
         default=False, description="Whether libvirt starts the domain when the host boots; default false."
     )
     type: Literal["kvm", "qemu"] = Field(
@@ -304,7 +318,7 @@ class DomainSpec(Model):
         default="virtio",
         description="Memory balloon device; without one (none) currentMemory cannot change live.",
     )
-    deletion_protection: bool = Field(
+    deletion_protection: Flag = Field(
         default=False,
         description="Never undefine this domain, even when it leaves the manifests with prune on; "
         "recorded in its ownership metadata, so it holds after the manifest is gone. Default false.",
@@ -338,13 +352,16 @@ class DomainSpec(Model):
         """Name the disks the manifest leaves unnamed after their bus: vda, vdb, sda, hda..."""
         if not isinstance(disks, list | tuple):
             return disks
-        taken: set[str] = {d["target"] for d in disks if isinstance(d, dict) and d.get("target")}
+        taken: set[str] = {
+            d["target"] for d in disks if isinstance(d, dict) and isinstance(d.get("target"), str)
+        }
         taken |= {d.target for d in disks if isinstance(d, Disk) and d.target}
         filled = []
         for disk in disks:
             named = disk
             if isinstance(disk, dict) and disk.get("target") is None:
-                prefix = BUS_TARGET_PREFIX.get(disk.get("bus", "virtio"))
+                bus = disk.get("bus", "virtio")
+                prefix = BUS_TARGET_PREFIX.get(bus) if isinstance(bus, str) else None
                 if prefix is not None:  # an unknown bus is reported by the Disk model itself
                     named = {**disk, "target": _next_target(prefix, taken)}
                     taken.add(named["target"])

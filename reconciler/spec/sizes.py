@@ -51,6 +51,12 @@ _LIBVIRT_UNITS: dict[str, int] = {
     "eib": 1024**6,
 }
 
+#: The largest size a manifest may give: 16 PiB, above the most memory a 64-bit machine can address
+#: today (x86-64's 52-bit physical addresses: 4 PiB). Beyond it a size is a typo or an attack on the
+#: policy arithmetic, which sums sizes over thousands of domains and multiplies them by ratios.
+MAX_SIZE = 16 * 1024**5
+#: Digits a size's whole number may have: 16 PiB in KB is 17 digits; more only hides an overflow.
+_MAX_DIGITS = 24
 SIZE_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(KiB|Ki|MiB|Mi|GiB|Gi|TiB|Ti|KB|MB|GB|TB)\s*$"
 _SIZE_RE = re.compile(SIZE_PATTERN)
 
@@ -75,11 +81,17 @@ def parse_size(text: object) -> int:
     match = _SIZE_RE.match(text)
     if not match:
         raise ValueError(
-            f"invalid size {text!r}: expected a number with a unit ({', '.join(MANIFEST_UNITS)}), e.g. '4GiB'"
+            f"invalid size {text[:40]!r}: expected a number with a unit ({', '.join(MANIFEST_UNITS)}), "
+            "e.g. '4GiB'"
         )
     number, unit = match.groups()
+    if len(number.partition(".")[0].lstrip("0")) > _MAX_DIGITS:
+        raise ValueError(f"size {text.strip()[:40]!r} is larger than 16 PiB, the most a manifest may give")
     value = float(number) * MANIFEST_UNITS[unit] if "." in number else int(number) * MANIFEST_UNITS[unit]
-    return round_up_to_kib(int(value + 0.5) if isinstance(value, float) else value)
+    size = round_up_to_kib(int(value + 0.5) if isinstance(value, float) else value)
+    if size > MAX_SIZE:
+        raise ValueError(f"size {text.strip()[:40]!r} is larger than 16 PiB, the most a manifest may give")
+    return size
 
 
 def parse_libvirt_size(text: str | None, unit: str | None) -> int:

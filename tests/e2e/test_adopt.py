@@ -89,5 +89,6 @@ def test_import_backup_restore_on_libvirtd(e2e, conn, image, tmp_path):
     subprocess.run(put_back.split(), check=True)  # the image comes back from the backup, as told
     restored = e2e.cli("restore", "--host", "local", "--from", str(backup))
     assert restored.code == 0, restored.out
-    assert "vr:owner" in conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert 'pending="true"' in conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert e2e.cli("apply").code == 0  # its manifest is back: the first apply clears the mark
     assert e2e.cli("plan").code == 0

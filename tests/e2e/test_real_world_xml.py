@@ -8,6 +8,7 @@ import libvirt
 import yaml
 from lxml import etree
 
+from reconciler.adapters.gitsource import root_identity
 from reconciler.engine.diff import normalise, spec_changes
 from reconciler.libvirtxml.merge import merge_domain
 from reconciler.libvirtxml.parse import parse_domain
@@ -44,7 +45,8 @@ def test_corpus_defined_on_libvirtd_plans_to_zero_changes(e2e, conn):
         xml = etree.tostring(root, encoding="unicode")
         spec = parse_domain(xml).spec
         try:
-            dom = conn.defineXML(merge_domain(xml, spec, OWNER))
+            owner = OWNER.model_copy(update={"root": root_identity(e2e.root), "host": "local"})
+            dom = conn.defineXML(merge_domain(xml, spec, owner))
         except libvirt.libvirtError as err:
             raise AssertionError(f"{path.name} was not accepted by libvirtd: {err}") from err
         defined.append(path.name)

@@ -16,12 +16,18 @@ from tests.helpers import cli, domain_yaml
 SECRET = b"s3cret"
 
 
-def host(state: Path, cpus: int = 8) -> str:
+def host(cpus: int = 8) -> str:
+    """The sandbox host, its state file inside the manifest root (a manifest names no file outside)."""
     return (
         "apiVersion: virt-reconcile/v1\nkind: Host\nmetadata: {name: hv1}\n"
-        f"spec:\n  uri: sandbox:{state}\n  capacity: {{cpus: {cpus}, memory: 16GiB}}\n"
+        f"spec:\n  uri: sandbox:state/hv1.xml\n  capacity: {{cpus: {cpus}, memory: 16GiB}}\n"
         "  overcommit: {cpu: {ratio: 1.0}}\n"
     )
+
+
+def checkout_state(tmp_path: Path) -> Path:
+    """Where the daemon's sandbox host keeps its state: beside the manifests it checked out."""
+    return tmp_path / "state" / "checkout" / "manifests" / "state" / "hv1.xml"
 
 
 @pytest.fixture
@@ -50,8 +56,8 @@ def sandbox_view(state: Path) -> str:
 
 
 def test_first_commit_then_push_and_webhook(tmp_path, repo, daemons):
-    state = tmp_path / "hv1.xml"
-    first = repo.commit({"hosts.yaml": host(state), "web.yaml": domain_yaml("web", vcpus=2)})
+    state = checkout_state(tmp_path)
+    first = repo.commit({"hosts.yaml": host(), "web.yaml": domain_yaml("web", vcpus=2)})
     daemon = daemons(repo, "--snapshot-to", str(tmp_path / "published"))
     status = daemon.wait_for("hv1", result="applied", revision=first)
     assert status["appliedRevision"] == first and "define web" in status["message"]
@@ -84,8 +90,8 @@ def test_first_commit_then_push_and_webhook(tmp_path, repo, daemons):
 
 
 def test_policy_breaking_commit_is_refused_and_the_previous_state_stays(tmp_path, repo, daemons):
-    state = tmp_path / "hv1.xml"
-    good = repo.commit({"hosts.yaml": host(state, cpus=4), "web.yaml": domain_yaml("web", vcpus=2)})
+    state = checkout_state(tmp_path)
+    good = repo.commit({"hosts.yaml": host(cpus=4), "web.yaml": domain_yaml("web", vcpus=2)})
     daemon = daemons(repo)
     daemon.wait_for("hv1", result="applied", revision=good)
     before = sandbox_view(state)
@@ -102,8 +108,8 @@ def test_policy_breaking_commit_is_refused_and_the_previous_state_stays(tmp_path
 
 
 def test_fetch_failure_keeps_the_state_and_is_reported_then_recovers(tmp_path, repo, daemons):
-    state = tmp_path / "hv1.xml"
-    good = repo.commit({"hosts.yaml": host(state), "web.yaml": domain_yaml("web")})
+    state = checkout_state(tmp_path)
+    good = repo.commit({"hosts.yaml": host(), "web.yaml": domain_yaml("web")})
     daemon = daemons(repo)
     daemon.wait_for("hv1", result="applied", revision=good)
     before = sandbox_view(state)
@@ -121,7 +127,7 @@ def test_fetch_failure_keeps_the_state_and_is_reported_then_recovers(tmp_path, r
 
 
 def test_sigterm_exits_0_within_seconds(tmp_path, repo, daemons):
-    repo.commit({"hosts.yaml": host(tmp_path / "hv1.xml"), "web.yaml": domain_yaml("web")})
+    repo.commit({"hosts.yaml": host(), "web.yaml": domain_yaml("web")})
     daemon = daemons(repo)
     daemon.wait_for("hv1", result="applied")
     started = time.monotonic()
@@ -130,8 +136,7 @@ def test_sigterm_exits_0_within_seconds(tmp_path, repo, daemons):
 
 
 def test_kill_9_then_restart_converges(tmp_path, repo, daemons):
-    state = tmp_path / "hv1.xml"
-    repo.commit({"hosts.yaml": host(state), "web.yaml": domain_yaml("web")})
+    repo.commit({"hosts.yaml": host(), "web.yaml": domain_yaml("web")})
     daemon = daemons(repo)
     daemon.wait_for("hv1", result="applied")
     latest = repo.commit({f"vm{i}.yaml": domain_yaml(f"vm{i}") for i in range(5)})
@@ -144,15 +149,15 @@ def test_kill_9_then_restart_converges(tmp_path, repo, daemons):
 
 
 def test_webhook_is_off_without_a_secret(tmp_path, repo, daemons):
-    repo.commit({"hosts.yaml": host(tmp_path / "hv1.xml"), "web.yaml": domain_yaml("web")})
+    repo.commit({"hosts.yaml": host(), "web.yaml": domain_yaml("web")})
     daemon = daemons(repo, secret=None)
     daemon.wait_for("hv1", result="applied")
     assert daemon.webhook(signature="sha256=whatever") == 404
 
 
 def test_polling_finds_a_new_commit(tmp_path, repo, daemons):
-    repo.commit({"hosts.yaml": host(tmp_path / "hv1.xml"), "web.yaml": domain_yaml("web")})
-    daemon = daemons(repo, "--interval", "300ms")
+    repo.commit({"hosts.yaml": host(), "web.yaml": domain_yaml("web")})
+    daemon = daemons(repo, "--interval", "1s")
     daemon.wait_for("hv1", result="applied")
     newer = repo.commit({"db.yaml": domain_yaml("db")})
     daemon.wait_for("hv1", result="applied", revision=newer, timeout=20)
@@ -161,7 +166,7 @@ def test_polling_finds_a_new_commit(tmp_path, repo, daemons):
 def test_directory_source_is_watched(tmp_path, daemons):
     folder = tmp_path / "manifests"
     folder.mkdir()
-    (folder / "hosts.yaml").write_text(host(tmp_path / "hv1.xml"))
+    (folder / "hosts.yaml").write_text(host())
     (folder / "web.yaml").write_text(domain_yaml("web"))
     process = DaemonProcess("--source", str(folder), "--interval", "1h", state_dir=tmp_path / "state")
     try:

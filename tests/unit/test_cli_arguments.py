@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
+from reconciler.cli.argtypes import duration, expiry, listen_address
 from reconciler.cli.main import main
-from reconciler.cli.parser import duration, expiry, listen_address
 
 cli_main = importlib.import_module("reconciler.cli.main")  # the module: ``reconciler.cli.main`` is main()
 

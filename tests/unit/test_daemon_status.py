@@ -28,7 +28,7 @@ def test_the_document_keeps_its_shape(tmp_path):
     store.source_fetched("abc")
     store.reconciled("abc")
     document = store.document()
-    assert set(document) == {"hosts", "source", "reconciledRevision"}
+    assert set(document) == {"hosts", "source", "reconciledRevision", "revisionError"}
     assert set(document["source"]) == {"revision", "message", "time"}
     assert document["reconciledRevision"] == "abc" and not store.source_failing
 

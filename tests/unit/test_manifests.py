@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import ManifestError
+from reconciler.spec.hosturi import UriRules
 from reconciler.spec.manifests import Source, load_manifests
 from tests.helpers import domain_yaml, host_yaml, write
 
@@ -345,7 +346,24 @@ def test_system_and_session_and_other_machines_are_different_hypervisors(tmp_pat
         host_yaml(f"hv{index}").replace("sandbox:state/hv1.xml", uri) for index, uri in enumerate(uris)
     )
     write(tmp_path, "h.yaml", text)
-    assert len(load_manifests(tmp_path).hosts) == len(uris)
+    assert len(load_manifests(tmp_path, uri_rules=UriRules.of(params=["socket"])).hosts) == len(uris)
+
+
+def test_host_uris_are_held_to_the_operators_rules_at_load(tmp_path):
+    """A URI parameter or the ext transport passed validation; plan then ran the command it named."""
+    uris = ["qemu+ext:///system?command=./payload.sh", "test+unix:///default?socket=/a", "sandbox:/etc/x.xml"]
+    text = "---\n".join(
+        host_yaml(f"hv{index}").replace("sandbox:state/hv1.xml", uri) for index, uri in enumerate(uris)
+    )
+    write(tmp_path, "h.yaml", text)
+    found = problems(tmp_path)
+    assert [p.split(": ")[:2] for p in found] == [[f"h.yaml:{line}", "spec.uri"] for line in (5, 13, 21)]
+    assert "transport 'ext' runs a command" in found[0] and "(--allow-uri-transport ext)" in found[0]
+    assert "query parameter 'socket' is refused" in found[1] and "(--allow-uri-param socket)" in found[1]
+    assert "the sandbox state file /etc/x.xml is outside the manifest root" in found[2]
+    rules = UriRules.of(params=["socket", "command"], transports=["ext"])
+    write(tmp_path, "h.yaml", text.replace("sandbox:/etc/x.xml", "sandbox:state/x.xml"))
+    assert len(load_manifests(tmp_path, uri_rules=rules).hosts) == 3  # the operator allowed them
 
 
 def test_a_folder_that_cannot_be_read_is_an_error_not_skipped(tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ def host_plan(name, uri, desired, observed, *, cpus=8, **options):
         uri,
         {d.name: d for d in desired},
         lambda _n: OWNER,
-        DeletionRules(allow=options.get("allow_delete", False)),
+        DeletionRules(allow=options.get("allow_delete", False), allow_mass=True),
         HostPolicy(Capacity(), options.get("policy") or Overcommit()),
     )
     return build_host_plan(wanted, HostObservation(cpus=cpus, memory=16 * GiB, domains=tuple(observed)))

@@ -113,3 +113,39 @@ def test_host_policy_defaults():
     assert host.spec.overcommit.memory.reserved == 1024**3
     assert host.spec.overcommit.enforcement == "enforce"
     assert host.spec.prune is False
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        ({"vcpus": True}, ("vcpus",)),
+        ({"vcpus": 2.0}, ("vcpus",)),
+        ({"autostart": 1}, ("autostart",)),
+        ({"deletionProtection": "yes"}, ("deletionProtection",)),
+        ({"memory": "0KiB"}, ("memory",)),
+    ],
+)
+def test_numbers_and_booleans_are_never_converted(fields, loc):
+    """``vcpus: true`` was 1 vCPU, ``autostart: 1`` was true, ``memory: 0KiB`` a domain."""
+    with pytest.raises(ValidationError) as info:
+        spec(**fields)
+    assert [e["loc"] for e in info.value.errors()] == [loc]
+
+
+def test_ratios_are_finite_bounded_and_whole_numbers_stay_numbers():
+    from reconciler.spec.models import CpuPolicy, MemoryPolicy
+
+    assert CpuPolicy.model_validate({"ratio": 4}).ratio == 4.0  # a YAML int is a ratio too
+    for ratio in (float("inf"), float("nan"), 1e308, True, "2"):
+        with pytest.raises(ValidationError):
+            CpuPolicy.model_validate({"ratio": ratio})
+        with pytest.raises(ValidationError):
+            MemoryPolicy.model_validate({"ratio": ratio})
+
+
+def test_sizes_are_bounded_by_16_pib():
+    """A size past 16 PiB is a typo; one with hundreds of digits raised OverflowError."""
+    assert spec(memory="16384TiB").memory == 16 * 1024**5
+    for size in ("16385TiB", "1" * 400 + ".5GiB", "9" * 5000 + "KiB"):
+        with pytest.raises(ValidationError, match="larger than 16 PiB"):
+            spec(memory=size)

@@ -8,11 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
 from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK
 from reconciler.cli.inputs import one_host, revision, root_identity
 from reconciler.report import Printer
+from reconciler.report import escape_markup as escape
 
 if TYPE_CHECKING:
     from reconciler.ops.adopt import Report
@@ -93,7 +92,10 @@ def _print_report(report: Report, verb: str) -> int:
     for name in report.done:
         out.print(f"  [green]✓[/green] {verb} {escape(name)}")
     for reason in report.refused:
-        out.print(f"  [red]✗ refused[/red] {escape(reason)}")
+        first, *more = reason.split("\n")  # a reason may add lines (the command that fixes it)
+        out.print(f"  [red]✗ refused[/red] {escape(first)}")
+        for line in more:
+            out.print(f"      {escape(line.strip())}")
     out.print(f"[bold]{len(report.done)} {verb}, {len(report.refused)} refused.[/bold]")
     return EXIT_ERROR if report.refused else EXIT_OK
 

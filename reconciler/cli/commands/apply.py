@@ -7,8 +7,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from rich.markup import escape
-
 from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_REFUSED
 from reconciler.cli.inputs import connector, load, revision, root_identity, selected_hosts
 from reconciler.engine.actions import Action, ActionKind
@@ -17,13 +15,14 @@ from reconciler.engine.plan import HostPlan
 from reconciler.engine.reconcile import Outcome, ReconcileOptions, reconcile, select_hosts
 from reconciler.files.content_cache import ContentCache
 from reconciler.report import Printer, render_host_text, render_result, summary_line
+from reconciler.report import escape_markup as escape
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 done or nothing to do, 3 refused by policy (on any host), 1 an action or host failed."""
     if args.plan:
         return _apply_saved(args)
-    manifests = load(args.path)
+    manifests = load(args.path, args)
     select_hosts(manifests, args.host)
     out = Printer(sys.stdout)
     hooks = replace(_hooks(out), confirm=None if args.auto_approve else ask_on_terminal(out))

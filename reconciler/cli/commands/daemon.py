@@ -7,19 +7,35 @@ import re
 import signal
 from pathlib import Path
 
-from reconciler.cli.inputs import connector
+from reconciler.cli.inputs import connector, uri_rules
+from reconciler.errors import DaemonConfigError
 
 GIT_URL = re.compile(r"^(file|ssh|https?|git)://|^[\w.-]+@[\w.-]+:")
 
 
+def webhook_secret(path: str | None) -> bytes | None:
+    """The webhook's HMAC secret from ``path`` (None: no webhook). An empty or blank file is refused:
+    an empty key would accept any body signed with the empty key, i.e. by anyone."""
+    if path is None:
+        return None
+    secret = Path(path).read_bytes().strip()
+    if not secret:
+        raise DaemonConfigError(
+            f"--webhook-secret-file {path} is empty: write a secret into it "
+            "(e.g. openssl rand -hex 32 > FILE), or leave the option out to turn the webhook off"
+        )
+    return secret
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground; its exit code."""
-    from reconciler.adapters import libvirt_host
+    from reconciler.adapters.events import DomainEvents
     from reconciler.adapters.watch import watch_directory
     from reconciler.daemon import Daemon, DaemonConfig, DirectorySource, GitSource, configure_logging
+    from reconciler.daemon.sources import RevisionChecks
 
     state_dir = Path(args.state_dir)
-    secret = Path(args.webhook_secret_file).read_bytes().strip() if args.webhook_secret_file else None
+    secret = webhook_secret(args.webhook_secret_file)
     config = DaemonConfig(
         hosts=args.host or [],
         interval=args.interval,  # seconds, listen (host, port): checked by the parser's types
@@ -31,17 +47,19 @@ def run(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         snapshot_to=Path(args.snapshot_to) if args.snapshot_to else None,
         snapshot_command=args.snapshot_command,
+        uri_rules=uri_rules(args),
     )
+    checks = RevisionChecks.from_options(args.verify_signatures, args.require_fast_forward)
     source = (
-        GitSource(args.source, args.branch, args.path, state_dir)
+        GitSource(args.source, args.branch, args.path, state_dir, checks)
         if GIT_URL.match(args.source)
-        else DirectorySource(Path(args.source))
+        else DirectorySource(Path(args.source), checks)
     )
     daemon = Daemon(
         config,
         source,
         connector(),
-        events=libvirt_host.DomainEvents,
+        events=DomainEvents,
         watch=watch_directory,
     )
     configure_logging()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.markup import escape
-
 from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK
 from reconciler.report import Printer
+from reconciler.report import escape_markup as escape
 
 
 def run(args: argparse.Namespace) -> int:

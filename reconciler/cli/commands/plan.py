@@ -9,14 +9,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
 from reconciler.cli.exit_codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_REFUSED
 from reconciler.cli.inputs import connector, load, revision, root_identity, selected_hosts
 from reconciler.engine.apply import Hooks
 from reconciler.engine.reconcile import Connector, Outcome, ReconcileOptions, reconcile, select_hosts
 from reconciler.files.content_cache import ContentCache
 from reconciler.report import Printer, render_host_text, render_json, render_markdown, summary_line
+from reconciler.report import escape_markup as escape
 
 if TYPE_CHECKING:
     from reconciler.offline.snapshot import SnapshotHypervisor
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 
 def run(args: argparse.Namespace) -> int:
     """Print the plan; exit 0 no changes, 2 changes, 3 refused by policy, 1 a host failed."""
-    manifests = load(args.path)
+    manifests = load(args.path, args)
     select_hosts(manifests, args.host)
     out = Printer(sys.stdout)
     text = args.format == "text"

@@ -7,13 +7,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rich.markup import escape
-
 from reconciler.cli.exit_codes import EXIT_OK
 from reconciler.cli.inputs import load
 from reconciler.engine.reconcile import select_hosts
 from reconciler.files.atomic import write_atomically
 from reconciler.report import Printer
+from reconciler.report import escape_markup as escape
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.engine.preflight import wanted_paths
     from reconciler.offline.snapshot import Snapshot, snapshot_host
 
-    manifests = load(args.path)
+    manifests = load(args.path, args)
     hosts = {}
     for name in select_hosts(manifests, args.host):
         host = manifests.hosts[name]

@@ -8,11 +8,10 @@ import sys
 import urllib.request
 from typing import Any
 
-from rich.markup import escape
-
 from reconciler.cli.exit_codes import EXIT_OK
 from reconciler.errors import StatusError
 from reconciler.report import Printer
+from reconciler.report import escape_markup as escape
 
 COLORS: dict[str | None, str] = {"applied": "green", "unchanged": "green", "refused": "red", "error": "red"}
 
