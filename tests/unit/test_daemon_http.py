@@ -34,6 +34,7 @@ class Served:
         self.unsigned = HttpEndpoints(("127.0.0.1", 0), self.endpoints(None))
 
     def status(self) -> dict:
+        self.status_calls = getattr(self, "status_calls", 0) + 1
         if self.status_wait is not None:
             self.status_wait.wait(10)
         return {"hosts": {}, "source": {}, "reconciledRevision": "r1"}
@@ -287,8 +288,12 @@ def test_a_new_connection_is_refused_with_503_when_every_slot_is_being_answered(
             for thread in busy:
                 thread.start()
             deadline = time.monotonic() + 5
-            while endpoints.open_connections < 2 and time.monotonic() < deadline:
+            # Both requests fully read: the first is in the one worker, the second waits for it.
+            while (endpoints.open_connections < 2 or getattr(served, "status_calls", 0) < 1) and (
+                time.monotonic() < deadline
+            ):
                 time.sleep(0.01)
+            time.sleep(0.3)  # the second request's head, sent at the same time, is read by now
             assert status_code(raw_request(endpoints.address, b"GET /healthz HTTP/1.1\r\n\r\n")) == 503
         finally:
             release.set()
