@@ -80,12 +80,17 @@ def build_fleet(
     for host, want in desired.items():
         for name in want.domains:
             wanted[name] = (*wanted.get(name, ()), host)
+    present_on: dict[str, int] = {}
+    for seen in observed.values():
+        for domain in seen.domains:
+            present_on[domain.name] = present_on.get(domain.name, 0) + 1
     managed: dict[str, tuple[str, ...]] = {}
     sources: dict[str, str] = {}
     for host, seen in observed.items():
         for domain in seen.domains:
-            if domain.name not in wanted:
-                continue  # only a domain wanted somewhere can be moving
+            hosts = wanted.get(domain.name, ())
+            if not hosts or (hosts == (host,) and present_on[domain.name] == 1):
+                continue  # wanted nowhere, or only here and present nowhere else: no move in sight
             if _ours(domain.xml, host, desired[host].deletion.root):
                 managed[domain.name] = (*managed.get(domain.name, ()), host)
                 if host not in wanted[domain.name]:

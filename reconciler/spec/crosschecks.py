@@ -26,28 +26,29 @@ class Placed:
 
 
 def shared_disks(domains: Iterable[tuple[str, Domain, Placed]]) -> list[Problem]:
-    """Every disk path named by a second domain (on any host), pointing at the first one."""
-    first: dict[str, tuple[str, str, str, int]] = {}
+    """Every disk path named by a second domain (on any host), pointing at the first one.
+
+    Lines are looked up only for the problems found: finding a line composes its file again, which
+    for thousands of clean documents would cost more than loading them.
+    """
+    first: dict[str, tuple[str, str, Placed, int]] = {}
     problems = []
     for host, domain, placed in domains:
         for index, disk in enumerate(domain.spec.disks):
-            loc = ("spec", "disks", index, "path")
-            line = placed.line_of(loc)
-            owner = first.setdefault(disk.path, (host, domain.name, placed.file, line))
+            owner = first.setdefault(disk.path, (host, domain.name, placed, index))
+            if owner[:2] == (host, domain.name) and owner[3] == index:
+                continue
+            line = placed.line_of(("spec", "disks", index, "path"))
+            field = f"spec.disks[{index}].path"
             if owner[:2] != (host, domain.name):
-                problems.append(
-                    Problem(
-                        placed.file,
-                        line,
-                        f"spec.disks[{index}].path",
-                        f"{disk.path} is already the disk of domain {owner[1]!r} on host {owner[0]!r} "
-                        f"({owner[2]}:{owner[3]}): one disk image, one domain",
-                    )
+                where = f"{owner[2].file}:{owner[2].line_of(('spec', 'disks', owner[3], 'path'))}"
+                message = (
+                    f"{disk.path} is already the disk of domain {owner[1]!r} on host {owner[0]!r} "
+                    f"({where}): one disk image, one domain"
                 )
-            elif owner[2:] != (placed.file, line):
-                problems.append(
-                    Problem(placed.file, line, f"spec.disks[{index}].path", f"{disk.path} is named twice")
-                )
+                problems.append(Problem(placed.file, line, field, message))
+            else:
+                problems.append(Problem(placed.file, line, field, f"{disk.path} is named twice"))
     return problems
 
 
