@@ -9,7 +9,7 @@ import argparse
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reconciler.files.content_cache import ContentCache
 from reconciler.spec.hosturi import UriRules
@@ -21,7 +21,7 @@ URI_PARAMS_ENV = "VIRT_RECONCILE_ALLOW_URI_PARAMS"
 URI_TRANSPORTS_ENV = "VIRT_RECONCILE_ALLOW_URI_TRANSPORTS"
 
 if TYPE_CHECKING:
-    from reconciler.engine.reconcile import Connector
+    from reconciler.engine.reconcile import Connector, ReconcileOptions
     from reconciler.spec.models import Host
 
 
@@ -75,3 +75,19 @@ def one_host(args: argparse.Namespace) -> tuple[ManifestSet, Host]:
     manifests = load(args.path, args)
     [name] = select_hosts(manifests, [args.host])
     return manifests, manifests.hosts[name]
+
+
+def reconcile_options(args: argparse.Namespace, manifests: ManifestSet, **extra: Any) -> ReconcileOptions:
+    """What ``plan`` and ``apply`` share of one pass: the host selection, the deletion flags, and the
+    revision and manifest root recorded in ownership (a single file loaded records no root)."""
+    from reconciler.engine.reconcile import ReconcileOptions
+
+    return ReconcileOptions(
+        hosts=selected_hosts(args),
+        allow_delete=args.allow_delete,
+        allow_mass_delete=args.allow_mass_delete,
+        revision=revision(manifests),
+        root=root_identity(manifests) if manifests.whole_tree else "",
+        whole_tree=manifests.whole_tree,
+        **extra,
+    )

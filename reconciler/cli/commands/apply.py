@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_REFUSED
-from reconciler.cli.inputs import connector, load, revision, root_identity, selected_hosts
+from reconciler.cli.inputs import connector, load, reconcile_options
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.apply import ApplySettings, Hooks
 from reconciler.engine.plan import HostPlan
-from reconciler.engine.reconcile import Outcome, ReconcileOptions, reconcile, select_hosts
+from reconciler.engine.reconcile import Outcome, reconcile, select_hosts
 from reconciler.files.content_cache import ContentCache
 from reconciler.report import Printer, render_host_text, render_result, summary_line
 from reconciler.report import escape_markup as escape
@@ -29,16 +29,7 @@ def run(args: argparse.Namespace) -> int:
     outcome: Outcome = reconcile(
         manifests,
         connector(),
-        ReconcileOptions(
-            apply=True,
-            hosts=selected_hosts(args),
-            allow_delete=args.allow_delete,
-            allow_mass_delete=args.allow_mass_delete,
-            revision=revision(manifests),
-            root=root_identity(manifests) if manifests.whole_tree else "",
-            whole_tree=manifests.whole_tree,
-            settings=_settings(args),
-        ),
+        reconcile_options(args, manifests, apply=True, settings=_settings(args)),
         hooks,
         parse_cache=ContentCache.default("domains"),
     )

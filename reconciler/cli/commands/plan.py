@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.cli.exit_codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_REFUSED
-from reconciler.cli.inputs import connector, load, revision, root_identity, selected_hosts
+from reconciler.cli.inputs import connector, load, reconcile_options
 from reconciler.engine.apply import Hooks
-from reconciler.engine.reconcile import Connector, Outcome, ReconcileOptions, reconcile, select_hosts
+from reconciler.engine.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.files.content_cache import ContentCache
 from reconciler.report import Printer, render_host_text, render_json, render_markdown, summary_line
 from reconciler.report import escape_markup as escape
@@ -33,14 +33,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = reconcile(
         manifests,
         connect,
-        ReconcileOptions(
-            hosts=selected_hosts(args),
-            allow_delete=args.allow_delete,
-            allow_mass_delete=args.allow_mass_delete,
-            revision=revision(manifests),
-            root=root_identity(manifests) if manifests.whole_tree else "",
-            whole_tree=manifests.whole_tree,
-        ),
+        reconcile_options(args, manifests),
         Hooks(on_plan=(lambda host: render_host_text(out, host, blank_after=True)) if text else None),
         parse_cache=None if args.state else ContentCache.default("domains"),
     )
