@@ -3,6 +3,7 @@ HTTP), or in-process over in-memory hosts and a manifest folder whose revision t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -191,6 +192,10 @@ class FakeHypervisor:
         if error is not None:
             raise error
 
+    def exclusive(self) -> contextlib.AbstractContextManager[object]:
+        """No other process reaches an in-memory host: nothing to lock."""
+        return contextlib.nullcontext()
+
     def observe(self) -> HostObservation:
         return HostObservation(self.cpus, self.memory, tuple(self.domains.values()))
 
@@ -290,8 +295,16 @@ def in_process_daemon(
 
 
 def retry_timers() -> set[threading.Timer]:
-    """The retry timers alive in this process."""
-    return {t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()}
+    """The retry timers alive in this process (not pytest-timeout's own timer, for one)."""
+    from reconciler.daemon.retries import Retries
+
+    return {
+        t
+        for t in threading.enumerate()
+        if isinstance(t, threading.Timer)
+        and t.is_alive()
+        and isinstance(getattr(t.function, "__self__", None), Retries)
+    }
 
 
 # ------------------------------------------------------------------ raw HTTP, as a hostile peer sends it

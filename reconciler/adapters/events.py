@@ -20,17 +20,14 @@ from collections.abc import Callable
 
 import libvirt
 
+from reconciler.adapters.libvirt_connections import OpenTimeout, open_within, start_event_loop
 from reconciler.spec.models import Host
 
 log = logging.getLogger("virt_reconcile.adapters.events")
 
-#: Keepalive: a ping every ``KEEPALIVE_INTERVAL`` seconds; the connection is declared dead after
-#: ``KEEPALIVE_COUNT`` pings without an answer (about 20 s of a silent network).
-KEEPALIVE_INTERVAL = 5
-KEEPALIVE_COUNT = 3
-
-_EVENT_LOOP_LOCK = threading.Lock()
-_EVENT_LOOP_RUNNING = threading.Event()
+#: The event connection is declared dead after this long without an answer (or the host's call
+#: timeout, if shorter): drift must not go unheard for long after a network drop.
+KEEPALIVE_LIMIT = 20.0
 
 _CLOSE_REASONS = {
     libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "connection error",
@@ -48,25 +45,6 @@ _LIFECYCLE = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
     libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shut down",
 }
-
-
-def start_event_loop() -> None:
-    """libvirt's default event loop, run in a background thread, once per process.
-
-    Events, keepalive pings and close callbacks are all dispatched by it; it must be registered
-    before a connection is opened, or that connection has none of them.
-    """
-    with _EVENT_LOOP_LOCK:
-        if _EVENT_LOOP_RUNNING.is_set():
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-        _EVENT_LOOP_RUNNING.set()
 
 
 class DomainEvents:
@@ -113,8 +91,9 @@ class DomainEvents:
             start_event_loop()
             try:
                 self.conn = self._open()
-            except libvirt.libvirtError as err:
-                log.info("%s: cannot open the event connection: %s", name, err.get_error_message() or err)
+            except (libvirt.libvirtError, OpenTimeout) as err:
+                why = err.get_error_message() if isinstance(err, libvirt.libvirtError) else None
+                log.info("%s: cannot open the event connection: %s", name, why or err)
                 self._down = True
                 return False
             if self._down:
@@ -124,9 +103,9 @@ class DomainEvents:
 
     def _open(self) -> libvirt.virConnect:
         """A new connection with keepalive, the close callback and the domain events registered."""
-        conn = libvirt.open(self.host.spec.uri)
+        timeouts = self.host.spec.timeouts
+        conn = open_within(self.host.spec.uri, timeouts.connect, min(timeouts.call, KEEPALIVE_LIMIT))
         try:
-            conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
             conn.registerCloseCallback(self._closed, None)
             self._callbacks = [
                 conn.domainEventRegisterAny(

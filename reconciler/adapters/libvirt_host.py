@@ -20,13 +20,15 @@ import libvirt
 from lxml import etree
 
 from reconciler.adapters import hostlock, sandbox
+from reconciler.adapters.libvirt_connections import OpenTimeout, open_within
 from reconciler.adapters.libvirt_environment import domain_xmls, read_environment
 from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation, StopOutcome
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
 from reconciler.libvirtxml.ownership import OWNER_NS, OWNER_PREFIX, owner_metadata
 from reconciler.libvirtxml.secrets import defined_name, keep_secrets
 from reconciler.ops.doctor import DaemonFacts
-from reconciler.spec.models import Host, Owner
+from reconciler.spec.hosturi import HostURI
+from reconciler.spec.models import Host, Owner, Timeouts
 from reconciler.spec.sizes import KIB, parse_libvirt_size
 
 T = TypeVar("T")
@@ -103,15 +105,37 @@ class LibvirtHypervisor:
     """A libvirt connection speaking the Hypervisor protocol."""
 
     def __init__(
-        self, name: str, conn: libvirt.virConnect, *, local: bool = False, in_process: bool = False
+        self,
+        name: str,
+        conn: libvirt.virConnect,
+        *,
+        local: bool = False,
+        in_process: bool = False,
+        address: HostURI | None = None,
     ) -> None:
         self.name = name
         self.conn = conn
         self.local = local  # the hypervisor is this machine: its swap can be read from /proc
         self._in_process = in_process  # an in-process driver: concurrent reads gain nothing
+        self._address = address  # None: locked by whoever opened it (a sandbox's state file)
+        self._locked = False  # whether this connection holds the host's apply lock now
         # The test driver takes LIVE or CONFIG, never both at once.
         self._is_test_driver = self._call("driver type", conn.getType) == "TEST"
         self.changed = False  # whether any method below changed the host
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the host's apply lock (``hostlock``: a lock file here, a lease on a remote host).
+        Held already through this connection (``connect(write=True)``), it is not taken twice."""
+        if self._address is None or self._locked:
+            yield
+            return
+        with hostlock.host_lock(self.conn, self._address, self.name):
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
 
     def _call(self, what: str, func: Callable[..., T], *args: Any) -> T:
         try:
@@ -356,18 +380,35 @@ def _version(number: int) -> str:
     return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
 
-def _open(name: str, uri: str) -> libvirt.virConnect:
-    """Connect to ``uri``; a failure is classified like any other (a bad URI is not retried)."""
+def _open(name: str, uri: str, timeouts: Timeouts | None = None) -> libvirt.virConnect:
+    """Connect to ``uri``; a failure is classified like any other (a bad URI is not retried). A
+    libvirt daemon must answer within the connect timeout and stays watched by keepalive."""
+    timeouts = timeouts or Timeouts()
     try:
-        return libvirt.open(uri)
+        if HostURI(uri).in_process:
+            return libvirt.open(uri)
+        return open_within(uri, timeouts.connect, timeouts.call)
     except libvirt.libvirtError as err:
         raise _wrap(name, f"cannot connect to {uri}", err) from err
+    except OpenTimeout as err:
+        raise TemporaryHostError(name, f"cannot connect to {uri}: {err}") from err
 
 
 @contextmanager
 def connect(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
     """Open ``host``; when writing, hold its lock for the whole block (see ``hostlock``): observe,
-    check and apply then see no other apply in between. For a sandbox, save its state on the way out.
+    check and apply then see no other apply in between."""
+    with (
+        open_host(host, write=write) as hypervisor,
+        hypervisor.exclusive() if write else contextlib.nullcontext(),
+    ):
+        yield hypervisor
+
+
+@contextmanager
+def open_host(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
+    """Open ``host`` without taking its apply lock (the caller takes it: ``exclusive()``), except a
+    sandbox, whose state file is read under its lock when writing and saved on the way out.
 
     The sandbox is saved even when apply stops half-way, exactly like a real host keeps the
     actions that completed before a crash; the next run re-plans from there. Reading (plan,
@@ -375,10 +416,11 @@ def connect(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
     """
     uri = host.spec.address
     if not uri.is_sandbox:
-        conn = _open(host.name, uri.text)
+        conn = _open(host.name, uri.text, host.spec.timeouts)
         try:
-            with hostlock.host_lock(conn, uri, host.name) if write else contextlib.nullcontext():
-                yield LibvirtHypervisor(host.name, conn, local=uri.is_local, in_process=uri.in_process)
+            yield LibvirtHypervisor(
+                host.name, conn, local=uri.is_local, in_process=uri.in_process, address=uri
+            )
         finally:
             conn.close()
         return

@@ -4,28 +4,19 @@
 from __future__ import annotations
 
 import argparse
-import math
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["duration", "expiry", "listen_address", "period"]
-
-_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))  # "ms" before "s"
+__all__ = ["duration", "expiry", "label_selector", "listen_address", "period", "positive_count"]
 
 
 def duration(text: str) -> float:
     """``500ms``, ``30s``, ``5m``, ``1h`` (a bare number is seconds) -> seconds, finite and above 0."""
-    number, scale = text, 1.0
-    for suffix, unit in _UNITS:
-        if text.endswith(suffix):
-            number, scale = text[: -len(suffix)], unit
-            break
+    from reconciler.spec.durations import parse_duration  # the parser loads no model or spec module
+
     try:
-        seconds = float(number) * scale
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 500ms, 30s, 5m or 24h")
-    return seconds
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def expiry(text: str) -> timedelta:
@@ -54,3 +45,21 @@ def period(text: str) -> float:
     if (seconds := duration(text)) < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is shorter than the minimum of 1s")
     return seconds
+
+
+def label_selector(text: str) -> str:
+    """A host label selector (``role=web,zone!=b``), checked now and kept as text."""
+    from reconciler.spec.labels import Selector  # the parser loads no model or spec module
+
+    try:
+        Selector.parse([text])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def positive_count(text: str) -> int:
+    """A whole number of 1 or more (``--host-parallel``)."""
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)

@@ -22,6 +22,7 @@ URI_TRANSPORTS_ENV = "VIRT_RECONCILE_ALLOW_URI_TRANSPORTS"
 
 if TYPE_CHECKING:
     from reconciler.engine.reconcile import Connector, ReconcileOptions
+    from reconciler.spec.labels import Selector
     from reconciler.spec.models import Host
 
 
@@ -47,11 +48,19 @@ def selected_hosts(args: argparse.Namespace) -> tuple[str, ...] | None:
     return tuple(args.host) if args.host else None
 
 
+def selector(args: argparse.Namespace) -> Selector:
+    """The ``--selector`` requirements (none: every host)."""
+    from reconciler.spec.labels import Selector
+
+    return Selector.parse(getattr(args, "selector", None) or [])
+
+
 def connector() -> Connector:
-    """The libvirt adapter, imported only by the commands that talk to hosts."""
+    """The libvirt adapter, imported only by the commands that talk to hosts. It opens a host
+    without its apply lock: whoever writes takes it (``Hypervisor.exclusive``), in host order."""
     from reconciler.adapters import libvirt_host
 
-    return lambda host, write: libvirt_host.connect(host, write=write)
+    return lambda host, write: libvirt_host.open_host(host, write=write)
 
 
 def revision(manifests: ManifestSet) -> str:
@@ -84,6 +93,8 @@ def reconcile_options(args: argparse.Namespace, manifests: ManifestSet, **extra:
 
     return ReconcileOptions(
         hosts=selected_hosts(args),
+        selector=selector(args),
+        host_parallel=args.host_parallel,
         allow_delete=args.allow_delete,
         allow_mass_delete=args.allow_mass_delete,
         revision=revision(manifests),

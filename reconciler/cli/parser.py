@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler import __version__
-from reconciler.cli.argtypes import expiry, listen_address, period
+from reconciler.cli.argtypes import expiry, label_selector, listen_address, period, positive_count
 
 DEFAULT_PATH = "manifests"
 #: What ``init --install-from`` writes by default: the git URL, with a placeholder for its owner.
@@ -28,6 +28,22 @@ def _with_path(sub: argparse.ArgumentParser) -> None:
 
 def _with_hosts(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
+    sub.add_argument(
+        "--selector",
+        "-l",
+        action="append",
+        type=label_selector,
+        metavar="KEY=VALUE",
+        help="only hosts whose labels match: key=value, key!=value, key, !key; comma-separated and "
+        "repeatable, all must hold (with --host: both)",
+    )
+    sub.add_argument(
+        "--host-parallel",
+        type=positive_count,
+        default=16,
+        metavar="N",
+        help="hosts connected, planned and applied side by side (default: 16)",
+    )
 
 
 def _with_allow_delete(sub: argparse.ArgumentParser) -> None:

@@ -107,6 +107,7 @@ class Held:
     host: str
     domain: str
     reason: str
+    peer: str = ""  # the host that must join the run for the move to go ahead ("" for other reasons)
 
 
 @dataclass(frozen=True)

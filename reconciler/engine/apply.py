@@ -11,9 +11,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reconciler.engine.actions import Action, ActionKind, Phase
+from reconciler.engine.fleet import EachHost, one_by_one
 from reconciler.engine.hypervisor import Hypervisor, StopOutcome
 from reconciler.engine.plan import HostPlan
 from reconciler.errors import HostError
@@ -56,11 +57,62 @@ class Hooks:
     #: Asked once, before anything is applied, when the plans undefine or move domains away (the
     #: CLI asks on a terminal); False applies nothing. None: no question.
     confirm: Callable[[Sequence[Action]], bool] | None = None
+    #: Called when a host's part of an apply stage has ended (set by :class:`InOrder`).
+    on_host_done: Callable[[], None] | None = None
 
     @property
     def stopped(self) -> bool:
         """Whether the caller asked to stop."""
         return self.stop is not None and self.stop.is_set()
+
+    def finished(self) -> None:
+        """Say that this host's part of the stage has ended."""
+        if self.on_host_done is not None:
+            self.on_host_done()
+
+
+class InOrder:
+    """Passes results of hosts worked side by side to the caller's ``on_result`` grouped by host, in
+    a fixed order: the first unfinished host's results pass at once, later hosts' wait their turn,
+    so output reads as if the hosts were applied one after another."""
+
+    def __init__(self, order: Sequence[str], hooks: Hooks) -> None:
+        self._order = list(order)
+        self._hooks = hooks
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[ActionResult]] = {host: [] for host in order}
+        self._done: set[str] = set()
+        self._turn = 0  # index in the order of the host whose results pass at once
+
+    def hooks(self, host: str) -> Hooks:
+        """The hooks one host's work runs with."""
+        if self._hooks.on_result is None:
+            return self._hooks
+        return replace(
+            self._hooks,
+            on_result=lambda result: self._result(host, result),
+            on_host_done=lambda: self._finished(host),
+        )
+
+    def _result(self, host: str, result: ActionResult) -> None:
+        with self._lock:
+            if self._order[self._turn] == host:
+                self._pass(result)
+            else:
+                self._waiting[host].append(result)
+
+    def _finished(self, host: str) -> None:
+        with self._lock:
+            self._done.add(host)
+            while self._turn < len(self._order) and self._order[self._turn] in self._done:
+                self._turn += 1
+                if self._turn < len(self._order):
+                    for result in self._waiting.pop(self._order[self._turn]):
+                        self._pass(result)
+
+    def _pass(self, result: ActionResult) -> None:
+        assert self._hooks.on_result is not None
+        self._hooks.on_result(result)
 
 
 DEFAULT_SETTINGS = ApplySettings()
@@ -87,39 +139,81 @@ def apply_fleet(
     plans: Mapping[str, HostPlan],
     settings: ApplySettings = DEFAULT_SETTINGS,
     hooks: Hooks = NO_HOOKS,
+    *,
+    each_host: EachHost[list[ActionResult]] = one_by_one,
 ) -> dict[str, list[ActionResult]]:
     """Apply several hosts' plans in two stages: every host shrinks (undefines, stops, moves out),
     then every host grows (defines, moves in, starts). A move's target half runs only when its
     source half succeeded, so a domain never runs on two hosts; a host that failed while shrinking
-    does not grow."""
-    results: dict[str, list[ActionResult]] = {}
-    for host, hypervisor in sessions.items():
-        plan = plans[host]
-        shrink, orphaned = _moves_to_blocked_hosts(plan, plans)
-        results[host] = [] if plan.blocked else run_actions(hypervisor, shrink, settings, hooks)
-        for action in [] if plan.blocked else orphaned:
-            result = ActionResult(action, False, f"not moved: {action.peer} is blocked", 0.0)
-            results[host].append(result)
-            if hooks.on_result is not None:
-                hooks.on_result(result)
+    does not grow. ``each_host`` works the hosts of a stage side by side; ``hooks.on_result`` still
+    sees each stage's results grouped by host, in the order of ``plans``."""
+    order = [host for host in plans if host in sessions]
+    shown = InOrder(order, hooks)
+    results = each_host(
+        order, lambda host: _shrink(sessions[host], plans[host], plans, settings, shown.hooks(host))
+    )
     released = {
         (r.action.host, r.action.domain)
         for done in results.values()
         for r in done
         if r.ok and r.action.releases
     }
-    for host, hypervisor in sessions.items():
-        plan = plans[host]
-        if plan.blocked or hooks.stopped or any(not r.ok for r in results[host]):
-            continue
-        grow, stranded = _stranded_moves(plan, released)
-        for action in stranded:
-            result = ActionResult(action, False, f"not moved: {action.peer} did not release it", 0.0)
-            results[host].append(result)
-            if hooks.on_result is not None:
-                hooks.on_result(result)
-        results[host] += run_actions(hypervisor, grow, settings, hooks)
+    growing = [
+        host
+        for host in order
+        if not (plans[host].blocked or hooks.stopped or any(not r.ok for r in results[host]))
+    ]
+    shown = InOrder(growing, hooks)
+    grown = each_host(
+        growing, lambda host: _grow(sessions[host], plans[host], released, settings, shown.hooks(host))
+    )
+    for host, done in grown.items():
+        results[host] += done
     return results
+
+
+def _shrink(
+    hypervisor: Hypervisor,
+    plan: HostPlan,
+    plans: Mapping[str, HostPlan],
+    settings: ApplySettings,
+    hooks: Hooks,
+) -> list[ActionResult]:
+    """One host's first stage: its shrink actions, and the moves out it must not start (failed)."""
+    try:
+        if plan.blocked:
+            return []
+        shrink, orphaned = _moves_to_blocked_hosts(plan, plans)
+        results = run_actions(hypervisor, shrink, settings, hooks)
+        for action in orphaned:
+            results.append(_not_done(action, f"not moved: {action.peer} is blocked", hooks))
+        return results
+    finally:
+        hooks.finished()
+
+
+def _grow(
+    hypervisor: Hypervisor,
+    plan: HostPlan,
+    released: set[tuple[str, str]],
+    settings: ApplySettings,
+    hooks: Hooks,
+) -> list[ActionResult]:
+    """One host's second stage: moves in whose source did not let go fail; the rest run."""
+    try:
+        grow, stranded = _stranded_moves(plan, released)
+        results = [_not_done(a, f"not moved: {a.peer} did not release it", hooks) for a in stranded]
+        return results + run_actions(hypervisor, grow, settings, hooks)
+    finally:
+        hooks.finished()
+
+
+def _not_done(action: Action, why: str, hooks: Hooks) -> ActionResult:
+    """The result of an action not carried out, shown like any other."""
+    result = ActionResult(action, False, why, 0.0)
+    if hooks.on_result is not None:
+        hooks.on_result(result)
+    return result
 
 
 def _moves_to_blocked_hosts(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from reconciler.engine.actions import ActionKind
 from reconciler.engine.hypervisor import HostEnvironment, HostObservation
@@ -19,6 +20,8 @@ from reconciler.engine.plan import DesiredHost, HostPlan, build_host_plan
 from reconciler.errors import DomainXMLError
 from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.models import Domain
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,13 @@ def _kept_disks(
 
 #: Asks a host about the networks, bridges and files the given domains need (the pre-flight's facts).
 EnvironmentOf = Callable[[str, Sequence[Domain]], HostEnvironment]
+#: Runs ``work(host)`` for each host, side by side or not, and returns the results by host.
+EachHost = Callable[[Sequence[str], Callable[[str], T]], dict[str, T]]
+
+
+def one_by_one(hosts: Sequence[str], work: Callable[[str], T]) -> dict[str, T]:
+    """``work`` for each host in turn (the default :data:`EachHost`)."""
+    return {host: work(host) for host in hosts}
 
 
 def plan_fleet(
@@ -147,11 +157,14 @@ def plan_fleet(
     unobservable: Mapping[str, str],
     selected: Sequence[str],
     environment_of: EnvironmentOf | None = None,
+    *,
+    each_host: EachHost[HostPlan] = one_by_one,
 ) -> dict[str, HostPlan]:
     """Plan every selected, observed host with the others in view; hold moves with a blocked half.
 
     A host whose plan acts on domains is asked for its environment (the pre-flight's facts) once the
-    actions are known, so a plan with nothing to do costs no pre-flight calls.
+    actions are known, so a plan with nothing to do costs no pre-flight calls. ``each_host`` plans
+    the hosts side by side, so hosts asked for their environment are asked at once.
     """
     fleet = build_fleet(desired, observed, unobservable, selected)
     asks = {host: _asked_once(host, environment_of) for host in selected} if environment_of else {}
@@ -162,11 +175,10 @@ def plan_fleet(
     # last target is blocked needs N + 1 rounds.
     for _ in range(2 + sum(1 for hosts in fleet.managed.values() for _ in hosts)):
         view = replace(fleet, held=dict(held), kept_disks=dict(kept))
-        plans = {
-            host: build_host_plan(desired[host], observed[host], view, asks.get(host))
-            for host in selected
-            if host in observed
-        }
+        plans = each_host(
+            [host for host in selected if host in observed],
+            lambda host, view=view: build_host_plan(desired[host], observed[host], view, asks.get(host)),  # type: ignore[misc]
+        )
         blocked = _blocked_moves(plans)
         staying = _kept_disks(desired, observed, plans)
         if blocked.keys() <= held.keys() and staying.keys() <= kept.keys():

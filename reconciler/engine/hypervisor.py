@@ -7,6 +7,7 @@ wrap a real implementation (for example to stop after N actions) without patchin
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -85,6 +86,11 @@ class Hypervisor(Protocol):
     """One connected host. Every method either succeeds or raises ``HostError``."""
 
     name: str
+
+    def exclusive(self) -> AbstractContextManager[object]:
+        """Hold the host's apply lock for the block: no other run observes, checks and applies it
+        meanwhile. Taken before observing, in one global order of hosts (see ``engine.sessions``)."""
+        ...
 
     def observe(self) -> HostObservation:
         """Capacity plus every domain with its persistent XML, in O(1) calls + one XML read per domain."""

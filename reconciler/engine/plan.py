@@ -238,7 +238,7 @@ def _plan_arrival(plan: PlanDraft, domain: Domain, owner: Owner, fleet: Fleet | 
     if source is not None:
         if source not in fleet.selected:
             reason = f"managed on {source}: moving it needs {source} in this run too (--host {source})"
-            plan.held.append(Held(plan.host, name, reason))
+            plan.held.append(Held(plan.host, name, reason, peer=source))
         elif name in fleet.held:
             plan.held.append(Held(plan.host, name, fleet.held[name]))
         else:

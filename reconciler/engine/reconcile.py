@@ -11,8 +11,8 @@ still live on one of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -26,18 +26,21 @@ from reconciler.engine.apply import (
     apply_fleet,
 )
 from reconciler.engine.fleet import plan_fleet
-from reconciler.engine.hypervisor import HostEnvironment, HostObservation, Hypervisor
+from reconciler.engine.hypervisor import HostObservation
 from reconciler.engine.plan import DesiredHost, HostPlan, Plan
 from reconciler.engine.policy import HostPolicy
-from reconciler.engine.preflight import wanted_paths
 from reconciler.engine.pruning import DeletionRules
+from reconciler.engine.sessions import DEFAULT_HOST_PARALLEL, Connector, HostSessions
 from reconciler.errors import HostError, SelectionError
 from reconciler.files.content_cache import ContentCache
 from reconciler.libvirtxml.parse import cached_parses
+from reconciler.spec.labels import Selector
 from reconciler.spec.manifests import ManifestSet
-from reconciler.spec.models import Domain, Host, Owner
+from reconciler.spec.models import Owner
 
-Connector = Callable[[Host, bool], AbstractContextManager[Hypervisor]]
+EVERY_HOST = Selector()  # the selector that matches every host
+
+__all__ = ["Connector", "Outcome", "ReconcileOptions", "desired_hosts", "reconcile", "select_hosts"]
 
 
 @dataclass
@@ -69,18 +72,28 @@ class ReconcileOptions:
     root: str = ""  # identity of the manifest root loaded (adapters.gitsource.root_identity); "" unknown
     whole_tree: bool = True  # False when a single file was loaded: nothing is pruned
     settings: ApplySettings = DEFAULT_SETTINGS
+    selector: Selector = EVERY_HOST  # hosts picked by their labels (with ``hosts``: both must hold)
+    host_parallel: int = DEFAULT_HOST_PARALLEL  # hosts connected, observed and applied at once
 
 
-def select_hosts(manifests: ManifestSet, names: Iterable[str] | None) -> list[str]:
-    """The hosts to work on: all, or those named (unknown names are an error)."""
-    if not names:
-        return list(manifests.hosts)
-    wanted = list(dict.fromkeys(names))
+def select_hosts(
+    manifests: ManifestSet, names: Iterable[str] | None, selector: Selector | None = None
+) -> list[str]:
+    """The hosts to work on: all, or those named, or those whose labels the selector matches (with
+    both, a host must be named and match). An unknown name, or a selector that matches no host, is
+    an error: a typo must not plan nothing and call it success."""
+    wanted = list(dict.fromkeys(names)) if names else list(manifests.hosts)
     unknown = [name for name in wanted if name not in manifests.hosts]
     if unknown:
         known = ", ".join(manifests.hosts) or "none"
         raise SelectionError(f"unknown host {', '.join(map(repr, unknown))} (hosts: {known})")
-    return wanted
+    if not selector:
+        return wanted
+    chosen = [name for name in wanted if selector.matches(manifests.hosts[name].metadata.labels)]
+    if not chosen:
+        among = f"the hosts {', '.join(wanted)}" if names else "the hosts of the manifests"
+        raise SelectionError(f"no host matches the selector {str(selector)!r} among {among}")
+    return chosen
 
 
 def owner_of(manifests: ManifestSet, host: str, options: ReconcileOptions) -> Callable[[str], Owner]:
@@ -134,21 +147,21 @@ def reconcile(
 ) -> Outcome:
     """Plan (and with ``options.apply``, execute) every selected host; one host's failure spares the
     others. With a ``parse_cache``, domain XML parsed in an earlier run is not parsed again."""
-    selected = select_hosts(manifests, options.hosts)
+    selected = select_hosts(manifests, options.hosts, options.selector)
     outcome = Outcome(Plan(revision=options.revision))
     desired = desired_hosts(manifests, options)
-    with _Sessions(connect, write=options.apply) as sessions:
-        # One global order (by hypervisor) for taking the hosts' apply locks: two runs over
-        # overlapping hosts never wait on each other in a circle.
-        for name in sorted(selected, key=lambda n: manifests.hosts[n].spec.address.hypervisor_key):
-            sessions.open(manifests.hosts[name])
+    with HostSessions(connect, write=options.apply, parallel=options.host_parallel) as sessions:
+        sessions.open([manifests.hosts[name] for name in selected])
         if _may_receive_a_move(desired, sessions.observed, selected):
-            for name in manifests.hosts:
-                if name not in selected:
-                    sessions.look_at(manifests.hosts[name])
+            sessions.look_at([host for name, host in manifests.hosts.items() if name not in selected])
         with _parse_scopes(parse_cache, manifests, sessions.observed):
             plans = plan_fleet(
-                desired, sessions.observed, sessions.unobservable, selected, sessions.environment
+                desired,
+                sessions.observed,
+                sessions.unobservable,
+                selected,
+                sessions.environment,
+                each_host=sessions.each,
             )
         for name in selected:
             plan = plans.get(name) or HostPlan.failed(
@@ -161,7 +174,7 @@ def reconcile(
             outcome.cancelled = not _approved(outcome.plan, hooks)
             if not outcome.cancelled:
                 outcome.results = apply_fleet(
-                    sessions.hypervisors, outcome.plan.hosts, options.settings, hooks
+                    sessions.hypervisors, outcome.plan.hosts, options.settings, hooks, each_host=sessions.each
                 )
     outcome.host_errors.update(sessions.late_errors)
     return outcome
@@ -201,73 +214,3 @@ def _parse_scopes(
             scope = f"{name} {manifests.hosts[name].spec.uri}"
             stack.enter_context(cached_parses(cache, scope, [domain.xml for domain in seen.domains]))
         yield
-
-
-class _Sessions:
-    """The hosts of one pass: connections kept open from observation to the end of apply, and the
-    hosts that could not be reached, each with its error (one host's failure spares the others)."""
-
-    def __init__(self, connect: Connector, *, write: bool) -> None:
-        self._connect = connect
-        self._write = write
-        self._stack = ExitStack()
-        self.hypervisors: dict[str, Hypervisor] = {}
-        self.observed: dict[str, HostObservation] = {}
-        self.errors: dict[str, HostError] = {}
-        self.late_errors: dict[str, HostError] = {}  # failed when its connection closed
-
-    @property
-    def unobservable(self) -> dict[str, str]:
-        """Each host that could not be observed, with why."""
-        return {name: str(error) for name, error in self.errors.items()}
-
-    def __enter__(self) -> _Sessions:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
-
-    def open(self, host: Host) -> None:
-        """Connect to a host this pass may change and observe it; the connection stays open."""
-        try:
-            context = self._connect(host, self._write)
-            hypervisor = context.__enter__()
-        except HostError as err:
-            self.errors[host.name] = err
-            return
-        self._stack.push(self._closer(host.name, context))
-        try:
-            self.observed[host.name] = hypervisor.observe()
-            self.hypervisors[host.name] = hypervisor
-        except HostError as err:
-            self.errors[host.name] = err
-
-    def environment(self, name: str, domains: Sequence[Domain]) -> HostEnvironment:
-        """What the pre-flight needs of an open host: its networks, bridges and the domains' files.
-        A host that cannot say reports everything as not checked (the plan still shows it)."""
-        try:
-            return self.hypervisors[name].environment(wanted_paths(domains))
-        except HostError as err:
-            return HostEnvironment(unchecked=(f"the host could not be asked: {err}",))
-
-    def look_at(self, host: Host) -> None:
-        """Observe a host this pass will not change (read only, closed at once)."""
-        try:
-            with self._connect(host, False) as hypervisor:
-                self.observed[host.name] = hypervisor.observe()
-        except HostError as err:
-            self.errors[host.name] = err
-
-    def _closer(
-        self, name: str, context: AbstractContextManager[Hypervisor]
-    ) -> Callable[[type[BaseException] | None, BaseException | None, object], bool]:
-        """An exit callback that records a host error raised while closing (a sandbox saving its state)."""
-
-        def close(kind: type[BaseException] | None, error: BaseException | None, trace: object) -> bool:
-            try:
-                return bool(context.__exit__(kind, error, trace))  # type: ignore[arg-type]
-            except HostError as err:
-                self.late_errors[name] = err
-                return False
-
-        return close

@@ -267,9 +267,11 @@ def apply_saved(
     # Hosts opened (and their apply locks taken) in the one global order every apply uses.
     order = sorted(saved.hosts, key=lambda name: saved.hosts[name].host(name).spec.address.hypervisor_key)
     with ExitStack() as stack:
-        hypervisors = {
-            name: stack.enter_context(connect(saved.hosts[name].host(name), True)) for name in order
-        }
+        hypervisors = {}
+        for name in order:
+            hypervisor = stack.enter_context(connect(saved.hosts[name].host(name), True))
+            stack.enter_context(hypervisor.exclusive())
+            hypervisors[name] = hypervisor
         stale, refused = [], []
         for name, hypervisor in hypervisors.items():
             try:

@@ -12,6 +12,7 @@ pre-flight checks then say that nothing of the environment was checked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Collection
@@ -233,6 +234,10 @@ class SnapshotHypervisor:
         self.name = name
         self._host = host
         self._observed = observation(host)
+
+    def exclusive(self) -> contextlib.AbstractContextManager[object]:
+        """Nothing to lock: a snapshot never changes."""
+        return contextlib.nullcontext()
 
     def observe(self) -> HostObservation:
         """The recorded observation."""

@@ -11,36 +11,21 @@ import hashlib
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
+from reconciler.spec.fieldtypes import Count, Duration, Flag, Model, Name, Size
 from reconciler.spec.hosturi import HostURI
-from reconciler.spec.sizes import SIZE_PATTERN, format_size, parse_size
+from reconciler.spec.labels import label_key_problem, label_value_problem
+from reconciler.spec.sizes import format_size, parse_size
 
 API_VERSION = "virt-reconcile/v1"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAC_PATTERN = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
 TARGET_PATTERN = r"^[a-z]{2,3}[a-z]{1,3}$"
 
-Size = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    PlainSerializer(format_size, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "pattern": SIZE_PATTERN, "examples": ["4GiB", "512MiB"]}),
-]
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-#: Numbers and booleans are taken as YAML wrote them: ``vcpus: true`` is not 1, ``autostart: 1`` not true.
-Count = Annotated[int, Field(strict=True)]
-Flag = Annotated[bool, Field(strict=True)]
 #: Overcommit ratios: finite, above 0, and at most this. Past it a limit no longer limits anything a
 #: machine holds, and host size × ratio leaves the range the policy arithmetic works in: a typo, or
 #: an attempt to break the policy check.
@@ -51,18 +36,6 @@ MAX_HOST_CPUS = 65_536
 
 #: Disk name prefix libvirt uses for each bus, for targets the manifest leaves out.
 BUS_TARGET_PREFIX: dict[str, str] = {"virtio": "vd", "sata": "sd", "scsi": "sd", "usb": "sd", "ide": "hd"}
-
-
-class Model(BaseModel):
-    """Base for every manifest model: immutable, camelCase, unknown fields refused."""
-
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        alias_generator=to_camel,
-        populate_by_name=True,
-        validate_default=True,
-    )
 
 
 # --------------------------------------------------------------------------------------- Host
@@ -144,6 +117,24 @@ class Overcommit(Model):
     )
 
 
+#: The longest timeout a Host may set: past it a hung host is as good as never noticed.
+MAX_TIMEOUT = 3600.0
+
+
+class Timeouts(Model):
+    """How long to wait for a host before its pass fails for that host alone (the others go on)."""
+
+    connect: Annotated[Duration, Field(ge=0.1, le=MAX_TIMEOUT)] = Field(  # type: ignore[assignment]
+        default="10s",
+        description="Longest wait for a connection (and libvirt's handshake) to the host; default 10s.",
+    )
+    call: Annotated[Duration, Field(ge=1, le=MAX_TIMEOUT)] = Field(  # type: ignore[assignment]
+        default="60s",
+        description="Longest silence from a connected host (libvirt keepalive) before every call in "
+        "flight fails and the host's pass ends with a temporary error; default 60s.",
+    )
+
+
 class HostSpec(Model):
     """How to reach a host and what may be done to it."""
 
@@ -169,6 +160,10 @@ class HostSpec(Model):
         default_factory=Overcommit,
         description="How far domains may overcommit this host; checked on every plan before applying.",
     )
+    timeouts: Timeouts = Field(
+        default_factory=Timeouts,
+        description="Connect and call timeouts: a host that does not answer fails alone, in time.",
+    )
 
     @field_validator("uri")
     @classmethod
@@ -188,8 +183,19 @@ class HostMetadata(Model):
         description="The host's name, which domains give as metadata.host and --host selects.",
     )
     labels: dict[str, str] = Field(
-        default_factory=dict, description="Free-form string labels for people and tools; not interpreted."
+        default_factory=dict,
+        description="String labels (Kubernetes syntax: [prefix/]name, values up to 63 characters) that "
+        "--selector picks hosts by, e.g. role: web.",
     )
+
+    @field_validator("labels")
+    @classmethod
+    def _label_syntax(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            problem = label_key_problem(key) or label_value_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return labels
 
 
 class Host(Model):

@@ -24,6 +24,9 @@ class CrashAfter:
     def __init__(self, inner, limit: int) -> None:
         self.inner, self.limit, self.name = inner, limit, inner.name
 
+    def exclusive(self):  # the lock is not a change either
+        return self.inner.exclusive()
+
     def observe(self):
         return self.inner.observe()
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_REFUSED
-from reconciler.cli.inputs import connector, load, reconcile_options
+from reconciler.cli.inputs import connector, load, reconcile_options, selector
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.apply import ApplySettings, Hooks
 from reconciler.engine.plan import HostPlan
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         return _apply_saved(args)
     manifests = load(args.path, args)
-    select_hosts(manifests, args.host)
+    select_hosts(manifests, args.host, selector(args))
     out = Printer(sys.stdout)
     hooks = replace(_hooks(out), confirm=None if args.auto_approve else ask_on_terminal(out))
     outcome: Outcome = reconcile(

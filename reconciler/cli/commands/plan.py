@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.cli.exit_codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_REFUSED
-from reconciler.cli.inputs import connector, load, reconcile_options
+from reconciler.cli.inputs import connector, load, reconcile_options, selector
 from reconciler.engine.apply import Hooks
 from reconciler.engine.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.files.content_cache import ContentCache
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 def run(args: argparse.Namespace) -> int:
     """Print the plan; exit 0 no changes, 2 changes, 3 refused by policy, 1 a host failed."""
     manifests = load(args.path, args)
-    select_hosts(manifests, args.host)
+    select_hosts(manifests, args.host, selector(args))
     out = Printer(sys.stdout)
     text = args.format == "text"
     connect = snapshot_connector(Path(args.state)) if args.state else connector()

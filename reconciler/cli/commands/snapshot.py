@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.cli.exit_codes import EXIT_OK
-from reconciler.cli.inputs import load
+from reconciler.cli.inputs import load, selector
 from reconciler.engine.reconcile import select_hosts
 from reconciler.files.atomic import write_atomically
 from reconciler.report import Printer
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     manifests = load(args.path, args)
     hosts = {}
-    for name in select_hosts(manifests, args.host):
+    for name in select_hosts(manifests, args.host, selector(args)):
         host = manifests.hosts[name]
         with libvirt_host.connect(host, write=False) as hypervisor:
             # The environment too, so a plan against the snapshot runs the same pre-flight checks.

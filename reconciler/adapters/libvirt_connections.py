@@ -1,0 +1,120 @@
+"""Opening libvirt connections that cannot hang: a connect deadline, keepalive, and the event loop
+both need.
+
+libvirt has no timeout of its own for opening a connection: on a socket that accepts and never
+answers (a hung libvirtd, a dropped network behind an SSH tunnel) ``virConnectOpen`` waits forever.
+So the open runs in a thread of its own and the caller waits at most the host's ``connect``
+timeout; an open that answers later is closed at once. While one open of a URI is still waiting,
+another is refused straight away, so a dead host costs one waiting thread, not one per attempt.
+
+Once open, a connection to a libvirt daemon sends keepalive pings; a peer silent for about the
+host's ``call`` timeout is declared dead by libvirt, which closes the connection, so every call in
+flight on it fails (a temporary error) instead of waiting forever. Keepalive needs libvirt's event
+loop running in this process before the connection is opened: :func:`start_event_loop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+
+import libvirt
+
+_EVENT_LOOP_LOCK = threading.Lock()
+_EVENT_LOOP_RUNNING = threading.Event()
+#: URIs whose open has outlived its deadline and still waits for an answer.
+_WAITING: dict[str, threading.Thread] = {}
+_WAITING_LOCK = threading.Lock()
+#: Pings without an answer before libvirt declares the peer dead (its own default is 5).
+KEEPALIVE_COUNT = 5
+
+
+def start_event_loop() -> None:
+    """libvirt's default event loop, run in a background thread, once per process.
+
+    Events, keepalive pings and close callbacks are all dispatched by it; it must be registered
+    before a connection is opened, or that connection has none of them.
+    """
+    with _EVENT_LOOP_LOCK:
+        if _EVENT_LOOP_RUNNING.is_set():
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _EVENT_LOOP_RUNNING.set()
+
+
+def keepalive_for(call_timeout: float) -> tuple[int, int]:
+    """Keepalive (interval s, count) declaring a silent peer dead after about ``call_timeout``:
+    libvirt gives up after ``interval * (count + 1)`` seconds without an answer."""
+    seconds = max(2, round(call_timeout))
+    if seconds >= 2 * (KEEPALIVE_COUNT + 1):
+        return seconds // (KEEPALIVE_COUNT + 1), KEEPALIVE_COUNT
+    return 1, seconds - 1
+
+
+class OpenTimeout(Exception):
+    """No answer from the host within the connect timeout (or an earlier open still waits)."""
+
+
+@dataclass
+class _Attempt:
+    """One open running in its own thread: its result, or that the caller stopped waiting."""
+
+    uri: str
+    done: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    conn: libvirt.virConnect | None = None
+    error: libvirt.libvirtError | None = None
+    abandoned: bool = False
+
+    def run(self) -> None:
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as err:
+            self.error = err
+            conn = None
+        finally:
+            with _WAITING_LOCK:
+                if _WAITING.get(self.uri) is threading.current_thread():
+                    del _WAITING[self.uri]
+        with self.lock:
+            if self.abandoned:
+                if conn is not None:
+                    conn.close()  # answered too late: nobody will use it
+                return
+            self.conn = conn
+            self.done.set()
+
+
+def open_within(uri: str, connect_timeout: float, call_timeout: float) -> libvirt.virConnect:
+    """A connection to a libvirt daemon at ``uri`` opened within ``connect_timeout`` seconds, with
+    keepalive set from ``call_timeout``. Raises ``libvirt.libvirtError`` as ``libvirt.open`` does,
+    or :class:`OpenTimeout`."""
+    start_event_loop()
+    with _WAITING_LOCK:
+        earlier = _WAITING.get(uri)
+        if earlier is not None and earlier.is_alive():
+            raise OpenTimeout("an earlier attempt to connect still has no answer")
+        attempt = _Attempt(uri)
+        thread = threading.Thread(target=attempt.run, name="libvirt-open", daemon=True)
+        _WAITING[uri] = thread
+    thread.start()
+    answered = attempt.done.wait(connect_timeout)
+    with attempt.lock:
+        if not answered and not attempt.done.is_set():
+            attempt.abandoned = True
+            raise OpenTimeout(f"no answer within {connect_timeout:g}s")
+    if attempt.error is not None:
+        raise attempt.error
+    conn = attempt.conn
+    assert conn is not None
+    interval, count = keepalive_for(call_timeout)
+    with contextlib.suppress(libvirt.libvirtError):  # a driver without keepalive says so
+        conn.setKeepAlive(interval, count)
+    return conn

@@ -1,0 +1,52 @@
+"""The field types manifest models are built from: sizes, durations, names, strict numbers and
+flags, and the base model every document shares (immutable, camelCase, unknown fields refused)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+from reconciler.spec.durations import DURATION_PATTERN, format_duration, parse_duration
+from reconciler.spec.sizes import SIZE_PATTERN, format_size, parse_size
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    PlainSerializer(format_size, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": SIZE_PATTERN, "examples": ["4GiB", "512MiB"]}),
+]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def _duration(value: object) -> float:
+    """A duration string (``10s``) as seconds; a bare YAML number is refused, since its unit is a guess."""
+    if not isinstance(value, str):
+        raise ValueError("must be a duration string such as 10s, 500ms or 2m")
+    return parse_duration(value)
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["10s", "1m"]}),
+]
+#: Numbers and booleans are taken as YAML wrote them: ``vcpus: true`` is not 1, ``autostart: 1`` not true.
+Count = Annotated[int, Field(strict=True)]
+Flag = Annotated[bool, Field(strict=True)]
+
+
+class Model(BaseModel):
+    """Base for every manifest model: immutable, camelCase, unknown fields refused."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        validate_default=True,
+    )
