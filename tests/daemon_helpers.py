@@ -278,7 +278,7 @@ class FakeSource:
 def in_process_daemon(
     root: Path, hosts: tuple[str, ...] = ("hv1",), domains: tuple[str, ...] = ("web",), **settings: object
 ):
-    """A Daemon (not running: call ``reconcile_pass``, or ``run`` it in a thread) over in-memory hosts
+    """A Daemon (not running: call ``settle``, or ``run`` it in a thread) over in-memory hosts
     and a FakeSource; ``settings`` are more DaemonConfig fields (a short backoff, a load timeout...)."""
     from reconciler.daemon import Daemon, DaemonConfig
     from tests.helpers import domain_yaml, host_yaml
@@ -292,6 +292,13 @@ def in_process_daemon(
     config = DaemonConfig(state_dir=root / "state", listen=("127.0.0.1", 0), **settings)
     daemon = Daemon(config, source, connect)
     return daemon, source, connect
+
+
+def settle(daemon, batch) -> None:
+    """One pass of ``batch``, and every host lane it fed run to its end (as the loop's next pass
+    would find it)."""
+    daemon.reconcile_pass(batch)
+    assert daemon.lanes.wait_idle(30), "a host lane did not finish within 30 s"
 
 
 def retry_timers() -> set[threading.Timer]:

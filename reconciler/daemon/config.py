@@ -8,6 +8,7 @@ from pathlib import Path
 from reconciler.daemon.http import Limits
 from reconciler.daemon.retries import BASE_DELAY, MAX_BACKOFF
 from reconciler.spec.hosturi import UriRules
+from reconciler.spec.labels import Selector
 
 
 @dataclass
@@ -15,6 +16,8 @@ class DaemonConfig:
     """Everything ``virt-reconcile daemon`` was told."""
 
     hosts: list[str] = field(default_factory=list)
+    selector: Selector = field(default_factory=Selector)  # hosts picked by labels (with hosts: both)
+    host_parallel: int = 16  # host lanes reconciling at once
     interval: float = 30.0
     resync: float = 600.0
     listen: tuple[str, int] = ("127.0.0.1", 9469)

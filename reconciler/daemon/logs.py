@@ -1,7 +1,8 @@
 """The daemon's log: standard ``logging``, one line per event, under the ``virt_reconcile`` logger.
 
 A module with something to report logs through a logger named after it: ``virt_reconcile.daemon.loop``
-(passes, each host's result, retries), ``…snapshots`` (a snapshot not published) and ``…http`` (a
+(passes, each host's result, retries), ``…lanes`` (a host reconciled again with the other host of a
+move, a lane's unexpected failure), ``…snapshots`` (a snapshot not published) and ``…http`` (a
 webhook refused: requests themselves are not logged). The other modules decide (``decision``,
 ``verdict``) or keep state (``status``, ``metrics``, ``retries``, ``watchers``) and log nothing: the
 loop reports what they decided. The program that runs the daemon decides where lines go with

@@ -1,11 +1,12 @@
 """The GitOps daemon: keep every selected host equal to the newest commit (or a watched directory).
 
-One loop thread does all reconciling, so there is never more than one reconcile per host at a
-time. Everything else only *triggers* it through a queue: the git poller, the webhook, the
-directory watcher, libvirt domain events (drift), the periodic resync and the retry timers. Bursts
-of triggers are coalesced into one pass, whose work :mod:`~reconciler.daemon.decision` decides. A
-pass fetches (when asked to), loads the manifests, and runs the same plan/policy/apply as the CLI
-on each host; a refused or failing revision changes nothing and the daemon keeps going. A retryable
+One loop thread decides all work; everything else only *triggers* it through a queue: the git
+poller, the webhook, the directory watcher, libvirt domain events (drift), the periodic resync and
+the retry timers. Bursts of triggers are coalesced into one pass, whose work
+:mod:`~reconciler.daemon.decision` decides. A pass fetches (when asked to), loads the manifests and
+hands each host that needs it to that host's lane (:mod:`~reconciler.daemon.lanes`), which runs
+the same plan/policy/apply as the CLI: never two reconciles of one host at a time, and a slow host
+holds up no other. A refused or failing revision changes nothing and the daemon keeps going. A retryable
 error (the source or a host unreachable for now) is retried with backoff; any other waits for the
 next revision. SIGTERM ends the pass between two actions.
 
@@ -28,13 +29,14 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from reconciler.daemon.config import DaemonConfig
 from reconciler.daemon.decision import HostTask, Trigger, decide, is_idle, needs_fetch
 from reconciler.daemon.http import Endpoints, HttpEndpoints, exposure_warning
+from reconciler.daemon.lanes import HostLanes, LaneJob
 from reconciler.daemon.logs import one_line
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.retries import Retries, backoff_delay
@@ -55,6 +57,7 @@ COALESCE_SECONDS = 0.05
 STALL_SECONDS = 300.0  # /healthz fails when the loop has not come round for this long
 STOP_CHECK_SECONDS = 0.1  # how often the loop looks at stop while a load runs
 MESSAGE_CHARS = 300  # an unexpected error's text in /status and the log is cut to this
+LANE_GRACE_SECONDS = 10.0  # on stop, lanes get the shutdown timeout plus this to end their pass
 
 Watch = Callable[[Path, Callable[[], None], threading.Event], Any]
 
@@ -150,6 +153,7 @@ class Daemon:
         self.manifest_cache = ContentCache.default("manifests")  # both kept between passes
         self.domain_cache = ContentCache.default("domains")
         self.watchers = DomainWatchers(events, lambda host: self.trigger(Trigger.DRIFT, host))
+        self.lanes = HostLanes(self._lane_pass, parallel=config.host_parallel, stop=self.stop)
         self._http: HttpEndpoints | None = None
 
     # -------------------------------------------------------------------------------- triggers
@@ -214,7 +218,10 @@ class Daemon:
         return 0
 
     def close(self) -> None:
-        """Cancel pending retries, close the event watchers and the HTTP server."""
+        """Let the lanes end their passes (between two actions), cancel pending retries, close the
+        event watchers and the HTTP server."""
+        self.stop.set()
+        self.lanes.close(timeout=self.config.shutdown_timeout + LANE_GRACE_SECONDS)
         self.retries.cancel_all()
         self.watchers.close()
         if self._http is not None:
@@ -255,12 +262,11 @@ class Daemon:
         try:
             # Listen first: a change made while (or right after) this pass reconciles is not missed.
             self.watchers.ensure(manifests, selected)
-            if decision.tasks and not self.stop.is_set():
-                self._reconcile_hosts(manifests, decision.tasks, revision)
         except Exception as err:
-            message = f"reconcile failed at {revision[:12]}: {describe(err)}"
-            self._revision_failed(revision, message, [task.host for task in decision.tasks], every=False)
-            return
+            log.warning("domain events not watched at %s: %s", revision[:12], describe(err))
+        if not self.stop.is_set():
+            for task in decision.tasks:
+                self.lanes.submit(task.host, LaneJob(manifests, revision, task.reason))
         self.status.reconciled(revision)
         self.status.save()
 
@@ -315,35 +321,63 @@ class Daemon:
         return revision
 
     def _selected(self, manifests: ManifestSet) -> list[str]:
-        """The hosts to keep: all of the manifests', or those configured (a missing one is an error)."""
-        if not self.config.hosts:
-            return list(manifests.hosts)
+        """The hosts to keep: all of the manifests', or those configured by name and by labels (a
+        name the manifests lack is an error)."""
+        names = self.config.hosts or list(manifests.hosts)
         for host in self.config.hosts:
             if host not in manifests.hosts:
                 self.status.missing_host(host, "no Host document with this name in the manifests")
-        return [h for h in self.config.hosts if h in manifests.hosts]
+        selector = self.config.selector
+        return [
+            name
+            for name in names
+            if name in manifests.hosts and selector.matches(manifests.hosts[name].metadata.labels)
+        ]
 
-    def _reconcile_hosts(self, manifests: ManifestSet, tasks: Sequence[HostTask], revision: str) -> None:
-        """Reconcile the pass's hosts together (a domain moving between two of them is one move),
-        then report each host on its own."""
+    def _lane_pass(self, jobs: Mapping[str, LaneJob]) -> frozenset[str]:
+        """A lane's pass: reconcile its host (and the peers of a move, when asked) together, report
+        each host on its own; the hosts beyond these that held moves need. Whatever it raises is
+        these hosts' error at this revision: the lane, like the loop, goes on."""
+        revision = next(iter(jobs.values())).revision
+        hosts = list(jobs)
+        try:
+            return self._reconcile_hosts(jobs)
+        except Exception as err:
+            message = f"reconcile failed at {revision[:12]}: {describe(err)}"
+            log.warning("%s", one_line(message))
+            for host in hosts:
+                self.retries.forget(host)
+            self.status.hosts_failed(hosts, revision, message)
+            with contextlib.suppress(Exception):  # e.g. the disk is full: /status still shows it
+                self.status.save()
+            return frozenset()
+
+    def _reconcile_hosts(self, jobs: Mapping[str, LaneJob]) -> frozenset[str]:
+        """Reconcile hosts together (a domain moving between two of them is one move), then report
+        each host on its own; return the hosts held moves need beside these."""
+        first = next(iter(jobs.values()))
+        manifests, revision = first.manifests, first.revision
         started = time.monotonic()
         outcome = reconcile(
             manifests,
             self.connect,
             ReconcileOptions(
                 apply=True,
-                hosts=tuple(task.host for task in tasks),
+                hosts=tuple(jobs),
                 allow_delete=self.config.allow_delete,
                 revision=revision,
                 root=self.source.identity,
                 settings=ApplySettings(shutdown_timeout=self.config.shutdown_timeout),
+                host_parallel=self.config.host_parallel,
             ),
             Hooks(stop=self.stop),
             parse_cache=self.domain_cache,
         )
         seconds = time.monotonic() - started
-        for task in tasks:
-            self._report_host(manifests, task, revision, outcome, seconds)
+        for host, job in jobs.items():
+            self._report_host(manifests, HostTask(host, job.reason), revision, outcome, seconds)
+        self.status.save()
+        return frozenset(held.peer for plan in outcome.plan.hosts.values() for held in plan.held if held.peer)
 
     def _report_host(
         self, manifests: ManifestSet, task: HostTask, revision: str, outcome: Outcome, seconds: float

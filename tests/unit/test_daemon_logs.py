@@ -39,6 +39,6 @@ def test_each_daemon_module_that_logs_has_a_logger_named_after_it():
         found = re.findall(r'getLogger\("([^"]+)"\)', module.read_text(encoding="utf-8"))
         if found:
             named[module.stem] = found
-    assert named == {m: [f"{ROOT}.daemon.{m}"] for m in ("loop", "snapshots", "http")}
+    assert named == {m: [f"{ROOT}.daemon.{m}"] for m in ("loop", "lanes", "snapshots", "http")}
     for module in named:
         assert f"``…{module}``" in (logs.__doc__ or "") or f"{ROOT}.daemon.{module}" in (logs.__doc__ or "")

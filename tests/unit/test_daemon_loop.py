@@ -11,7 +11,7 @@ import pytest
 
 from reconciler.daemon import Trigger
 from reconciler.errors import PermanentHostError, ReconcilerError, SourceError, TemporaryHostError
-from tests.daemon_helpers import in_process_daemon, retry_timers
+from tests.daemon_helpers import in_process_daemon, retry_timers, settle
 
 START = [(Trigger.START, None)]
 
@@ -45,10 +45,10 @@ def sample(daemon, name: str, **labels: str) -> float:
 def test_a_retry_after_a_temporary_error_is_reported_as_a_retry_not_as_drift(tmp_path):
     daemon, _source, hosts = in_process_daemon(tmp_path)
     hosts.fail("hv1", TemporaryHostError("hv1", "connection reset"))
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     assert host_status(daemon)["result"] == "error"
 
-    daemon.reconcile_pass([(Trigger.RETRY, "hv1")])
+    settle(daemon, [(Trigger.RETRY, "hv1")])
     status = host_status(daemon)
     assert status["result"] == "applied" and status["appliedRevision"] == "r1"
     assert not status["message"].startswith("drift corrected"), status["message"]
@@ -58,9 +58,9 @@ def test_a_retry_after_a_temporary_error_is_reported_as_a_retry_not_as_drift(tmp
 
 def test_drift_is_still_corrected_and_counted(tmp_path):
     daemon, _source, hosts = in_process_daemon(tmp_path)
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     hosts.host("hv1").stop("web-hv1", 0)  # someone stopped it by hand
-    daemon.reconcile_pass([(Trigger.DRIFT, "hv1")])
+    settle(daemon, [(Trigger.DRIFT, "hv1")])
     status = host_status(daemon)
     assert status["message"] == "drift corrected: 1 action(s): start web-hv1"
     assert sample(daemon, "virt_reconcile_drift_corrections_total", host="hv1") == 1
@@ -70,9 +70,9 @@ def test_drift_is_still_corrected_and_counted(tmp_path):
 def test_a_host_retry_reconciles_that_host_only_without_fetching(tmp_path):
     daemon, source, hosts = in_process_daemon(tmp_path, hosts=("hv1", "hv2"))
     hosts.fail("hv1", TemporaryHostError("hv1", "timeout"))
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     fetched, hosts.writes[:] = source.updates, []
-    daemon.reconcile_pass([(Trigger.RETRY, "hv1")])
+    settle(daemon, [(Trigger.RETRY, "hv1")])
     assert source.updates == fetched
     assert set(hosts.writes) == {"hv1"}  # hv2 may be looked at (a move?), never changed
 
@@ -84,14 +84,14 @@ def test_failing_again_and_again_keeps_one_pending_retry_per_host(tmp_path, new_
     daemon, _source, hosts = in_process_daemon(tmp_path, hosts=("hv1", "hv2"))
     hosts.fail("hv1", TemporaryHostError("hv1", "timeout"), times=5)
     hosts.fail("hv2", TemporaryHostError("hv2", "timeout"), times=1)
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     assert len(new_timers()) == 2  # one per host
     for _ in range(4):
-        daemon.reconcile_pass([(Trigger.RETRY, "hv1")])
+        settle(daemon, [(Trigger.RETRY, "hv1")])
     assert {timer.name for timer in new_timers()} >= {"retry hv1"}  # hv2's may have fired since
     assert len([timer for timer in new_timers() if "hv2" not in timer.name]) == 1
 
-    daemon.reconcile_pass([(Trigger.RETRY, "hv1"), (Trigger.RETRY, "hv2")])  # both succeed now
+    settle(daemon, [(Trigger.RETRY, "hv1"), (Trigger.RETRY, "hv2")])  # both succeed now
     assert host_status(daemon, "hv1")["result"] == host_status(daemon, "hv2")["result"] == "applied"
     assert new_timers() == set()
 
@@ -100,10 +100,10 @@ def test_failing_fetches_keep_one_pending_retry(tmp_path, new_timers):
     daemon, source, _hosts = in_process_daemon(tmp_path)
     source.fail_with = [SourceError("git: connection refused")] * 3
     for _ in range(3):
-        daemon.reconcile_pass([(Trigger.WEBHOOK, None)])
+        settle(daemon, [(Trigger.WEBHOOK, None)])
     assert len(new_timers()) == 1
     assert daemon.status.document()["source"]["message"].startswith("fetch failed (attempt 3)")
-    daemon.reconcile_pass([(Trigger.RETRY, None)])
+    settle(daemon, [(Trigger.RETRY, None)])
     assert new_timers() == set()
     assert host_status(daemon)["result"] == "applied"
 
@@ -121,8 +121,8 @@ def test_failing_fetches_keep_one_pending_retry(tmp_path, new_timers):
 def test_only_a_retryable_connect_error_is_retried(tmp_path, new_timers, error, retried):
     daemon, _source, hosts = in_process_daemon(tmp_path)
     hosts.fail("hv1", error, times=2)
-    daemon.reconcile_pass(START)
-    daemon.reconcile_pass([(Trigger.RETRY, "hv1")])  # a second failure: the next retry is seconds away
+    settle(daemon, START)
+    settle(daemon, [(Trigger.RETRY, "hv1")])  # a second failure: the next retry is seconds away
     assert host_status(daemon)["result"] == "error"
     assert str(error) in host_status(daemon)["message"]
     assert len(new_timers()) == (1 if retried else 0)
@@ -138,9 +138,9 @@ def test_only_a_retryable_connect_error_is_retried(tmp_path, new_timers, error, 
 def test_an_action_error_is_retried_only_when_retryable(tmp_path, new_timers, method, error, retried):
     daemon, _source, hosts = in_process_daemon(tmp_path)
     hosts.host("hv1").broken[method] = error
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     hosts.host("hv1").broken[method] = error
-    daemon.reconcile_pass([(Trigger.RETRY, "hv1")])  # a second failure: the next retry is seconds away
+    settle(daemon, [(Trigger.RETRY, "hv1")])  # a second failure: the next retry is seconds away
     assert host_status(daemon)["result"] == "error"
     assert len(new_timers()) == (1 if retried else 0)
 
@@ -148,7 +148,7 @@ def test_an_action_error_is_retried_only_when_retryable(tmp_path, new_timers, me
 def test_a_conflict_waits_for_a_new_revision(tmp_path, new_timers):
     daemon, _source, hosts = in_process_daemon(tmp_path)
     hosts.host("hv1").define("<domain type='kvm'><name>web-hv1</name></domain>")  # not ours
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     assert "conflict" in host_status(daemon)["message"]
     assert new_timers() == set()
 
@@ -156,18 +156,18 @@ def test_a_conflict_waits_for_a_new_revision(tmp_path, new_timers):
 def test_a_fetch_error_that_no_retry_fixes_waits_for_the_next_trigger(tmp_path, new_timers):
     daemon, source, _hosts = in_process_daemon(tmp_path)
     source.fail_with = [ReconcilerError("no such branch")]
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     assert "no such branch" in daemon.status.document()["source"]["message"]
     assert new_timers() == set()
 
 
 def test_after_the_source_recovers_every_host_is_reconciled_again(tmp_path):
     daemon, source, _hosts = in_process_daemon(tmp_path)
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     source.fail_with = [SourceError("git: timeout")]
-    daemon.reconcile_pass([(Trigger.POLL, None)])
+    settle(daemon, [(Trigger.POLL, None)])
     assert host_status(daemon)["message"].startswith("fetch failed")
-    daemon.reconcile_pass([(Trigger.POLL, None)])  # the same revision, but the error is over
+    settle(daemon, [(Trigger.POLL, None)])  # the same revision, but the error is over
     assert host_status(daemon)["result"] == "unchanged"
     assert daemon.status.document()["source"]["message"] == ""
 
@@ -177,7 +177,7 @@ def test_after_the_source_recovers_every_host_is_reconciled_again(tmp_path):
 
 def test_status_readers_never_see_half_an_update(tmp_path):
     daemon, source, _hosts = in_process_daemon(tmp_path, hosts=tuple(f"hv{i}" for i in range(40)), domains=())
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     torn: list[set[str]] = []
     done = threading.Event()
 
@@ -195,7 +195,7 @@ def test_status_readers_never_see_half_an_update(tmp_path):
     try:
         for _ in range(50):  # each failed fetch puts a new message on every host
             source.fail_with.append(SourceError("git: unreachable"))
-            daemon.reconcile_pass([(Trigger.WEBHOOK, None)])
+            settle(daemon, [(Trigger.WEBHOOK, None)])
             if torn:
                 break
     finally:
@@ -207,7 +207,7 @@ def test_status_readers_never_see_half_an_update(tmp_path):
 
 def test_the_status_survives_a_restart_and_is_written_whole(tmp_path):
     daemon, _source, _hosts = in_process_daemon(tmp_path)
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     again, _source, _hosts = in_process_daemon(tmp_path)
     assert host_status(again) == host_status(daemon)
     assert [p.name for p in (tmp_path / "state").iterdir() if p.name.startswith(".")] == []
@@ -219,11 +219,11 @@ def test_the_status_survives_a_restart_and_is_written_whole(tmp_path):
 def test_each_event_is_one_line_on_the_daemon_logger(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="virt_reconcile")
     daemon, source, hosts = in_process_daemon(tmp_path, hosts=("hv1", "hv2"))
-    daemon.reconcile_pass(START)
+    settle(daemon, START)
     hosts.fail("hv2", PermanentHostError("hv2", "operation not supported"))
-    daemon.reconcile_pass([(Trigger.DRIFT, "hv2")])
+    settle(daemon, [(Trigger.DRIFT, "hv2")])
     source.fail_with = [SourceError("git: connection refused")]
-    daemon.reconcile_pass([(Trigger.WEBHOOK, None)])
+    settle(daemon, [(Trigger.WEBHOOK, None)])
     lines = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
     assert lines[0] == (
         "virt_reconcile.daemon.loop",

@@ -7,7 +7,7 @@ import re
 import signal
 from pathlib import Path
 
-from reconciler.cli.inputs import connector, uri_rules
+from reconciler.cli.inputs import connector, selector, uri_rules
 from reconciler.errors import DaemonConfigError
 
 GIT_URL = re.compile(r"^(file|ssh|https?|git)://|^[\w.-]+@[\w.-]+:")
@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     secret = webhook_secret(args.webhook_secret_file)
     config = DaemonConfig(
         hosts=args.host or [],
+        selector=selector(args),
+        host_parallel=args.host_parallel,
         interval=args.interval,  # seconds, listen (host, port): checked by the parser's types
         resync=args.resync,
         listen=args.listen,

@@ -1,0 +1,136 @@
+"""One lane per host: each host is reconciled by a thread of its own, so a slow host (a 60-second
+graceful shutdown, a hung hypervisor waiting out its timeout) delays nothing on another, and an
+event for one host is never queued behind another host's pass.
+
+The loop hands each lane the newest work for its host (:meth:`HostLanes.submit`); work asked for
+while the lane is busy waits as one pending job, replaced by newer work (the newest revision is
+what the host must reach). At most ``parallel`` lanes reconcile at once. A pass may need other
+hosts beside its own: a domain moving between two hosts is one move only when both are in the
+run, so the pass names those peers and the lane runs once more with them, holding every involved
+host's lane lock (taken in one global order, so two lanes never wait on each other in a circle).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from reconciler.daemon.decision import Reason
+from reconciler.spec.manifests import ManifestSet
+
+log = logging.getLogger("virt_reconcile.daemon.lanes")
+
+
+@dataclass(frozen=True)
+class LaneJob:
+    """What a lane reconciles next: its host at a revision's manifests, and why."""
+
+    manifests: ManifestSet
+    revision: str
+    reason: Reason
+
+
+#: Reconciles the given hosts together, each with its job; returns the hosts the pass needed beside
+#: them (the other halves of moves), empty when it needed none.
+LaneWork = Callable[[Mapping[str, LaneJob]], frozenset[str]]
+
+
+class HostLanes:
+    """The daemon's per-host worker threads, started on first use and kept for the daemon's life."""
+
+    def __init__(self, work: LaneWork, *, parallel: int, stop: threading.Event) -> None:
+        self._work = work
+        self._stop = stop
+        self._slots = threading.BoundedSemaphore(max(1, parallel))
+        self._guard = threading.Condition()
+        self._pending: dict[str, LaneJob] = {}
+        self._running: set[str] = set()
+        self._threads: dict[str, threading.Thread] = {}
+        self._locks: dict[str, threading.Lock] = {}
+
+    def submit(self, host: str, job: LaneJob) -> None:
+        """Ask ``host``'s lane to reconcile ``job`` (replacing any job still waiting there)."""
+        with self._guard:
+            self._pending[host] = job
+            self._locks.setdefault(host, threading.Lock())
+            if host not in self._threads:
+                thread = threading.Thread(target=self._lane, args=(host,), name=f"lane-{host}", daemon=True)
+                self._threads[host] = thread
+                thread.start()
+            self._guard.notify_all()
+
+    def busy(self) -> set[str]:
+        """The hosts whose lane is reconciling or has work waiting."""
+        with self._guard:
+            return self._running | set(self._pending)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no lane has work; False if ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._guard:
+            while self._running or self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._guard.wait(left)
+        return True
+
+    def close(self, timeout: float) -> None:
+        """Wake every lane to see :attr:`stop` and wait up to ``timeout`` seconds for them to end (a
+        pass in flight ends between two actions)."""
+        with self._guard:
+            self._guard.notify_all()
+            threads = list(self._threads.values())
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # ------------------------------------------------------------------------------------ a lane
+
+    def _lane(self, host: str) -> None:
+        """Take this host's jobs one at a time until the daemon stops."""
+        while True:
+            with self._guard:
+                while host not in self._pending and not self._stop.is_set():
+                    self._guard.wait(1.0)
+                if self._stop.is_set():
+                    self._pending.pop(host, None)
+                    self._guard.notify_all()
+                    return
+                job = self._pending.pop(host)
+                self._running.add(host)
+            try:
+                with self._slots:
+                    self._run(host, job)
+            except Exception:  # the work reports its own errors; this is a bug's, and the lane lives on
+                log.exception("%s: the lane's pass failed", host)
+            finally:
+                with self._guard:
+                    self._running.discard(host)
+                    self._guard.notify_all()
+
+    def _run(self, host: str, job: LaneJob) -> None:
+        """One pass of ``host``; again with the peers it named, all of their lanes held."""
+        peers = self._together({host: job})
+        if peers and not self._stop.is_set():
+            known = {peer for peer in peers if peer in job.manifests.hosts}
+            log.info(
+                "%s: reconciling again with %s (a domain moves between them)", host, ", ".join(sorted(known))
+            )
+            self._together({name: job for name in {host, *known}})
+
+    def _together(self, jobs: Mapping[str, LaneJob]) -> frozenset[str]:
+        """Run the work for these hosts holding their lane locks (in name order); the peers it names
+        beyond them."""
+        with self._guard:
+            locks = [self._locks.setdefault(name, threading.Lock()) for name in sorted(jobs)]
+        for lock in locks:
+            lock.acquire()
+        try:
+            return self._work(jobs) - set(jobs)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
