@@ -260,8 +260,7 @@ class Daemon:
         selected = self._selected(manifests)
         decision = decide(triggers, before, revision, selected)
         try:
-            # Listen first: a change made while (or right after) this pass reconciles is not missed.
-            self.watchers.ensure(manifests, selected)
+            self.watchers.keep(manifests, selected)  # each lane listens on its host before its pass
         except Exception as err:
             log.warning("domain events not watched at %s: %s", revision[:12], describe(err))
         if not self.stop.is_set():
@@ -357,6 +356,9 @@ class Daemon:
         each host on its own; return the hosts held moves need beside these."""
         first = next(iter(jobs.values()))
         manifests, revision = first.manifests, first.revision
+        for host in jobs:
+            # Listen first: a change made while (or right after) this pass reconciles is not missed.
+            self.watchers.listen(manifests.hosts[host])
         started = time.monotonic()
         outcome = reconcile(
             manifests,

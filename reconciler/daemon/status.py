@@ -49,6 +49,7 @@ class StatusStore:
     def __init__(self, path: Path, hosts: dict[str, HostStatus] | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # one writer of the file at a time
         self._hosts: dict[str, HostStatus] = dict(hosts or {})
         self._source = SourceStatus()
         self._reconciled = ""
@@ -139,5 +140,8 @@ class StatusStore:
             }
 
     def save(self) -> None:
-        """Write the document to :attr:`path`, whole or not at all."""
-        write_atomically(self.path, json.dumps(self.document(), indent=2))
+        """Write the document to :attr:`path`, whole or not at all. Saves (from several host lanes)
+        take turns, each writing the document as it is when its turn comes, so the file never goes
+        back to an older document."""
+        with self._save_lock:
+            write_atomically(self.path, json.dumps(self.document(), indent=2))

@@ -136,25 +136,40 @@ class DomainWatchers:
         self._thread: threading.Thread | None = None
 
     def ensure(self, manifests: ManifestSet, hosts: Iterable[str]) -> None:
-        """Listen on each of ``hosts`` (a new one is opened now: the pass then reconciles while
-        listening); a dead connection goes to the reconnect thread, hosts no longer kept are closed."""
+        """Keep exactly ``hosts`` (:meth:`keep`) and listen on each now (:meth:`listen`)."""
+        for host in self.keep(manifests, hosts):
+            self.listen(host)
+
+    def keep(self, manifests: ManifestSet, hosts: Iterable[str]) -> list[Host]:
+        """Stop listening on hosts no longer kept (or whose address changed); the hosts that want
+        an event connection (not the sandbox, which is only looked at during a pass). No waiting on
+        any host: the loop calls this, and each lane calls :meth:`listen` for its own host."""
         if self.factory is None:
-            return
+            return []
         wanted = {
             name: manifests.hosts[name]
             for name in hosts
-            if not manifests.hosts[name].spec.address.is_sandbox  # the sandbox: only during a pass
+            if not manifests.hosts[name].spec.address.is_sandbox
         }
         for name in set(self._watchers) - set(wanted):
             self._forget(name)
         for name, host in wanted.items():
             if self._uris.get(name) not in (None, host.spec.uri):
                 self._forget(name)  # the Host moved to another address: listen there instead
-            watcher = self._watchers.get(name)
-            if watcher is None:
-                self._open_first(name, host)
-            elif not watcher.connected():
-                self._lost(name, "found closed by a pass")
+        return list(wanted.values())
+
+    def listen(self, host: Host) -> None:
+        """Listen on ``host`` before its pass (a new connection is opened now, within the host's
+        connect timeout: the pass then reconciles while listening); a dead connection goes to the
+        reconnect thread."""
+        if self.factory is None or host.spec.address.is_sandbox:
+            return
+        with self._wake:
+            watcher = self._watchers.get(host.name)
+        if watcher is None:
+            self._open_first(host.name, host)
+        elif not watcher.connected():
+            self._lost(host.name, "found closed by a pass")
 
     def _open_first(self, name: str, host: Host) -> None:
         """Open a host's first connection in the calling thread; on failure, back off in the other."""
