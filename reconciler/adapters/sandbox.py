@@ -5,16 +5,24 @@ driver's ``<node>`` format (``<cpu>``, ``<memory>``, inline ``<domain>`` element
 state in ``test:runstate``), so people and tests can seed it by hand. The test driver has no
 autostart in that format, so autostart flags are kept beside the domains in our own namespace.
 This module handles files and XML only; ``libvirt_host`` drives libvirt.
+
+Loading a large file takes libvirt a while (some 0.2 ms a domain, with Python's lock released), and
+the plan then parses every domain's XML; the file already holds that XML, so it is parsed ahead in
+a thread of its own meanwhile (:func:`reported_xmls`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from xml.sax.saxutils import quoteattr, unescape
 
 from lxml import etree
@@ -22,6 +30,7 @@ from lxml import etree
 from reconciler.adapters import hostlock
 from reconciler.errors import PermanentHostError
 from reconciler.files.atomic import write_atomically
+from reconciler.libvirtxml.parse import parse_ahead
 from reconciler.spec.sizes import KIB, parse_size
 
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
@@ -33,6 +42,22 @@ RUNNING, SHUTOFF = 1, 5
 #: The most a state file may hold: 2,000 domains take some 6 MiB. A larger file (or a device that
 #: never ends) is refused before it is read, rather than read until memory runs out.
 MAX_STATE_BYTES = 64 * 1024**2
+
+
+#: A state file holding at least this many domains has them parsed ahead while libvirt loads it;
+#: for fewer, starting a thread costs about what the parsing would save.
+PARSE_AHEAD_MIN_DOMAINS = 64
+_PARSE_AHEAD_DELAY = 0.01  # seconds: see _parse_ahead
+#: How :func:`compose_node_xml` ends a domain: our run state line, then the end tag.
+_WRITTEN_END = re.compile(
+    rf"  <test:runstate xmlns:test='{re.escape(TEST_NS)}'>\d+</test:runstate>\n</domain>(?:\n|\Z)"
+)
+
+#: Checks a state file without taking anything from outside it (no DTD, no entities, no network).
+#: Blank text is dropped: only the structure is read, and a tree without it builds faster.
+_CHECKING_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_blank_text=True
+)
 
 
 @dataclass(frozen=True)
@@ -59,9 +84,26 @@ def new_node_xml(cpus: int | None, memory: int | None) -> str:
     )
 
 
+#: The state file text :meth:`SandboxFile.read` checked last, with the autostart names it holds,
+#: until :func:`autostart_names` takes them: the host is opened from that very text at once, and
+#: parsing thousands of domains again would cost some 20 ms. Handed over once: a long-running
+#: process keeps at most one state file's text, and only until the host is opened from it.
+_JUST_READ: list[tuple[str, set[str]]] = []
+
+
 def autostart_names(node_xml: str) -> set[str]:
     """Names of the domains marked autostart in a sandbox node file."""
-    root = etree.fromstring(node_xml.encode())
+    try:
+        text, names = _JUST_READ.pop()  # atomic: another thread's read is never taken twice
+    except IndexError:
+        text, names = "", set()
+    if text is node_xml:
+        return names
+    return _autostart_in(etree.fromstring(node_xml.encode(), _CHECKING_PARSER))
+
+
+def _autostart_in(root: etree._Element) -> set[str]:
+    """The autostart names under a parsed ``<node>``."""
     return {el.get("domain", "") for el in root.iterfind(f"{{{SANDBOX_NS}}}autostart")}
 
 
@@ -93,10 +135,48 @@ def compose_node_xml(previous: str, domains: list[SandboxDomain]) -> str:
     return "".join(parts)
 
 
+def reported_xmls(node_xml: str) -> list[str]:
+    """The XML libvirt will report for each domain of a state file :func:`compose_node_xml` wrote,
+    read off the file: libvirt formats a definition it loaded exactly as it formatted it before the
+    save, so taking our run state line out gives it back. It is a guess: a domain with a password
+    (written with it, reported without) or a file edited by hand gives XML libvirt never reports."""
+    found = []
+    for written in node_xml.split("\n<domain")[1:]:  # each domain starts a line
+        end = _WRITTEN_END.search(written)
+        if end is not None:
+            found.append("<domain" + written[: end.start()] + "</domain>\n")
+    return found
+
+
+def _parse_ahead(node_xml: str) -> None:
+    """Parse the domains of a state file in a thread of its own, while libvirt loads the same file:
+    the plan then finds each parse made (see :func:`reconciler.libvirtxml.parse.parse_ahead`).
+
+    The thread first leaves Python's lock to the thread that read the file, which needs it for
+    about a millisecond more before libvirt takes the file and lets go of the lock for the whole
+    load; taking turns with it before that would only delay the load."""
+
+    def run() -> None:
+        time.sleep(_PARSE_AHEAD_DELAY)
+        parse_ahead(reported_xmls(node_xml))
+
+    threading.Thread(target=run, name="vr-sandbox-parse").start()  # ends by itself, soon
+
+
 def _domain_name(xml: str) -> str:
     """A domain's name from libvirt's XML, without parsing the whole document."""
     start = xml.index("<name>") + len("<name>")
     return unescape(xml[start : xml.index("</name>", start)])
+
+
+def _read_bounded(stream: BinaryIO, size: int) -> bytes:
+    """A regular file of ``size`` bytes (as ``fstat`` saw it), read in one go; a file that grew since
+    is read on, up to one byte past :data:`MAX_STATE_BYTES` (the caller refuses it). Asking for the
+    whole limit at once would make Python set aside 64 MiB for every read."""
+    content = stream.read(size + 1)
+    if len(content) > size:
+        content += stream.read(MAX_STATE_BYTES + 1 - len(content))
+    return content
 
 
 class SandboxFile:
@@ -126,7 +206,7 @@ class SandboxFile:
             if not stat.S_ISREG(status.st_mode):
                 raise self._refused("is not a regular file")
             with open(handle, "rb", closefd=False) as stream:  # a regular file: open() takes it
-                content = b"" if status.st_size > MAX_STATE_BYTES else stream.read(MAX_STATE_BYTES + 1)
+                content = b"" if status.st_size > MAX_STATE_BYTES else _read_bounded(stream, status.st_size)
         finally:
             os.close(handle)
         if status.st_size > MAX_STATE_BYTES or len(content) > MAX_STATE_BYTES:
@@ -142,9 +222,8 @@ class SandboxFile:
         except UnicodeDecodeError as err:
             line = content.count(b"\n", 0, err.start) + 1
             raise self._refused(f"is not UTF-8 (line {line})") from None
-        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
         try:
-            root = etree.fromstring(content, parser)
+            root = etree.fromstring(content, _CHECKING_PARSER)
         except etree.XMLSyntaxError as err:
             line, column = err.position
             raise self._refused(f"is not XML (line {line}, column {column})") from None
@@ -152,6 +231,9 @@ class SandboxFile:
             raise self._refused("declares a DTD, which a sandbox state file never has")
         if root.tag != "node":
             raise self._refused("is not a libvirt test driver <node> document")
+        _JUST_READ[:] = [(text, _autostart_in(root))]
+        if sum(1 for _ in root.iterchildren("domain")) >= PARSE_AHEAD_MIN_DOMAINS:
+            _parse_ahead(text)
         return text
 
     def _refused(self, why: str) -> PermanentHostError:

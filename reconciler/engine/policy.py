@@ -160,19 +160,28 @@ def step(state: HostState, action: Action) -> dict[str, Usage]:
 # ----------------------------------------------------------------------------------------- rules
 
 
+#: The rules whose usage is a sum over the domains, in the order :func:`contributions` gives them.
+SUMMED = ("cpu.total", "memory.commit", "memory.balloon")
+
+
+def contributions(claim: Usage | None, policy: Overcommit) -> tuple[int, int, int]:
+    """What one domain adds to each summed rule, in :data:`SUMMED` order (one call per claim: a plan
+    of thousands of actions asks for every claim it changes)."""
+    if claim is None:
+        return 0, 0, 0
+    counted = claim.active or policy.cpu.count_inactive
+    return (
+        claim.vcpus if counted else 0,
+        claim.memory if counted else 0,
+        claim.current_memory if claim.active else 0,
+    )
+
+
 def contribution(rule: str, claim: Usage | None, policy: Overcommit) -> int:
     """What one domain adds to a summed rule (cpu.total, memory.commit, memory.balloon)."""
-    if claim is None:
-        return 0
-    counted = claim.active or policy.cpu.count_inactive
-    match rule:
-        case "cpu.total":
-            return claim.vcpus if counted else 0
-        case "memory.commit":
-            return claim.memory if counted else 0
-        case "memory.balloon":
-            return claim.current_memory if claim.active else 0
-    raise ValueError(f"{rule!r} is not a summed rule")
+    if rule not in SUMMED:
+        raise ValueError(f"{rule!r} is not a summed rule")
+    return contributions(claim, policy)[SUMMED.index(rule)]
 
 
 def usage(rule: str, state: HostState, policy: Overcommit) -> int:
@@ -220,7 +229,6 @@ def evaluate(
     Usage is updated by each action's difference, so a plan of thousands of actions on a host of
     thousands of domains costs one pass over each, not one over the host per action.
     """
-    summed = ("cpu.total", "memory.commit", "memory.balloon")
     state = dict(before)
     first = {rule: usage(rule, state, policy) for rule in RULES}
     totals, peaks = dict(first), dict(first)
@@ -230,8 +238,10 @@ def evaluate(
         if new is not None:
             state[action.domain] = new
             peaks["cpu.perDomain"] = max(peaks["cpu.perDomain"], new.vcpus)
-        for rule in summed:
-            totals[rule] += contribution(rule, new, policy) - contribution(rule, old, policy)
+        for rule, added, removed in zip(
+            SUMMED, contributions(new, policy), contributions(old, policy), strict=True
+        ):
+            totals[rule] += added - removed
             peaks[rule] = max(peaks[rule], totals[rule])
     totals["cpu.perDomain"] = usage("cpu.perDomain", state, policy)
     results = []
@@ -247,17 +257,7 @@ def evaluate(
             raised, contributors = bool(offenders), offenders
         else:
             raised = totals[rule] > value and totals[rule] > first[rule]
-            deltas = (
-                (
-                    name,
-                    contribution(rule, state.get(name), policy)
-                    - contribution(rule, before.get(name), policy),
-                )
-                for name in state.keys() | before.keys()
-            )
-            contributors = tuple(
-                sorted(((n, d) for n, d in deltas if d > 0), key=lambda item: (-item[1], item[0]))
-            )[:TOP_CONTRIBUTORS]
+            contributors = _top_contributors(rule, before, state, policy) if raised else ()
         results.append(
             RuleResult(
                 rule=rule,
@@ -272,3 +272,17 @@ def evaluate(
             )
         )
     return PolicyReport(enforcement=policy.enforcement, rules=tuple(results))
+
+
+def _top_contributors(
+    rule: str, before: HostState, after: HostState, policy: Overcommit
+) -> tuple[tuple[str, int], ...]:
+    """The domains whose claim on a summed rule grew most, largest first (only a broken rule names
+    them: on a host of thousands of domains, the search is not worth making for a rule that holds)."""
+    deltas = (
+        (name, contribution(rule, after.get(name), policy) - contribution(rule, before.get(name), policy))
+        for name in after.keys() | before.keys()
+    )
+    return tuple(sorted(((n, d) for n, d in deltas if d > 0), key=lambda item: (-item[1], item[0])))[
+        :TOP_CONTRIBUTORS
+    ]

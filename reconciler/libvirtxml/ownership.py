@@ -6,11 +6,10 @@ beside whatever other tools put there, which is never touched.
 
 from __future__ import annotations
 
-from xml.sax.saxutils import quoteattr
-
 from lxml import etree
 
 from reconciler.libvirtxml.tree import add_last, domain_root, insert_after
+from reconciler.libvirtxml.xmltext import quoted
 from reconciler.spec.models import Owner
 
 OWNER_NS = "https://virt-reconcile.dev/xmlns/owner/v1"
@@ -88,11 +87,11 @@ def marked_pending(xml: str) -> str:
 
 def owner_metadata(owner: Owner) -> str:
     """The ownership element for libvirt's metadata call, which adds our namespace itself."""
-    attributes = " ".join(f"{name}={quoteattr(value)}" for name, value in _attributes(owner))
+    attributes = " ".join(f"{name}={quoted(value)}" for name, value in _attributes(owner))
     return f"<owner {attributes}/>"
 
 
 def owner_xml(owner: Owner) -> str:
     """The ownership element alone: for a new domain's XML and libvirt's metadata call (import)."""
-    attributes = " ".join(f"{name}={quoteattr(value)}" for name, value in _attributes(owner))
-    return f"<{OWNER_PREFIX}:owner xmlns:{OWNER_PREFIX}={quoteattr(OWNER_NS)} {attributes}/>"
+    attributes = " ".join(f"{name}={quoted(value)}" for name, value in _attributes(owner))
+    return f"<{OWNER_PREFIX}:owner xmlns:{OWNER_PREFIX}={quoted(OWNER_NS)} {attributes}/>"

@@ -2,13 +2,15 @@
 
 Parsing is pure, and a host's XML rarely changes between a daemon's passes, so parses are
 remembered by their exact XML in this process (:func:`parse_domain`) and, within
-:func:`cached_parses`, across processes through a :class:`ContentCache`.
+:func:`cached_parses`, across processes through a :class:`ContentCache`. Being keyed by the exact
+XML, the memo can also be filled ahead (:func:`parse_ahead`) with XML a host is expected to report:
+a wrong guess costs its parse, never a wrong result.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from itertools import islice
@@ -100,9 +102,24 @@ def cached_parses(cache: ContentCache | None, scope: str, xmls: Sequence[str]) -
     cache.finish()
 
 
+def parse_ahead(xmls: Iterable[str]) -> None:
+    """Parse into the memo XML that :func:`parse_domain` is about to be asked for (a host's domains,
+    guessed while the host is still being opened), at most half of what the memo keeps. XML that
+    cannot be read is skipped: whoever asks for it meets the error then."""
+    for xml in islice(xmls, _PARSED_LIMIT // 2):
+        if xml in _PARSED:
+            continue
+        try:
+            parsed = _parse(xml)
+        except (DomainXMLError, ValueError):
+            continue
+        _remember(xml, parsed)
+
+
 def forget_parsed() -> None:
     """Empty the parsed-XML memo (benchmarks start each run as a new process would)."""
-    _PARSED.clear()
+    with _PARSED_LOCK:  # a parse made ahead (another thread) may be adding to it
+        _PARSED.clear()
 
 
 def _recall(cache: ContentCache, xml: str, digest: str) -> bool:

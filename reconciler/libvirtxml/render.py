@@ -7,11 +7,10 @@ also what :mod:`.merge` inserts for a disk or NIC the existing definition lacks.
 
 from __future__ import annotations
 
-from xml.sax.saxutils import escape, quoteattr
-
 from lxml import etree
 
 from reconciler.libvirtxml.ownership import owner_xml
+from reconciler.libvirtxml.xmltext import escaped, quoted
 from reconciler.spec.models import Disk, DomainSpec, Interface, Owner
 from reconciler.spec.sizes import KIB
 
@@ -20,10 +19,10 @@ _X86 = ("x86_64", "i686")
 
 def render_domain(name: str, spec: DomainSpec, owner: Owner | None) -> str:
     """The XML for defining a new domain named ``name`` (with our owner metadata unless None)."""
-    machine = f" machine={quoteattr(spec.machine)}" if spec.machine else ""
+    machine = f" machine={quoted(spec.machine)}" if spec.machine else ""
     lines = [
-        f"<domain type={quoteattr(spec.type)}>",
-        f"  <name>{escape(name)}</name>",
+        f"<domain type={quoted(spec.type)}>",
+        f"  <name>{escaped(name)}</name>",
     ]
     if owner is not None:
         lines.append(f"  <metadata>\n    {owner_xml(owner)}\n  </metadata>")
@@ -32,10 +31,10 @@ def render_domain(name: str, spec: DomainSpec, owner: Owner | None) -> str:
         f"  <currentMemory unit='KiB'>{spec.current_memory // KIB}</currentMemory>",
         f"  <vcpu>{spec.vcpus}</vcpu>",
         "  <os>",
-        f"    <type arch={quoteattr(spec.arch)}{machine}>hvm</type>",
+        f"    <type arch={quoted(spec.arch)}{machine}>hvm</type>",
     ]
     lines += [
-        f"    <{tag}>{escape(value)}</{tag}>"
+        f"    <{tag}>{escaped(value)}</{tag}>"
         for tag, value in (
             ("kernel", spec.boot.kernel),
             ("initrd", spec.boot.initrd),
@@ -52,7 +51,7 @@ def render_domain(name: str, spec: DomainSpec, owner: Owner | None) -> str:
     lines += [
         "    <serial type='pty'/>",
         "    <console type='pty'/>",
-        f"    <memballoon model={quoteattr(spec.balloon)}/>",
+        f"    <memballoon model={quoted(spec.balloon)}/>",
         "  </devices>",
         "</domain>",
     ]
@@ -62,20 +61,20 @@ def render_domain(name: str, spec: DomainSpec, owner: Owner | None) -> str:
 def disk_xml(disk: Disk) -> str:
     """One ``<disk>`` line of a new domain's ``<devices>``."""
     block = disk.path.startswith("/dev/")
-    source = f"<source {'dev' if block else 'file'}={quoteattr(disk.path)}/>"
+    source = f"<source {'dev' if block else 'file'}={quoted(disk.path)}/>"
     return (
         f"    <disk type='{'block' if block else 'file'}' device='disk'>"
-        f"<driver name='qemu' type={quoteattr(disk.format)}/>{source}"
-        f"<target dev={quoteattr(disk.target or '')} bus={quoteattr(disk.bus)}/></disk>"
+        f"<driver name='qemu' type={quoted(disk.format)}/>{source}"
+        f"<target dev={quoted(disk.target or '')} bus={quoted(disk.bus)}/></disk>"
     )
 
 
 def interface_xml(nic: Interface) -> str:
     """One ``<interface>`` line of a new domain's ``<devices>``."""
     kind = "network" if nic.network else "bridge"
-    mac = f"<mac address={quoteattr(nic.mac)}/>" if nic.mac else ""
-    model = f"<model type={quoteattr(nic.model)}/>" if nic.model else ""
-    source = f"<source {kind}={quoteattr(nic.network or nic.bridge or '')}/>"
+    mac = f"<mac address={quoted(nic.mac)}/>" if nic.mac else ""
+    model = f"<model type={quoted(nic.model)}/>" if nic.model else ""
+    source = f"<source {kind}={quoted(nic.network or nic.bridge or '')}/>"
     return f"    <interface type='{kind}'>{mac}{source}{model}</interface>"
 
 

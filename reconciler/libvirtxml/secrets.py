@@ -15,6 +15,7 @@ The secure-only values libvirt writes into domain XML, and how each is found aga
 from __future__ import annotations
 
 import copy
+import re
 from collections import defaultdict
 
 from lxml import etree
@@ -26,12 +27,31 @@ from reconciler.libvirtxml.tree import add_last, domain_root
 GRAPHICS_SECRETS = ("passwd", "passwdValidTo")
 
 
+#: The start of domain XML as libvirt and this package write it: the ``<domain>`` start tag (no
+#: default namespace, no ``<`` or ``>`` in its attribute values), then ``<name>`` as its first child,
+#: holding plain text (no entity, no CDATA, no carriage return, which a parser would rewrite).
+_PLAIN_START = re.compile(
+    r"[ \t\r\n]*<domain(?:[ \t\r\n]+(?!xmlns[ \t\r\n]*=)[A-Za-z_][A-Za-z0-9_.:-]*[ \t\r\n]*=[ \t\r\n]*"
+    r"(?:\"[^\"<>]*\"|'[^'<>]*'))*[ \t\r\n]*>[ \t\r\n]*<name>([^<&\r]*)</name>"
+)
+
+
 def defined_name(xml: str) -> str | None:
     """The domain name ``xml`` defines; None when it is not readable domain XML (libvirt says why)."""
     try:
         return domain_root(xml).findtext("name") or None
     except DomainXMLError:
         return None
+
+
+def leading_name(xml: str) -> str | None:
+    """The name at the start of domain XML, read as :func:`defined_name` reads it but without parsing
+    the document when it starts as libvirt writes it (a define of thousands of domains parsed each
+    one only for its name). The rest of the text is not checked: libvirt checks it on the define."""
+    plain = _PLAIN_START.match(xml)
+    if plain is not None:
+        return plain.group(1) or None
+    return defined_name(xml)
 
 
 def keep_secrets(new_xml: str, secure_xml: str) -> str:
