@@ -8,7 +8,7 @@ with a format (durations, addresses) are checked by the argparse ``type=`` funct
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from reconciler import __version__
@@ -266,8 +266,13 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every command."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser for every command.
+
+    With ``only`` (a command name, or ``""`` for none), only that command's arguments are added:
+    every command is still listed (``--help``, usage errors), but the options of the others, which
+    this run cannot use, are not built (a few milliseconds of every start-up).
+    """
     parser = argparse.ArgumentParser(
         prog="virt-reconcile",
         description="Declarative, GitOps-style reconciler for KVM hosts managed by libvirt.",
@@ -275,5 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"virt-reconcile {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        command.arguments(commands.add_parser(command.name, help=command.help))
+        sub = commands.add_parser(command.name, help=command.help)
+        if only is None or command.name == only:
+            command.arguments(sub)
     return parser
+
+
+def command_named(argv: Sequence[str]) -> str:
+    """The command ``argv`` names: its first word that is not an option ("" when there is none).
+
+    Exact, since the top-level parser has no option that takes a value (only ``--version`` and
+    ``--help``), and argparse takes a command name only when written in full.
+    """
+    return next((word for word in argv if not word.startswith("-")), "")

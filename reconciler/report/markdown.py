@@ -13,8 +13,9 @@ import io
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.plan import HostPlan, Plan
 from reconciler.report.escaping import md_code, md_fence, md_text
+from reconciler.report.printer import Printer
 from reconciler.report.summary import define_lines, show_value, summary_line
-from reconciler.report.text import Printer, render_text
+from reconciler.report.text import render_text
 
 MARKDOWN_MARKER = "<!-- virt-reconcile-plan -->"
 _OK, _FAIL, _WARN = "✅", "❌", "⚠️"

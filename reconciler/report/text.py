@@ -3,18 +3,17 @@ stream it is given)."""
 
 from __future__ import annotations
 
-import os
-from typing import IO
-
-from rich.console import Console
-from rich.markup import RE_TAGS
+from typing import TYPE_CHECKING
 
 from reconciler.engine.actions import Action, ActionKind
-from reconciler.engine.apply import ActionResult
-from reconciler.engine.plan import HostPlan, Plan
-from reconciler.engine.policy import PolicyReport
-from reconciler.report.escaping import escape_markup, visible_lines
+from reconciler.report.escaping import escape_markup
 from reconciler.report.summary import define_lines, show_value, summary_line
+
+if TYPE_CHECKING:
+    from reconciler.engine.apply import ActionResult
+    from reconciler.engine.plan import HostPlan, Plan
+    from reconciler.engine.policy import PolicyReport
+    from reconciler.report.printer import Printer
 
 _STYLE = {
     ActionKind.DEFINE: "green",
@@ -25,65 +24,6 @@ _STYLE = {
     ActionKind.UNDEFINE: "red",
     ActionKind.MOVE: "blue",
 }
-
-
-def plain(markup: str) -> str:
-    """Rich markup without its style tags, as printed where there is no colour.
-
-    Read the way rich reads it (``rich.markup.render``), so a line shows the same text with colour
-    and without: a tag preceded by an odd run of backslashes is text, every pair of backslashes
-    before a tag is one, and elsewhere a backslash before ``[`` is dropped.
-    """
-    parts: list[str] = []
-    position = 0
-    for match in RE_TAGS.finditer(markup):
-        whole, escapes = match.group(1, 2)
-        parts.append(markup[position : match.start()].replace("\\[", "["))
-        backslashes, escaped = divmod(len(escapes), 2)
-        parts.append("\\" * backslashes + (whole[len(escapes) :] if escaped else ""))
-        position = match.end()
-    parts.append(markup[position:].replace("\\[", "["))
-    return "".join(parts)
-
-
-def wants_color(file: IO[str]) -> bool:
-    """Colour only on a terminal; NO_COLOR turns it off and FORCE_COLOR on (https://no-color.org)."""
-    if os.environ.get("NO_COLOR"):
-        return False
-    if os.environ.get("FORCE_COLOR"):
-        return True
-    isatty = getattr(file, "isatty", None)
-    return bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
-
-
-class Printer:
-    """Prints lines written in rich markup: through rich in colour, or as plain text.
-
-    Plain text is written directly: a plan for thousands of domains prints in milliseconds, where
-    rendering every line through rich costs about half a millisecond each.
-    """
-
-    def __init__(self, file: IO[str], *, color: bool | None = None) -> None:
-        self.file = file
-        use_color = wants_color(file) if color is None else color
-        self._console = (
-            Console(file=file, highlight=False, soft_wrap=True, emoji=False, force_terminal=True)
-            if use_color
-            else None
-        )
-
-    def print(self, markup: str = "") -> None:
-        """Print one line (or several, separated by newlines).
-
-        Control characters other than those newlines are shown as escapes (``\\x1b``): values
-        should have been escaped already (``escape_markup``), and this keeps a caller that
-        forgot from letting one reach the terminal, where it could rewrite what is shown.
-        """
-        markup = visible_lines(markup)
-        if self._console is not None:
-            self._console.print(markup)
-        else:
-            self.file.write(plain(markup) + "\n")
 
 
 def action_title(action: Action) -> str:

@@ -53,21 +53,22 @@ def shared_disks(domains: Iterable[tuple[str, Domain, Placed]]) -> list[Problem]
 
 
 def shared_hypervisors(hosts: Iterable[tuple[Host, Placed]]) -> list[Problem]:
-    """Every Host entry whose URI reaches a hypervisor an earlier entry already reaches."""
-    first: dict[str, tuple[str, str, int]] = {}
+    """Every Host entry whose URI reaches a hypervisor an earlier entry already reaches (lines
+    looked up only for the problems found, as in :func:`shared_disks`)."""
+    first: dict[str, tuple[str, Placed]] = {}
     problems = []
     for host, placed in hosts:
         key = host.spec.address.hypervisor_key
-        line = placed.line_of(("spec", "uri"))
-        owner = first.setdefault(key, (host.name, placed.file, line))
-        if owner[0] != host.name:
+        owner, where = first.setdefault(key, (host.name, placed))
+        if owner != host.name:
             problems.append(
                 Problem(
                     placed.file,
-                    line,
+                    placed.line_of(("spec", "uri")),
                     "spec.uri",
-                    f"{host.spec.uri} reaches the same hypervisor as host {owner[0]!r} "
-                    f"({owner[1]}:{owner[2]}): two Host entries would fight over its domains",
+                    f"{host.spec.uri} reaches the same hypervisor as host {owner!r} "
+                    f"({where.file}:{where.line_of(('spec', 'uri'))}): two Host entries would fight "
+                    "over its domains",
                 )
             )
     return problems

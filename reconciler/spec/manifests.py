@@ -14,31 +14,21 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ManifestError, Problem
 from reconciler.files.content_cache import ContentCache, content_digest
 from reconciler.spec.crosschecks import Placed, shared_disks, shared_hypervisors
 from reconciler.spec.hosturi import DEFAULT_URI_RULES, UriRules
-from reconciler.spec.messages import validation_message
 from reconciler.spec.models import API_VERSION, Domain, Host
-from reconciler.spec.yamltree import (
-    FORBIDDEN,
-    MAX_NODES,
-    Loader,
-    Loc,
-    Refusal,
-    bad_strings,
-    construct,
-    dotted,
-    measure,
-    printable,
-    read_manifest,
-    record_lines,
-)
+from reconciler.spec.untrusted import FORBIDDEN, Loc, bad_strings, dotted, printable, read_manifest
+
+# PyYAML and ``yamltree`` are imported by the functions that parse, when a file must be: the files
+# whose parse the cache holds are loaded without them.
+if TYPE_CHECKING:
+    import yaml
 
 #: Mixed into each cache key: a file cached by code that checked less is read (and checked) again.
 _CHECKS = b"virt-reconcile manifest checks 2\n"
@@ -108,6 +98,8 @@ class _Document:
         if self._lines is None:
             # Composed again only when a problem needs a line: keeping every node tree alive for
             # the few documents that have problems would slow the garbage collector for all.
+            from reconciler.spec.yamltree import Loader, record_lines
+
             loader = Loader(self.text)
             try:
                 for _ in range(self.index + 1):
@@ -260,6 +252,10 @@ def _load_file(
 
 def _parse_yaml(text: str, file: str, problems: list[Problem]) -> Iterator[_Document]:
     """Parse every document of one file with the C loader, within the limits of ``yamltree``."""
+    import yaml
+
+    from reconciler.spec.yamltree import MAX_NODES, Loader, Refusal, construct, measure, record_lines
+
     loader = Loader(text)
     index = -1
     budget = MAX_NODES
@@ -289,6 +285,8 @@ def _parse_yaml(text: str, file: str, problems: list[Problem]) -> Iterator[_Docu
 def _checked(doc: _Document, node: yaml.Node, problems: list[Problem]) -> _Document:
     """The document, marked refused (and each problem reported) when a string it holds may not be
     used: a control character, a character XML cannot carry, a value of a type no field takes."""
+    from reconciler.spec.yamltree import record_lines
+
     for loc, message in bad_strings(doc.data):
         if doc._lines is None:
             doc._lines = record_lines(node, doc.file, [])
@@ -299,6 +297,8 @@ def _checked(doc: _Document, node: yaml.Node, problems: list[Problem]) -> _Docum
 
 def _error_line(err: yaml.YAMLError, text: str) -> int | None:
     """The line a YAML error names; a reader error (a character YAML refuses) gives a byte offset."""
+    import yaml
+
     if isinstance(err, yaml.reader.ReaderError):
         return text.encode("utf-8", "surrogatepass")[: err.position].count(b"\n") + 1
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
@@ -307,6 +307,8 @@ def _error_line(err: yaml.YAMLError, text: str) -> int | None:
 
 def _reason(err: yaml.YAMLError) -> str:
     """What a YAML error says is wrong, without the text it quotes (a terminal must not see it raw)."""
+    import yaml
+
     if isinstance(err, yaml.reader.ReaderError):
         character = err.character if isinstance(err.character, int) else ord(err.character[:1] or "?")
         return f"character U+{character:04X} is not allowed in YAML ({err.reason})"
@@ -321,6 +323,8 @@ def _validate(doc: _Document, problems: list[Problem]) -> BaseModel | None:
     try:
         return model_type.model_validate(doc.data)
     except ValidationError as err:
+        from reconciler.spec.messages import validation_message  # (and difflib) only for a problem
+
         for error in err.errors(include_url=False):
             loc = tuple(error["loc"])
             problems.append(

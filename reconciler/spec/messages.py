@@ -9,7 +9,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from reconciler.spec.yamltree import Loc, printable
+from reconciler.spec.untrusted import Loc, printable
 
 #: What a strict number or boolean field takes, by pydantic's error type.
 _EXPECTED = {

@@ -1,13 +1,16 @@
 """Plan output for people: symbols, before → after, colour only where it belongs."""
 
 import io
+import sys
 
-from rich.markup import escape
+from rich.markup import RE_TAGS, escape
 
+import reconciler.report
 from reconciler.engine.actions import Action, ActionKind, Orphan, Phase
 from reconciler.engine.diff import Change
 from reconciler.engine.plan import HostPlan, Plan
 from reconciler.report import Printer, plain, render_text, summary_line, wants_color
+from reconciler.report.printer import TAGS
 
 
 class Terminal(io.StringIO):
@@ -69,3 +72,16 @@ def test_colour_only_on_a_terminal_and_no_color_wins(monkeypatch):
 
 def test_plain_strips_markup_but_keeps_escaped_brackets():
     assert plain(f"[bold]{escape('vm[1] [red]')}[/bold] [dim](0.1s)[/dim]") == "vm[1] [red] (0.1s)"
+
+
+def test_plain_finds_tags_with_rich_s_own_pattern():
+    """The printer's copy of rich's tag pattern (plain text does not import rich) is rich's."""
+    assert (TAGS.pattern, TAGS.flags) == (RE_TAGS.pattern, RE_TAGS.flags)
+
+
+def test_every_public_report_name_loads_from_its_module():
+    for name in reconciler.report.__all__:
+        value = getattr(reconciler.report, name)
+        module = sys.modules[f"reconciler.report.{reconciler.report._MODULES[name]}"]
+        assert getattr(module, name) is value, name
+    assert set(reconciler.report._MODULES) == set(reconciler.report.__all__)
