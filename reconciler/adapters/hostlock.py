@@ -21,6 +21,7 @@ Plans take no lock.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -30,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ from reconciler.files.state import state_folder
 from reconciler.spec.hosturi import HostURI
 
 log = logging.getLogger("virt_reconcile.adapters.hostlock")
+Wire = AbstractContextManager[object]  # held around each call on a shared connection
 
 #: The folder every user of a local hypervisor shares; tmpfs, so stale files vanish at boot.
 RUN_LOCK_DIR = Path("/run/virt-reconcile/locks")
@@ -150,18 +152,25 @@ def _describe(text: str) -> str:
 
 @contextmanager
 def host_lock(
-    conn: libvirt.virConnect, uri: HostURI, host: str, limits: LockLimits | None = None
+    conn: libvirt.virConnect,
+    uri: HostURI,
+    host: str,
+    limits: LockLimits | None = None,
+    *,
+    wire: Wire | None = None,
 ) -> Iterator[str]:
     """Hold ``host``'s lock (flock for a local hypervisor, a lease in it otherwise) for the block.
 
-    Yields what is held, for logs. ``conn`` is only used for a lease.
+    Yields what is held, for logs. ``conn`` is only used for a lease; ``wire``, held around each
+    call the lease's renewal and removal make on it, keeps them from overlapping other calls on
+    ``conn`` (whoever shares the connection holds it around theirs).
     """
     limits = limits or LockLimits.from_env(host)
     if uri.is_local:
         with local_lock(uri, host, limits) as path:
             yield f"lock file {path}"
     else:
-        with hypervisor_lease(conn, uri, host, limits) as what:
+        with hypervisor_lease(conn, uri, host, limits, wire=wire) as what:
             yield what
 
 
@@ -402,21 +411,27 @@ def _libvirt_failure(host: str, what: str, err: libvirt.libvirtError) -> HostErr
 
 
 @contextmanager
-def hypervisor_lease(conn: libvirt.virConnect, uri: HostURI, host: str, limits: LockLimits) -> Iterator[str]:
-    """Hold the hypervisor's lease for the block, renewing it meanwhile; yields what is held."""
+def hypervisor_lease(
+    conn: libvirt.virConnect, uri: HostURI, host: str, limits: LockLimits, *, wire: Wire | None = None
+) -> Iterator[str]:
+    """Hold the hypervisor's lease for the block, renewing it meanwhile; yields what is held.
+    ``wire`` is held around each of the renewal's and the removal's calls (see ``host_lock``)."""
     leases = lease_kind(conn, uri)
     me = Holder.me()
+    wire = wire or contextlib.nullcontext()
     try:
-        uuid = _take_lease(leases, me, host, limits)
+        with wire:
+            uuid = _take_lease(leases, me, host, limits)
     except libvirt.libvirtError as err:
         raise _libvirt_failure(host, f"cannot take {leases.what}", err) from err
-    renewer = _Renewer(leases, uuid, me, host, limits)
+    renewer = _Renewer(leases, uuid, me, host, limits).start(wire)
     try:
         yield f"{leases.what} ({uuid})"
     finally:
         renewer.stop()
         try:
-            leases.remove(uuid)
+            with wire:
+                leases.remove(uuid)
         except libvirt.libvirtError as err:
             log.warning("%s: could not remove %s (%s): %s", host, leases.what, uuid, err)
 
@@ -458,15 +473,22 @@ class _Renewer:
 
     def __init__(self, leases: Leases, uuid: str, holder: Holder, host: str, limits: LockLimits) -> None:
         self.leases, self.uuid, self.holder, self.host = leases, uuid, holder, host
+        self.wire: AbstractContextManager[object] = contextlib.nullcontext()
         self.interval = limits.renew
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{host}", daemon=True)
+
+    def start(self, wire: AbstractContextManager[object]) -> _Renewer:
+        """Start renewing, each renewal holding ``wire`` (see ``host_lock``)."""
+        self.wire = wire
         self._thread.start()
+        return self
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.leases.renew(self.uuid, replace(self.holder, renewed=time.time()).text())
+                with self.wire:
+                    self.leases.renew(self.uuid, replace(self.holder, renewed=time.time()).text())
             except libvirt.libvirtError as err:
                 log.warning("%s: could not renew %s (%s): %s", self.host, self.leases.what, self.uuid, err)
 

@@ -23,7 +23,8 @@ import libvirt
 
 _EVENT_LOOP_LOCK = threading.Lock()
 _EVENT_LOOP_RUNNING = threading.Event()
-#: URIs whose open has outlived its deadline and still waits for an answer.
+#: URIs whose open has outlived its deadline and still waits for an answer (opens still within
+#: their deadline are not here: several connections to one host may be opened at once).
 _WAITING: dict[str, threading.Thread] = {}
 _WAITING_LOCK = threading.Lock()
 #: Pings without an answer before libvirt declares the peer dead (its own default is 5).
@@ -101,14 +102,15 @@ def open_within(uri: str, connect_timeout: float, call_timeout: float) -> libvir
         earlier = _WAITING.get(uri)
         if earlier is not None and earlier.is_alive():
             raise OpenTimeout("an earlier attempt to connect still has no answer")
-        attempt = _Attempt(uri)
-        thread = threading.Thread(target=attempt.run, name="libvirt-open", daemon=True)
-        _WAITING[uri] = thread
+    attempt = _Attempt(uri)
+    thread = threading.Thread(target=attempt.run, name="libvirt-open", daemon=True)
     thread.start()
     answered = attempt.done.wait(connect_timeout)
     with attempt.lock:
         if not answered and not attempt.done.is_set():
             attempt.abandoned = True
+            with _WAITING_LOCK:  # opens of this URI are refused until this one gives up
+                _WAITING[uri] = thread
             raise OpenTimeout(f"no answer within {connect_timeout:g}s")
     if attempt.error is not None:
         raise attempt.error

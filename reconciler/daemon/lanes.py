@@ -23,6 +23,11 @@ from reconciler.spec.manifests import ManifestSet
 
 log = logging.getLogger("virt_reconcile.daemon.lanes")
 
+#: A drift pass waits this long before it starts, taking whatever newer work came meanwhile: libvirt
+#: reports a change as a burst of events (defined, started, resumed ...), and a pass of our own ends
+#: with the echoes of what it did, so one pass answers the burst.
+DRIFT_SETTLE_SECONDS = 0.1
+
 
 @dataclass(frozen=True)
 class LaneJob:
@@ -102,6 +107,11 @@ class HostLanes:
                     return
                 job = self._pending.pop(host)
                 self._running.add(host)
+                if job.reason is Reason.DRIFT:  # a burst of events: one pass
+                    settled = time.monotonic() + DRIFT_SETTLE_SECONDS
+                    while (left := settled - time.monotonic()) > 0 and not self._stop.is_set():
+                        self._guard.wait(left)
+                    job = self._pending.pop(host, job)
             try:
                 with self._slots:
                     self._run(host, job)

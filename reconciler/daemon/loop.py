@@ -322,16 +322,16 @@ class Daemon:
     def _selected(self, manifests: ManifestSet) -> list[str]:
         """The hosts to keep: all of the manifests', or those configured by name and by labels (a
         name the manifests lack is an error)."""
-        names = self.config.hosts or list(manifests.hosts)
         for host in self.config.hosts:
             if host not in manifests.hosts:
                 self.status.missing_host(host, "no Host document with this name in the manifests")
-        selector = self.config.selector
-        return [
-            name
-            for name in names
-            if name in manifests.hosts and selector.matches(manifests.hosts[name].metadata.labels)
-        ]
+        return [name for name in self.config.hosts or manifests.hosts if self._keeps(manifests, name)]
+
+    def _keeps(self, manifests: ManifestSet, name: str) -> bool:
+        """Whether this daemon was told to keep host ``name`` (by ``--host`` and ``--selector``)."""
+        if name not in manifests.hosts or (self.config.hosts and name not in self.config.hosts):
+            return False
+        return self.config.selector.matches(manifests.hosts[name].metadata.labels)
 
     def _lane_pass(self, jobs: Mapping[str, LaneJob]) -> frozenset[str]:
         """A lane's pass: reconcile its host (and the peers of a move, when asked) together, report
@@ -379,7 +379,14 @@ class Daemon:
         for host, job in jobs.items():
             self._report_host(manifests, HostTask(host, job.reason), revision, outcome, seconds)
         self.status.save()
-        return frozenset(held.peer for plan in outcome.plan.hosts.values() for held in plan.held if held.peer)
+        # A move's other host joins only when this daemon keeps it: one told to leave a host alone
+        # never writes it, and holds the move (as ``apply --host`` does).
+        return frozenset(
+            held.peer
+            for plan in outcome.plan.hosts.values()
+            for held in plan.held
+            if held.peer and self._keeps(manifests, held.peer)
+        )
 
     def _report_host(
         self, manifests: ManifestSet, task: HostTask, revision: str, outcome: Outcome, seconds: float

@@ -147,9 +147,7 @@ class DomainWatchers:
         if self.factory is None:
             return []
         wanted = {
-            name: manifests.hosts[name]
-            for name in hosts
-            if not manifests.hosts[name].spec.address.is_sandbox
+            name: manifests.hosts[name] for name in hosts if not manifests.hosts[name].spec.address.is_sandbox
         }
         for name in set(self._watchers) - set(wanted):
             self._forget(name)

@@ -12,7 +12,7 @@ deadline and libvirt keepalive), never holding up the others.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TypeVar
 
@@ -76,23 +76,36 @@ class HostSessions:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._parallel, thread_name_prefix="host")
         futures: dict[str, Future[T]] = {name: self._pool.submit(work, name) for name in names}
+        # Every host's work ends before an error of one is raised: the caller then closes every host,
+        # which must not pull a lock or a connection from under a host still applying.
+        wait(futures.values())
         return {name: future.result() for name, future in futures.items()}
 
     # ---------------------------------------------------------------------------------- opening
 
     def open(self, hosts: Sequence[Host]) -> None:
         """Connect to the hosts this pass may change, lock them when writing, and observe them;
-        the connections stay open until the sessions close."""
+        the connections stay open until the sessions close.
+
+        Hosts reached over a connection are opened side by side first; then every host is taken
+        in the one global order: an in-process host is opened (and so locked) and observed there,
+        a connected one locked. So every run locks in that order, whatever the mix of hosts, and
+        two runs never wait on each other in a circle. The connected hosts are then observed side
+        by side.
+        """
         ordered = in_key_order(hosts)
+        remote = [host.name for host in ordered if not host.spec.address.in_process]
+        by_name = {host.name: host for host in ordered}
+        opened = self.each(remote, lambda name: self._enter(by_name[name]))
         for host in ordered:
             if host.spec.address.in_process:
-                self._open_one(host)  # instant, and locked while opened: one by one, in order
-        remote = {host.name: host for host in ordered if not host.spec.address.in_process}
-        opened = self.each(list(remote), lambda name: self._enter(remote[name]))
-        if self._write:
-            for name, hypervisor in opened.items():  # in key order: never a circle of waits
-                if hypervisor is not None and not self._lock(name, hypervisor):
-                    opened[name] = None
+                self._open_one(host)  # instant, and locked while opened
+            elif (
+                (hypervisor := opened[host.name]) is not None
+                and self._write
+                and not self._lock(host.name, hypervisor)
+            ):
+                opened[host.name] = None
         live = {name: hypervisor for name, hypervisor in opened.items() if hypervisor is not None}
         for name, seen in self.each(list(live), lambda name: self._observe(name, live[name])).items():
             if seen is not None:

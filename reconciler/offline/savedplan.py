@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from reconciler.files.keys import KEY_FILE_ENV, SigningKey
 from reconciler.offline.recheck import recheck_actions
 from reconciler.offline.snapshot import fingerprint
 from reconciler.report import plan_document
-from reconciler.spec.models import Capacity, DomainSpec, Host, Overcommit, Owner
+from reconciler.spec.models import Capacity, DomainSpec, Host, HostSpec, Overcommit, Owner, Timeouts
 
 KIND = "virt-reconcile/saved-plan"
 FORMAT_VERSION = 1
@@ -54,6 +54,7 @@ class SavedHost:
     actions: list[Action]
     conflicts: tuple[Conflict, ...] = ()  # what blocked the host when planned: it stays blocked
     errors: tuple[str, ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)  # a plan saved before timeouts: the defaults
 
     def host(self, name: str) -> Host:
         """The Host entry to connect to and judge the policy with, as the plan was made against."""
@@ -66,6 +67,7 @@ class SavedHost:
                     "uri": self.uri,
                     "capacity": self.capacity.model_dump(by_alias=True, mode="json"),
                     "overcommit": self.overcommit.model_dump(by_alias=True, mode="json"),
+                    "timeouts": self.timeouts.model_dump(by_alias=True, mode="json"),
                 },
             }
         )
@@ -163,12 +165,13 @@ def save_plan(
     path: Path,
     plan: Plan,
     *,
-    policies: dict[str, tuple[Capacity, Overcommit]],
+    specs: Mapping[str, HostSpec],
     key: SigningKey,
 ) -> None:
-    """Write and sign ``plan`` with everything ``apply --plan`` needs, for every host of ``policies``
-    that could be observed. A plan with a move is refused: a move spans two hosts and must be
-    re-derived from the manifests (plain ``apply``), not replayed."""
+    """Write and sign ``plan`` with everything ``apply --plan`` needs (each host's address, policy
+    and timeouts from ``specs``), for every host of ``specs`` that could be observed. A plan with a
+    move is refused: a move spans two hosts and must be re-derived from the manifests (plain
+    ``apply``), not replayed."""
     moves = sorted({a.domain for a in plan.actions if a.kind is ActionKind.MOVE})
     if moves:
         raise SavedPlanError(
@@ -179,14 +182,15 @@ def save_plan(
         name: {
             "uri": host.uri,
             "fingerprint": host_fingerprint(host.uri, host.observed),
-            "capacity": policies[name][0].model_dump(mode="json", by_alias=True),
-            "overcommit": policies[name][1].model_dump(mode="json", by_alias=True),
+            "capacity": specs[name].capacity.model_dump(mode="json", by_alias=True),
+            "overcommit": specs[name].overcommit.model_dump(mode="json", by_alias=True),
+            "timeouts": specs[name].timeouts.model_dump(mode="json", by_alias=True),
             "actions": [_action(action) for action in host.actions],
             "conflicts": [[conflict.domain, conflict.reason] for conflict in host.conflicts],
             "errors": list(host.errors),
         }
         for name, host in plan.hosts.items()
-        if name in policies and host.observed is not None
+        if name in specs and host.observed is not None
     }
     document = {
         "kind": KIND,
@@ -226,6 +230,7 @@ def load_plan(path: Path, key: Callable[[], SigningKey]) -> SavedPlan:
                 fingerprint=host["fingerprint"],
                 capacity=Capacity.model_validate(host["capacity"]),
                 overcommit=Overcommit.model_validate(host["overcommit"]),
+                timeouts=Timeouts.model_validate(host.get("timeouts", {})),
                 actions=[_load_action(action) for action in host["actions"]],
                 conflicts=tuple(Conflict(name, domain, reason) for domain, reason in host["conflicts"]),
                 errors=tuple(str(error) for error in host["errors"]),

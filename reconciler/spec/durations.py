@@ -7,6 +7,7 @@ operator writes a duration the same way everywhere.
 from __future__ import annotations
 
 import math
+import re
 
 DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$"
 _UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))  # "ms" before "s"
@@ -30,10 +31,21 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Seconds as the shortest exact duration text: ``10s``, ``1m``, ``1.5s``, ``250ms``."""
-    for suffix, unit in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if seconds >= unit and (seconds / unit).is_integer():
-            return f"{int(seconds / unit)}{suffix}"
-    if seconds >= 1:
-        return f"{seconds:g}s"
-    return f"{seconds * 1000:g}ms"
+    """Seconds as duration text that parses back to exactly the same number: ``10s``, ``1m``,
+    ``2h``, ``250ms`` for whole units, else the seconds in Python's shortest round-trip form."""
+    for suffix, unit in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001)):
+        whole = round(seconds / unit)
+        if whole >= 1 and (unit >= 1 or seconds < 1) and parse_duration(f"{whole}{suffix}") == seconds:
+            return f"{whole}{suffix}"
+    text = repr(float(seconds))
+    if not re.fullmatch(r"[0-9]+\.[0-9]+", text):  # an exponent (tiny or huge): no unit text
+        text = f"{seconds:.6f}".rstrip("0").rstrip(".")
+    return f"{text}s"
+
+
+def parse_manifest_duration(text: str) -> float:
+    """A duration as a manifest writes it: exactly :data:`DURATION_PATTERN` (the schema's; no
+    exponent, sign, underscore or non-ASCII digit that ``float()`` would take), then parsed."""
+    if re.fullmatch(DURATION_PATTERN, text) is None:
+        raise ValueError(f"{text!r} is not a duration such as 500ms, 30s, 5m or 24h")
+    return parse_duration(text)

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
-from reconciler.spec.durations import DURATION_PATTERN, format_duration, parse_duration
+from reconciler.spec.durations import DURATION_PATTERN, format_duration, parse_manifest_duration
 from reconciler.spec.sizes import SIZE_PATTERN, format_size, parse_size
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -26,7 +26,7 @@ def _duration(value: object) -> float:
     """A duration string (``10s``) as seconds; a bare YAML number is refused, since its unit is a guess."""
     if not isinstance(value, str):
         raise ValueError("must be a duration string such as 10s, 500ms or 2m")
-    return parse_duration(value)
+    return parse_manifest_duration(value)
 
 
 Duration = Annotated[

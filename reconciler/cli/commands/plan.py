@@ -14,7 +14,7 @@ from reconciler.cli.inputs import connector, load, reconcile_options, selector
 from reconciler.engine.apply import Hooks
 from reconciler.engine.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.files.content_cache import ContentCache
-from reconciler.report import Printer, render_host_text, render_json, render_markdown, summary_line
+from reconciler.report import Printer, render_host_text, summary_line
 from reconciler.report import escape_markup as escape
 
 if TYPE_CHECKING:
@@ -40,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
     if text:
         out.print(f"[bold]{escape(summary_line(outcome.plan))}[/bold]")
     elif args.format == "markdown":
+        from reconciler.report import render_markdown
+
         sys.stdout.write(render_markdown(outcome.plan))
     else:
+        from reconciler.report import render_json
+
         sys.stdout.write(render_json(outcome.plan))
     if args.out:
         save(Path(args.out), outcome, manifests)
@@ -77,8 +81,8 @@ def save(path: Path, outcome: Outcome, manifests: ManifestSet) -> None:
     save_plan(
         path,
         outcome.plan,
-        policies={
-            name: (manifests.hosts[name].spec.capacity, manifests.hosts[name].spec.overcommit)
+        specs={
+            name: manifests.hosts[name].spec
             for name, host in outcome.plan.hosts.items()
             if host.observed is not None
         },

@@ -1,0 +1,249 @@
+"""Fleet benchmark: 20 real libvirt daemons × 200 domains each, 20 ms round trip to every host.
+
+Uses the fleet test tier's lab (``tests/fleetlab.py``, as root): one libvirtd session daemon per
+host serving libvirt's test driver over its real remote protocol, each behind a proxy that delays
+every chunk by half the round trip. Prints, each the median of ``--repeat`` runs:
+
+* virt-reconcile's first plan (hosts empty), apply (define and start every domain) and no-op plan
+  of the whole fleet, against one host's no-op plan (the goal: fleet ≤ 1.5× one host) and against
+  the one-by-one floor: plain libvirt-python doing the same reads and writes host after host
+  (open, list, one XMLDesc per domain; defineXML + create per domain);
+* apply of the fleet plus one hung host (a socket that accepts and never answers), against the
+  hung host's connect timeout plus the live fleet's apply (the goal: within that sum).
+
+``--plot FILE`` draws the figures as a bar chart (matplotlib, from ``pip install -e .[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import libvirt
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reconciler.cli.main import main
+from reconciler.libvirtxml.parse import forget_parsed
+from tests.fleetlab import ALLOW_SOCKET_ENV, FleetLab, LabHost
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+CONNECT_TIMEOUT = 5  # seconds: the hung host's connect timeout in the hung-host figure
+
+
+def domain_doc(name: str, host: str) -> dict:
+    """One small Domain manifest."""
+    return {
+        "apiVersion": "virt-reconcile/v1",
+        "kind": "Domain",
+        "metadata": {"name": name, "host": host},
+        "spec": {"vcpus": 1, "memory": "64MiB", "state": "running"},
+    }
+
+
+def write_manifests(root: Path, hosts: list[LabHost], domains: int, *, hung: str | None = None) -> None:
+    """A Host per lab host (and the hung one), ``domains`` Domains per live host."""
+    docs: list[dict] = [
+        host.document(capacity={"cpus": 4096, "memory": "16TiB"}, timeouts={"connect": f"{CONNECT_TIMEOUT}s"})
+        for host in hosts
+    ]
+    if hung is not None:
+        docs.append(
+            {
+                "apiVersion": "virt-reconcile/v1",
+                "kind": "Host",
+                "metadata": {"name": "hung"},
+                "spec": {"uri": hung, "timeouts": {"connect": f"{CONNECT_TIMEOUT}s"}},
+            }
+        )
+    (root / "hosts.yaml").write_text(yaml.safe_dump_all(docs))
+    for host in hosts:
+        body = [domain_doc(f"{host.name}-vm-{index:03d}", host.name) for index in range(domains)]
+        (root / f"{host.name}.yaml").write_text(yaml.safe_dump_all(body))
+
+
+def cli(*args: str) -> tuple[int, float, str]:
+    """Run the CLI in-process (as a new process would: nothing parsed in memory); exit code, seconds
+    and what it printed."""
+    forget_parsed()
+    started = time.perf_counter()
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(list(args))
+    return code, time.perf_counter() - started, out.getvalue()
+
+
+def reset(hosts: list[LabHost]) -> None:
+    """Every domain of the lab hosts destroyed and undefined (directly, without the proxy)."""
+
+    def clear(host: LabHost) -> None:
+        for dom in host.connection().listAllDomains():
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+            dom.undefine()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(clear, hosts))
+
+
+def floor_read(hosts: list[LabHost]) -> float:
+    """libvirt-python, host after host: open, node info, list, one XMLDesc per domain."""
+    started = time.perf_counter()
+    for host in hosts:
+        conn = libvirt.open(host.uri)
+        conn.getInfo()
+        for dom in conn.listAllDomains():
+            dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        conn.close()
+    return time.perf_counter() - started
+
+
+def floor_apply(hosts: list[LabHost], domains: int) -> float:
+    """libvirt-python, host after host: defineXML and create for every domain."""
+    started = time.perf_counter()
+    for host in hosts:
+        conn = libvirt.open(host.uri)
+        for index in range(domains):
+            name = f"{host.name}-vm-{index:03d}"
+            xml = (
+                f"<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>"
+                "<vcpu>1</vcpu><os><type>hvm</type></os></domain>"
+            )
+            conn.defineXML(xml).create()
+        conn.close()
+    return time.perf_counter() - started
+
+
+def median(samples: list[float]) -> float:
+    """The median of the samples."""
+    return statistics.median(samples)
+
+
+@contextlib.contextmanager
+def folder() -> Iterator[Path]:
+    """A fresh manifest folder, with the state folder (parse cache, keys) beside it."""
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as name:
+        root = Path(name)
+        (root / "manifests").mkdir()
+        os.environ["VIRT_RECONCILE_STATE_DIR"] = str(root / "state")
+        yield root / "manifests"
+
+
+def measure(lab: FleetLab, domains: int, repeat: int) -> dict[str, float]:
+    """Every figure, each the median of ``repeat`` runs."""
+    hosts, figures = lab.hosts, {}
+    samples: dict[str, list[float]] = {}
+
+    def sample(name: str, run: Callable[[], float]) -> None:
+        samples.setdefault(name, []).append(run())
+
+    for _ in range(repeat):
+        reset(hosts)
+        with folder() as fleet:
+            write_manifests(fleet, hosts, domains)
+            sample("first plan", lambda: expect(cli("plan", str(fleet)), 2))
+            sample("floor: first plan (read, host after host)", lambda: floor_read(hosts))
+            sample("apply", lambda: expect(cli("apply", str(fleet), "--auto-approve"), 0))
+            sample("no-op plan", lambda: expect(cli("plan", str(fleet)), 0))
+            sample(
+                "one host: no-op plan", lambda: expect(cli("plan", str(fleet), "--host", hosts[0].name), 0)
+            )
+            sample("floor: no-op plan (read, host after host)", lambda: floor_read(hosts))
+        reset(hosts)
+        sample("floor: apply (host after host)", lambda: floor_apply(hosts, domains))
+        reset(hosts)
+        hung = lab.hung()
+        with folder() as fleet:
+            write_manifests(fleet, hosts, domains, hung=hung.uri)
+            # exit 1: the hung host fails; every live host is applied
+            sample("apply with one hung host", lambda: expect(cli("apply", str(fleet), "--auto-approve"), 1))
+    for name, values in samples.items():
+        figures[name] = median(values)
+    return figures
+
+
+def expect(result: tuple[int, float, str], code: int) -> float:
+    """The run's seconds, once its exit code is the one expected."""
+    got, seconds, out = result
+    if got != code:
+        raise SystemExit(f"benchmark run exited {got}, expected {code}:\n{out[-3000:]}")
+    return seconds
+
+
+def report(figures: dict[str, float], hosts: int, domains: int, latency: float) -> None:
+    """Print the figures and the ratios the goals are about."""
+    print(f"fleet: {hosts} hosts x {domains} domains, {latency:g} ms round trip to each host")
+    for name, seconds in figures.items():
+        print(f"  {name:45s} {seconds:8.2f} s")
+    one = figures["one host: no-op plan"]
+    print(
+        f"  fleet no-op plan / one host's no-op plan     {figures['no-op plan'] / one:8.2f}x  (goal <= 1.5x)"
+    )
+    for name, floor in (
+        ("first plan", "floor: first plan (read, host after host)"),
+        ("apply", "floor: apply (host after host)"),
+        ("no-op plan", "floor: no-op plan (read, host after host)"),
+    ):
+        print(f"  {name + ' / floor':45s} {figures[name] / figures[floor]:8.2f}x")
+    bound = CONNECT_TIMEOUT + figures["apply"]
+    hung = figures["apply with one hung host"]
+    print(
+        f"  apply with one hung host: {hung:.2f} s; goal: within connect timeout + live apply = {bound:.2f} s"
+    )
+
+
+def plot(figures: dict[str, float], path: Path) -> None:
+    """A horizontal bar chart of the figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(figures)
+    fig, axis = plt.subplots(figsize=(9, 4.5))
+    colours = ["#999999" if name.startswith("floor") else "#3b7dd8" for name in names]
+    axis.barh(names, [figures[name] for name in names], color=colours)
+    axis.invert_yaxis()
+    axis.set_xlabel("seconds (median)")
+    axis.set_title(
+        "20 hosts x 200 domains at 20 ms round trip: virt-reconcile (blue) and the one-by-one floor"
+    )
+    for index, name in enumerate(names):
+        axis.text(figures[name], index, f" {figures[name]:.2f}s", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run() -> None:
+    """Parse the options, start the lab, measure, print (and plot)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=20)
+    parser.add_argument("--domains", type=int, default=200)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--plot", type=Path, help="write a bar chart (PNG) of the figures here")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_fleet: skipped (the fleet lab starts libvirtd daemons as another user: run as root)")
+        return
+    os.environ.update(ALLOW_SOCKET_ENV)
+    with FleetLab(hosts=args.hosts, latency_ms=args.latency_ms) as lab:
+        figures = measure(lab, args.domains, args.repeat)
+    report(figures, args.hosts, args.domains, args.latency_ms)
+    if args.plot is not None:
+        plot(figures, args.plot)
+        print(f"  plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    run()
