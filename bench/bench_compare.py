@@ -36,6 +36,9 @@ from typing import Any
 import libvirt
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from doc_sections import write_section  # noqa: E402
+
 URI = "qemu:///system"
 COUNT, RUNNING, CHANGED = 100, 20, 10
 MEMORY_MIB, LOWERED_MIB = 64, 48
@@ -512,8 +515,7 @@ def main() -> None:
                 print(f"{tool.label:<45} {scenario:<9} {statistics.median(times):7.2f} s", flush=True)
     text = report(results, args.repeat)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_section(out, "compare", text)  # the fleet's section (bench_fleet.py) stays
     chart(results, out.with_suffix(".png"))
     print()
     print(text)

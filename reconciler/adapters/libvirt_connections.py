@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import libvirt
+
+from reconciler.adapters.libvirt_errors import wrap
+from reconciler.errors import TemporaryHostError
+from reconciler.spec.hosturi import HostURI
+from reconciler.spec.models import Timeouts
 
 _EVENT_LOOP_LOCK = threading.Lock()
 _EVENT_LOOP_RUNNING = threading.Event()
@@ -120,3 +126,59 @@ def open_within(uri: str, connect_timeout: float, call_timeout: float) -> libvir
     with contextlib.suppress(libvirt.libvirtError):  # a driver without keepalive says so
         conn.setKeepAlive(interval, count)
     return conn
+
+
+class SpareConnections:
+    """Extra connections to one host, for actions run side by side (each connection carries one
+    call at a time): opened when first needed, up to ``limit``, closed with the host."""
+
+    def __init__(self, open_one: Callable[[], libvirt.virConnect], limit: int) -> None:
+        self._open_one = open_one
+        self._limit = limit
+        self._idle: list[libvirt.virConnect] = []
+        self._count = 0
+        self._ready = threading.Condition()
+
+    def take(self) -> libvirt.virConnect:
+        """An idle connection, or a new one while fewer than ``limit`` exist, else the next freed."""
+        with self._ready:
+            while not self._idle and self._count >= self._limit:
+                self._ready.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._count += 1
+        try:
+            return self._open_one()
+        except BaseException:
+            with self._ready:
+                self._count -= 1
+                self._ready.notify()
+            raise
+
+    def give(self, conn: libvirt.virConnect) -> None:
+        """Hand a connection back for the next action."""
+        with self._ready:
+            self._idle.append(conn)
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Close every spare connection (all are idle once the host's work is over)."""
+        with self._ready:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+
+def open_connection(name: str, uri: str, timeouts: Timeouts | None = None) -> libvirt.virConnect:
+    """Connect to ``uri``; a failure is classified like any other (a bad URI is not retried). A
+    libvirt daemon must answer within the connect timeout and stays watched by keepalive."""
+    timeouts = timeouts or Timeouts()
+    try:
+        if HostURI(uri).in_process:
+            return libvirt.open(uri)
+        return open_within(uri, timeouts.connect, timeouts.call)
+    except libvirt.libvirtError as err:
+        raise wrap(name, f"cannot connect to {uri}", err) from err
+    except OpenTimeout as err:
+        raise TemporaryHostError(name, f"cannot connect to {uri}: {err}") from err

@@ -1,4 +1,5 @@
-"""The libvirt adapter: the only module that imports ``libvirt``.
+"""The libvirt adapter: the Hypervisor protocol on libvirt (helped by ``libvirt_connections``,
+``libvirt_errors``, ``libvirt_environment`` and ``libvirt_facts``).
 
 :func:`connect` opens a host from its manifest (any libvirt URI, or ``sandbox:PATH`` on libvirt's
 test driver) and yields a :class:`LibvirtHypervisor` implementing the core's Hypervisor protocol.
@@ -8,33 +9,35 @@ libvirt errors never escape: they are wrapped in ``TemporaryHostError`` or ``Per
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import libvirt
 from lxml import etree
 
 from reconciler.adapters import hostlock, sandbox
-from reconciler.adapters.libvirt_connections import OpenTimeout, open_within
-from reconciler.adapters.libvirt_environment import domain_xmls, read_environment
+from reconciler.adapters.libvirt_connections import SpareConnections, open_connection
+from reconciler.adapters.libvirt_environment import read_environment
+from reconciler.adapters.libvirt_errors import wrap as _wrap
+from reconciler.adapters.libvirt_facts import local_swap
 from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation, StopOutcome
-from reconciler.errors import DomainXMLError, HostError, PermanentHostError, TemporaryHostError
+from reconciler.errors import DomainXMLError
 from reconciler.libvirtxml.ownership import OWNER_NS, OWNER_PREFIX, owner_metadata
 from reconciler.libvirtxml.secrets import keep_secrets, leading_name
-from reconciler.ops.doctor import DaemonFacts
 from reconciler.spec.hosturi import HostURI
 from reconciler.spec.models import Host, Owner, Timeouts
 from reconciler.spec.sizes import KIB, parse_libvirt_size
 
 T = TypeVar("T")
 
-_XML_READERS = 8  # XML reads in flight at once while observing a host through libvirtd
+_XML_READERS = 8  # at most this many reader connections read domain XML while observing a host
+_SPARE_CONNECTIONS = 7  # beside the main one: actions in flight at once on a host (apply's workers: 8)
 #: Observed XML leaves out secure values (graphics passwords): it reaches plans, snapshots, manifests.
 _XML_FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE
 #: With them: for a redefine to keep them, for backups, for the sandbox's own state file.
@@ -49,20 +52,6 @@ _UNDEFINE_FLAGS = (
 _UNDEFINE_FLAGS_BASIC = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 )
-#: Errors of the way to the host, not of the request: the same call may succeed later. Every other
-#: code is permanent: AUTH_FAILED, NO_SUPPORT, INVALID_ARG, XML_ERROR, CONFIG_UNSUPPORTED,
-#: OPERATION_INVALID, and INTERNAL_ERROR (the catch-all of a driver, e.g. QEMU refusing a config).
-_TEMPORARY_CODES = {
-    libvirt.VIR_ERR_SYSTEM_ERROR,  # socket refused or missing (daemon down), host unreachable, I/O
-    libvirt.VIR_ERR_RPC,  # the connection broke mid-call
-    libvirt.VIR_ERR_NO_CONNECT,  # from a transport (SSH handshake); libvirt's own: see below
-    libvirt.VIR_ERR_OPERATION_TIMEOUT,
-    libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
-    libvirt.VIR_ERR_AGENT_UNSYNCED,
-    libvirt.VIR_ERR_RESOURCE_BUSY,
-}
-#: Sources whose INTERNAL_ERROR means a lost connection ("client socket is closed"), not a refusal.
-_CONNECTION_SOURCES = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 _ACTIVE_STATES = {
     libvirt.VIR_DOMAIN_RUNNING,
     libvirt.VIR_DOMAIN_BLOCKED,
@@ -72,34 +61,15 @@ _ACTIVE_STATES = {
 }
 
 
-def _ignore_libvirt_errors(_context: object, _error: object) -> None:
-    """libvirt prints every error to stderr by default; ours are raised and reported instead."""
+def _on_one_connection(method: Callable[..., T]) -> Callable[..., T]:
+    """Run an action on one connection held for its whole length (see ``_borrowed``)."""
 
+    @functools.wraps(method)
+    def run(self: LibvirtHypervisor, *args: Any, **kwargs: Any) -> T:
+        with self._borrowed():
+            return method(self, *args, **kwargs)
 
-libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
-
-
-def _is_temporary(err: libvirt.libvirtError) -> bool:
-    """Whether a libvirt error is about reaching the host (retry later) rather than the request.
-
-    NO_CONNECT raised by libvirt itself (no source: an unknown driver, a URI without one) is a
-    mistake in the address; INTERNAL_ERROR is temporary only from the RPC layer (connection lost).
-    """
-    code: int = err.get_error_code()
-    source: int = err.get_error_domain()
-    if code == libvirt.VIR_ERR_NO_CONNECT:
-        return bool(source != libvirt.VIR_FROM_NONE)
-    if code == libvirt.VIR_ERR_INTERNAL_ERROR:
-        return source in _CONNECTION_SOURCES
-    return code in _TEMPORARY_CODES
-
-
-def _wrap(host: str, what: str, err: libvirt.libvirtError) -> HostError:
-    """The project's error for a libvirt error: temporary (the daemon retries) or permanent."""
-    message = f"{what}: {err.get_error_message() or err}"
-    if _is_temporary(err):
-        return TemporaryHostError(host, message)
-    return PermanentHostError(host, message)
+    return run
 
 
 class LibvirtHypervisor:
@@ -126,9 +96,11 @@ class LibvirtHypervisor:
         # peer dead, libvirt 9.0's client fails only one of the calls waiting on the connection and
         # leaves the others waiting forever (seen on these machines). An in-process driver answers
         # as a function call, so it needs no such care.
-        self._wire: contextlib.AbstractContextManager[object] = (
-            contextlib.nullcontext() if in_process else threading.Lock()
-        )
+        self._wire = threading.Lock()  # held around each call on ``conn`` (not for in_process)
+        # Actions run side by side each hold a connection of their own for their whole length: the
+        # main one when it is free, else a spare (``_borrowed``).
+        self._held = threading.local()
+        self._spares = SpareConnections(self._open_spare, _SPARE_CONNECTIONS)
         # The test driver takes LIVE or CONFIG, never both at once.
         self._is_test_driver = self._call("driver type", conn.getType) == "TEST"
         self.changed = False  # whether any method below changed the host
@@ -140,17 +112,57 @@ class LibvirtHypervisor:
         if self._address is None or self._locked:
             yield
             return
-        with hostlock.host_lock(self.conn, self._address, self.name, wire=self._wire):
+        with hostlock.host_lock(self.conn, self._address, self.name, wire=self._main_wire()):
             self._locked = True
             try:
                 yield
             finally:
                 self._locked = False
 
+    def _main_wire(self) -> contextlib.AbstractContextManager[object]:
+        """What a call on the main connection holds: its lock, unless the driver is in-process."""
+        return contextlib.nullcontext() if self._in_process else self._wire
+
     def _raw(self, func: Callable[..., T], *args: Any) -> T:
-        """One libvirt call on this connection, never overlapping another (see ``_wire``)."""
-        with self._wire:
+        """One libvirt call, never overlapping another on its connection (see ``_wire``): on the
+        connection this thread holds for an action, or on the main one under its lock."""
+        if getattr(self._held, "conn", None) is not None:
             return func(*args)
+        with self._main_wire():
+            return func(*args)
+
+    def _conn(self) -> libvirt.virConnect:
+        """The connection this thread's calls go to: the one it holds for an action, else the main one."""
+        held: libvirt.virConnect | None = getattr(self._held, "conn", None)
+        return held if held is not None else self.conn
+
+    @contextmanager
+    def _borrowed(self) -> Iterator[None]:
+        """Hold one connection for this thread's calls: the main one when no other call uses it,
+        else a spare. An in-process driver, or a thread holding one already, needs nothing more."""
+        if self._in_process or getattr(self._held, "conn", None) is not None:
+            yield
+            return
+        main = self._wire.acquire(blocking=False)
+        conn = self.conn if main else self._spares.take()
+        self._held.conn = conn
+        try:
+            yield
+        finally:
+            self._held.conn = None
+            if main:
+                self._wire.release()
+            else:
+                self._spares.give(conn)
+
+    def _open_spare(self) -> libvirt.virConnect:
+        """A new connection to this host, within its timeouts."""
+        assert self._address is not None  # only a connected host (not in-process) has spares
+        return open_connection(self.name, self._address.text, self._timeouts)
+
+    def close(self) -> None:
+        """Close the spare connections (the main one is its opener's to close)."""
+        self._spares.close()
 
     def _call(self, what: str, func: Callable[..., T], *args: Any) -> T:
         try:
@@ -159,7 +171,7 @@ class LibvirtHypervisor:
             raise _wrap(self.name, what, err) from err
 
     def _lookup(self, name: str) -> libvirt.virDomain:
-        return self._call(f"domain {name!r}", self.conn.lookupByName, name)
+        return self._call(f"domain {name!r}", self._conn().lookupByName, name)
 
     def observe(self) -> HostObservation:
         """Capacity and every domain: a few host-wide calls plus one XML read per domain.
@@ -177,7 +189,8 @@ class LibvirtHypervisor:
             0,
         )
         doms = [dom for dom, _ in stats]
-        readers = 0 if self._in_process or self._address is None else min(_XML_READERS, len(doms) // 8)
+        # A reader connection costs a handshake (an SSH login over qemu+ssh): one per 16 domains.
+        readers = 0 if self._in_process or self._address is None else min(_XML_READERS, len(doms) // 16)
         # A pool starts no thread until it is given work: the sequential case costs nothing.
         with ThreadPoolExecutor(1, thread_name_prefix="vr-observe") as pool:
             pending = pool.submit(self._read_on_readers, doms, readers) if readers > 1 else None
@@ -219,7 +232,7 @@ class LibvirtHypervisor:
         shares = [uuids[index::readers] for index in range(readers)]
 
         def read(share: list[str]) -> dict[str, str | None]:
-            conn = _open(self.name, self._address.text if self._address else "", self._timeouts)
+            conn = open_connection(self.name, self._address.text if self._address else "", self._timeouts)
             try:
                 reader = LibvirtHypervisor(self.name, conn, address=self._address, timeouts=self._timeouts)
                 mine = {dom.UUIDString(): dom for dom in reader._call("list domains", conn.listAllDomains, 0)}
@@ -263,6 +276,7 @@ class LibvirtHypervisor:
         ]
         return min(sizes) if sizes else 4 * KIB
 
+    @_on_one_connection
     def define(self, xml: str) -> None:
         """Define or redefine a persistent domain; a redefine keeps the current secure values
         (passwords), which the observed XML it was made from leaves out."""
@@ -272,17 +286,18 @@ class LibvirtHypervisor:
             with contextlib.suppress(DomainXMLError):  # not domain XML: libvirt refuses it and says why
                 xml = keep_secrets(xml, current)
         self.changed = True
-        self._call("define", self.conn.defineXML, xml)
+        self._call("define", self._conn().defineXML, xml)
 
     def secure_xml(self, name: str) -> str | None:
         """A domain's persistent XML with its secure values (backups, redefines); None when gone."""
         try:
-            return str(self._raw(self._raw(self.conn.lookupByName, name).XMLDesc, _SECURE_XML_FLAGS))
+            return str(self._raw(self._raw(self._conn().lookupByName, name).XMLDesc, _SECURE_XML_FLAGS))
         except libvirt.libvirtError as err:
             if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None  # a new domain, or one undefined meanwhile
             raise _wrap(self.name, f"XML of {name!r}", err) from err
 
+    @_on_one_connection
     def undefine(self, name: str, *, keep_nvram: bool = False) -> None:
         """Undefine with managed save, snapshot/checkpoint metadata and NVRAM (kept when asked), as
         the driver allows."""
@@ -298,11 +313,13 @@ class LibvirtHypervisor:
                 raise _wrap(self.name, f"undefine {name!r}", err) from err
             self._call(f"undefine {name!r}", dom.undefineFlags, _UNDEFINE_FLAGS_BASIC)
 
+    @_on_one_connection
     def start(self, name: str) -> None:
         """Start a defined domain."""
         self.changed = True
         self._call(f"start {name!r}", self._lookup(name).create)
 
+    @_on_one_connection
     def stop(self, name: str, timeout: float) -> StopOutcome:
         """Graceful shutdown (ACPI), polled until shut off; forced off after ``timeout`` seconds."""
         dom = self._lookup(name)
@@ -326,6 +343,7 @@ class LibvirtHypervisor:
             raise _wrap(self.name, f"force off {name!r}", err) from err
         return StopOutcome.DESTROYED
 
+    @_on_one_connection
     def set_current_memory(self, name: str, config: int, live: int | None) -> None:
         """Balloon: persistent target always, live target when given; never a redefine."""
         dom = self._lookup(name)
@@ -344,11 +362,13 @@ class LibvirtHypervisor:
             self._call(what, dom.setMemoryFlags, live // KIB, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         self._call(what, dom.setMemoryFlags, config // KIB, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
+    @_on_one_connection
     def set_autostart(self, name: str, autostart: bool) -> None:
         """Start the domain with the host, or not."""
         self.changed = True
         self._call(f"autostart {name!r}", self._lookup(name).setAutostart, int(autostart))
 
+    @_on_one_connection
     def set_owner(self, name: str, owner: Owner) -> None:
         """Mark a domain managed: our metadata element in its persistent config, nothing redefined."""
         dom = self._lookup(name)
@@ -383,57 +403,6 @@ class LibvirtHypervisor:
         ]
 
 
-def local_swap(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """This machine's total swap in bytes, from the kernel; None when it cannot be read."""
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("SwapTotal:"):
-                return int(line.split()[1]) * KIB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def daemon_facts(uri: str) -> DaemonFacts:
-    """What ``doctor`` asks libvirtd: versions, and node info memory against the kernel's total."""
-    conn = _open(uri, uri)
-    try:
-        info = conn.getInfo()
-        kernel = None
-        with contextlib.suppress(libvirt.libvirtError, KeyError):
-            kernel = int(conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)["total"]) * KIB
-        return DaemonFacts(
-            libvirt_version=_version(conn.getLibVersion()),
-            hypervisor=f"{conn.getType()} {_version(conn.getVersion())}",
-            node_info_memory=int(info[1]) * 1024 * KIB,
-            kernel_memory=kernel,
-            domains=domain_xmls(conn),
-        )
-    except libvirt.libvirtError as err:
-        raise _wrap(uri, "daemon facts", err) from err
-    finally:
-        conn.close()
-
-
-def _version(number: int) -> str:
-    """libvirt's packed version number (major * 1,000,000 + minor * 1,000 + micro) as text."""
-    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
-
-
-def _open(name: str, uri: str, timeouts: Timeouts | None = None) -> libvirt.virConnect:
-    """Connect to ``uri``; a failure is classified like any other (a bad URI is not retried). A
-    libvirt daemon must answer within the connect timeout and stays watched by keepalive."""
-    timeouts = timeouts or Timeouts()
-    try:
-        if HostURI(uri).in_process:
-            return libvirt.open(uri)
-        return open_within(uri, timeouts.connect, timeouts.call)
-    except libvirt.libvirtError as err:
-        raise _wrap(name, f"cannot connect to {uri}", err) from err
-    except OpenTimeout as err:
-        raise TemporaryHostError(name, f"cannot connect to {uri}: {err}") from err
-
-
 @contextmanager
 def connect(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
     """Open ``host``; when writing, hold its lock for the whole block (see ``hostlock``): observe,
@@ -456,9 +425,10 @@ def open_host(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
     """
     uri = host.spec.address
     if not uri.is_sandbox:
-        conn = _open(host.name, uri.text, host.spec.timeouts)
+        conn = open_connection(host.name, uri.text, host.spec.timeouts)
+        hypervisor: LibvirtHypervisor | None = None
         try:
-            yield LibvirtHypervisor(
+            hypervisor = LibvirtHypervisor(
                 host.name,
                 conn,
                 local=uri.is_local,
@@ -466,7 +436,10 @@ def open_host(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
                 address=uri,
                 timeouts=host.spec.timeouts,
             )
+            yield hypervisor
         finally:
+            if hypervisor is not None:
+                hypervisor.close()
             conn.close()
         return
     path = uri.sandbox_path
@@ -478,7 +451,7 @@ def open_host(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
         with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="sandbox-") as loaded:
             loaded.write(node_xml)
             loaded.flush()
-            conn = _open(host.name, f"test://{loaded.name}")
+            conn = open_connection(host.name, f"test://{loaded.name}")
         try:
             hypervisor = LibvirtHypervisor(host.name, conn, in_process=True)
             for name in sandbox.autostart_names(node_xml):

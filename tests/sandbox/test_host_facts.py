@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from reconciler.adapters.libvirt_host import connect, local_swap
+from reconciler.adapters.libvirt_facts import local_swap
+from reconciler.adapters.libvirt_host import connect
 from reconciler.spec.models import Host
 
 

@@ -12,11 +12,11 @@ from reconciler.report import escape_markup as escape
 
 def run(args: argparse.Namespace) -> int:
     """A line per check; exit 1 when any check found a problem."""
-    from reconciler.adapters import libvirt_host
+    from reconciler.adapters import libvirt_facts
     from reconciler.ops.doctor import PROBLEM, WARN, run_checks
 
     out = Printer(sys.stdout)
-    checks = run_checks(args.uri, libvirt_host.daemon_facts)
+    checks = run_checks(args.uri, libvirt_facts.daemon_facts)
     style = {PROBLEM: "red", WARN: "yellow"}
     for check in checks:
         color = style.get(check.level, "green")
