@@ -143,7 +143,9 @@ class LibvirtHypervisor:
         if self._in_process or getattr(self._held, "conn", None) is not None:
             yield
             return
-        main = self._wire.acquire(blocking=False)
+        # While a lease is held, its renewals need the main connection: actions take spares then.
+        leased = self._locked and not (self._address is not None and self._address.is_local)
+        main = not leased and self._wire.acquire(blocking=False)
         conn = self.conn if main else self._spares.take()
         self._held.conn = conn
         try:

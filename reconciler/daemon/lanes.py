@@ -52,6 +52,7 @@ class HostLanes:
         self._slots = threading.BoundedSemaphore(max(1, parallel))
         self._guard = threading.Condition()
         self._pending: dict[str, LaneJob] = {}
+        self._newest: LaneJob | None = None  # the last job submitted (to any lane)
         self._running: set[str] = set()
         self._threads: dict[str, threading.Thread] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -60,6 +61,7 @@ class HostLanes:
         """Ask ``host``'s lane to reconcile ``job`` (replacing any job still waiting there)."""
         with self._guard:
             self._pending[host] = job
+            self._newest = job
             self._locks.setdefault(host, threading.Lock())
             if host not in self._threads:
                 thread = threading.Thread(target=self._lane, args=(host,), name=f"lane-{host}", daemon=True)
@@ -68,7 +70,7 @@ class HostLanes:
             self._guard.notify_all()
 
     def busy(self) -> set[str]:
-        """The hosts whose lane is reconciling or has work waiting."""
+        """The hosts whose lane is reconciling or has work waiting (what /status will show)."""
         with self._guard:
             return self._running | set(self._pending)
 
@@ -113,8 +115,7 @@ class HostLanes:
                         self._guard.wait(left)
                     job = self._pending.pop(host, job)
             try:
-                with self._slots:
-                    self._run(host, job)
+                self._run(host, job)
             except Exception:  # the work reports its own errors; this is a bug's, and the lane lives on
                 log.exception("%s: the lane's pass failed", host)
             finally:
@@ -140,7 +141,8 @@ class HostLanes:
         for lock in locks:
             lock.acquire()
         try:
-            return self._work(jobs) - set(jobs)
+            with self._slots:  # taken once the lanes are held: waiting on a peer costs no slot
+                return self._work(jobs) - set(jobs)
         finally:
             for lock in reversed(locks):
                 lock.release()

@@ -325,7 +325,12 @@ class Daemon:
         for host in self.config.hosts:
             if host not in manifests.hosts:
                 self.status.missing_host(host, "no Host document with this name in the manifests")
-        return [name for name in self.config.hosts or manifests.hosts if self._keeps(manifests, name)]
+        kept = [name for name in self.config.hosts or manifests.hosts if self._keeps(manifests, name)]
+        if not kept and self.config.selector:
+            log.warning(
+                "no host of the manifests matches the selector %r: nothing to keep", str(self.config.selector)
+            )
+        return kept
 
     def _keeps(self, manifests: ManifestSet, name: str) -> bool:
         """Whether this daemon was told to keep host ``name`` (by ``--host`` and ``--selector``)."""

@@ -66,7 +66,8 @@ class StatusStore:
 
     @property
     def reconciled_revision(self) -> str:
-        """The revision the last complete pass reconciled ("" before the first)."""
+        """The revision the last pass took up ("" before the first): its hosts' work was handed to
+        their lanes, each host's own result is in its status."""
         with self._lock:
             return self._reconciled
 
@@ -123,8 +124,9 @@ class StatusStore:
             self._hosts[name] = HostStatus(revision, "error", applied, message, time)
 
     def reconciled(self, revision: str, error: str = "") -> None:
-        """A pass at ``revision`` is over; ``error`` says why the revision could not be applied (its
-        manifests invalid, or an error met while loading or planning them), "" when it could."""
+        """A pass took ``revision`` up (its hosts' work is with their lanes); ``error`` says why the
+        revision could not be applied (its manifests invalid, or an error met while loading them),
+        "" when it could."""
         with self._lock:
             self._reconciled = revision
             self._revision_error = error

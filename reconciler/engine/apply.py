@@ -142,34 +142,54 @@ def apply_fleet(
     *,
     each_host: EachHost[list[ActionResult]] = one_by_one,
 ) -> dict[str, list[ActionResult]]:
-    """Apply several hosts' plans in two stages: every host shrinks (undefines, stops, moves out),
-    then every host grows (defines, moves in, starts). A move's target half runs only when its
-    source half succeeded, so a domain never runs on two hosts; a host that failed while shrinking
-    does not grow. ``each_host`` works the hosts of a stage side by side; ``hooks.on_result`` still
-    sees each stage's results grouped by host, in the order of ``plans``."""
+    """Apply several hosts' plans side by side, each host shrinking (undefines, stops, moves out)
+    before it grows (defines, moves in, starts); a host that failed while shrinking does not grow.
+
+    A host that moves no domain in or out shrinks and grows at once: it waits for no other host,
+    and none waits for it. The hosts of a move shrink first; once every host's first part is over,
+    they grow: a move's target half runs only when its source half succeeded, so a domain never
+    runs on two hosts. ``hooks.on_result`` sees the results grouped by host, in the order of
+    ``plans`` (the movers' growth after every host's first part).
+    """
     order = [host for host in plans if host in sessions]
-    shown = InOrder(order, hooks)
-    results = each_host(
-        order, lambda host: _shrink(sessions[host], plans[host], plans, settings, shown.hooks(host))
-    )
+    movers = {host for host in order for a in plans[host].actions if a.kind is ActionKind.MOVE}
+    first_part = InOrder(order, hooks)
+
+    def first(host: str) -> list[ActionResult]:
+        seen = first_part.hooks(host)
+        try:
+            done = _shrink(sessions[host], plans[host], plans, settings, seen)
+            if host not in movers and _may_grow(plans[host], done, hooks):
+                done += _grow(sessions[host], plans[host], set(), settings, seen)
+            return done
+        finally:
+            seen.finished()
+
+    results = each_host(order, first)
     released = {
         (r.action.host, r.action.domain)
         for done in results.values()
         for r in done
         if r.ok and r.action.releases
     }
-    growing = [
-        host
-        for host in order
-        if not (plans[host].blocked or hooks.stopped or any(not r.ok for r in results[host]))
-    ]
-    shown = InOrder(growing, hooks)
-    grown = each_host(
-        growing, lambda host: _grow(sessions[host], plans[host], released, settings, shown.hooks(host))
-    )
-    for host, done in grown.items():
+    growing = [host for host in order if host in movers and _may_grow(plans[host], results[host], hooks)]
+    second_part = InOrder(growing, hooks)
+
+    def second(host: str) -> list[ActionResult]:
+        seen = second_part.hooks(host)
+        try:
+            return _grow(sessions[host], plans[host], released, settings, seen)
+        finally:
+            seen.finished()
+
+    for host, done in each_host(growing, second).items():
         results[host] += done
     return results
+
+
+def _may_grow(plan: HostPlan, shrunk: Sequence[ActionResult], hooks: Hooks) -> bool:
+    """Whether a host goes on to grow: not blocked, not stopped, nothing failed while shrinking."""
+    return not (plan.blocked or hooks.stopped or any(not r.ok for r in shrunk))
 
 
 def _shrink(
@@ -179,17 +199,14 @@ def _shrink(
     settings: ApplySettings,
     hooks: Hooks,
 ) -> list[ActionResult]:
-    """One host's first stage: its shrink actions, and the moves out it must not start (failed)."""
-    try:
-        if plan.blocked:
-            return []
-        shrink, orphaned = _moves_to_blocked_hosts(plan, plans)
-        results = run_actions(hypervisor, shrink, settings, hooks)
-        for action in orphaned:
-            results.append(_not_done(action, f"not moved: {action.peer} is blocked", hooks))
-        return results
-    finally:
-        hooks.finished()
+    """One host's shrink actions, and the moves out it must not start (failed)."""
+    if plan.blocked:
+        return []
+    shrink, orphaned = _moves_to_blocked_hosts(plan, plans)
+    results = run_actions(hypervisor, shrink, settings, hooks)
+    for action in orphaned:
+        results.append(_not_done(action, f"not moved: {action.peer} is blocked", hooks))
+    return results
 
 
 def _grow(
@@ -199,13 +216,10 @@ def _grow(
     settings: ApplySettings,
     hooks: Hooks,
 ) -> list[ActionResult]:
-    """One host's second stage: moves in whose source did not let go fail; the rest run."""
-    try:
-        grow, stranded = _stranded_moves(plan, released)
-        results = [_not_done(a, f"not moved: {a.peer} did not release it", hooks) for a in stranded]
-        return results + run_actions(hypervisor, grow, settings, hooks)
-    finally:
-        hooks.finished()
+    """One host's grow actions: moves in whose source did not let go fail; the rest run."""
+    grow, stranded = _stranded_moves(plan, released)
+    results = [_not_done(a, f"not moved: {a.peer} did not release it", hooks) for a in stranded]
+    return results + run_actions(hypervisor, grow, settings, hooks)
 
 
 def _not_done(action: Action, why: str, hooks: Hooks) -> ActionResult:

@@ -82,11 +82,12 @@ def select_hosts(
     """The hosts to work on: all, or those named, or those whose labels the selector matches (with
     both, a host must be named and match). An unknown name, or a selector that matches no host, is
     an error: a typo must not plan nothing and call it success."""
-    wanted = list(dict.fromkeys(names)) if names else list(manifests.hosts)
-    unknown = [name for name in wanted if name not in manifests.hosts]
+    named = list(dict.fromkeys(names)) if names else list(manifests.hosts)
+    unknown = [name for name in named if name not in manifests.hosts]
     if unknown:
         known = ", ".join(manifests.hosts) or "none"
         raise SelectionError(f"unknown host {', '.join(map(repr, unknown))} (hosts: {known})")
+    wanted = [name for name in manifests.hosts if name in named]  # in manifest order, as shown
     if not selector:
         return wanted
     chosen = [name for name in wanted if selector.matches(manifests.hosts[name].metadata.labels)]

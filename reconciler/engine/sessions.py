@@ -78,7 +78,13 @@ class HostSessions:
         futures: dict[str, Future[T]] = {name: self._pool.submit(work, name) for name in names}
         # Every host's work ends before an error of one is raised: the caller then closes every host,
         # which must not pull a lock or a connection from under a host still applying.
-        wait(futures.values())
+        try:
+            wait(futures.values())
+        except BaseException:  # Ctrl-C: no host is closed under work still running
+            for future in futures.values():
+                future.cancel()
+            wait(futures.values())
+            raise
         return {name: future.result() for name, future in futures.items()}
 
     # ---------------------------------------------------------------------------------- opening

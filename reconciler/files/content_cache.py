@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -67,44 +68,19 @@ def default_cache_dir() -> Path | None:
     return None
 
 
-class ContentCache:
-    """JSON values by content digest for one kind of content, one scope at a time.
+class CacheRound:
+    """One round of one scope: the entries it found, used and added; ``finish`` keeps only those
+    used and writes the scope's file if anything changed. Rounds of different scopes may run at
+    once (hosts observed side by side, the daemon's lanes)."""
 
-    ``begin`` selects a scope (reading its file the first time), ``get``/``put`` are used per piece
-    of content, and ``finish`` keeps only the entries this round used (so deleted files and
-    undefined domains drop out) and writes the file atomically if anything changed. One instance
-    may serve many rounds (the daemon keeps its caches between passes).
-    """
-
-    def __init__(self, folder: Path | None, kind: str) -> None:
-        self.folder = folder
-        self.kind = kind
-        self._path: Path | None = None
-        self._entries: dict[str, Any] = {}
-        self._by_path: dict[Path, dict[str, Any]] = {}  # each scope's file is read once per instance
+    def __init__(self, cache: ContentCache, path: Path | None, entries: dict[str, Any]) -> None:
+        self._cache = cache
+        self._path = path
+        self._entries = entries
         self._seen: set[str] = set()
         self._dirty = False
         self.hits = 0
         self.misses = 0
-
-    @classmethod
-    def default(cls, kind: str) -> ContentCache:
-        """The cache in the user's (or service's) cache folder; one that keeps nothing when there is none."""
-        return cls(default_cache_dir(), kind)
-
-    def begin(self, scope: str) -> None:
-        """Start a round for ``scope`` (a manifest root, a host)."""
-        self._seen = set()
-        self.hits = self.misses = 0
-        if self.folder is None:
-            return
-        path = self.folder / self.kind / f"{content_digest(scope)[:24]}.json"
-        if path != self._path:
-            self._path = path
-            if path not in self._by_path:
-                self._by_path[path] = self._read(path)
-            self._entries = self._by_path[path]
-            self._dirty = False
 
     def get(self, digest: str) -> Any | None:
         """The value cached for content with this digest, or None."""
@@ -119,13 +95,15 @@ class ContentCache:
     def put(self, digest: str, value: Any) -> None:
         """Remember the value for content with this digest (JSON-serialisable)."""
         self._seen.add(digest)
-        if self._entries.get(digest) != value:
-            self._entries[digest] = value
-            self._dirty = True
+        with self._cache.lock:
+            if self._entries.get(digest) != value:
+                self._entries[digest] = value
+                self._dirty = True
 
     def forget(self, digest: str) -> None:
         """Drop a value its user refused on reading back (a hit becomes a miss)."""
-        self._entries.pop(digest, None)
+        with self._cache.lock:
+            self._entries.pop(digest, None)
         self._seen.discard(digest)
         self._dirty = True
         self.hits -= 1
@@ -133,12 +111,77 @@ class ContentCache:
 
     def finish(self) -> None:
         """Keep only the entries this round used and write the cache file if it changed."""
-        stale = set(self._entries) - self._seen
-        for digest in stale:
-            del self._entries[digest]
-        if (self._dirty or stale) and self._path is not None:
-            self._write(self._path)
+        with self._cache.lock:
+            stale = set(self._entries) - self._seen
+            for digest in stale:
+                del self._entries[digest]
+            if (self._dirty or stale) and self._path is not None:
+                self._cache.write(self._path, self._entries)
         self._dirty = False
+
+
+class ContentCache:
+    """JSON values by content digest for one kind of content, each scope (a manifest root, a host)
+    in a file of its own.
+
+    :meth:`round` starts a round of one scope (reading its file the first time); ``begin``,
+    ``get``, ``put``, ``forget`` and ``finish`` work one round at a time, for a caller with one
+    scope. One instance may serve many rounds (the daemon keeps its caches between passes).
+    """
+
+    def __init__(self, folder: Path | None, kind: str) -> None:
+        self.folder = folder
+        self.kind = kind
+        self.lock = threading.Lock()  # guards the entries of every scope
+        self._by_path: dict[Path, dict[str, Any]] = {}  # each scope's file is read once per instance
+        self._current = CacheRound(self, None, {})
+
+    @classmethod
+    def default(cls, kind: str) -> ContentCache:
+        """The cache in the user's (or service's) cache folder; one that keeps nothing when there is none."""
+        return cls(default_cache_dir(), kind)
+
+    def round(self, scope: str) -> CacheRound:
+        """A new round of ``scope``, which also becomes the one ``hits``, ``get`` ... work on."""
+        if self.folder is None:
+            self._current = CacheRound(self, None, {})
+            return self._current
+        path = self.folder / self.kind / f"{content_digest(scope)[:24]}.json"
+        with self.lock:
+            if path not in self._by_path:
+                self._by_path[path] = self._read(path)
+            self._current = CacheRound(self, path, self._by_path[path])
+            return self._current
+
+    def begin(self, scope: str) -> None:
+        """Start the round of ``scope`` the methods below work on."""
+        self.round(scope)
+
+    @property
+    def hits(self) -> int:
+        """Values found in the current round."""
+        return self._current.hits
+
+    @property
+    def misses(self) -> int:
+        """Values looked for and not found in the current round."""
+        return self._current.misses
+
+    def get(self, digest: str) -> Any | None:
+        """The value cached for content with this digest, or None (current round)."""
+        return self._current.get(digest)
+
+    def put(self, digest: str, value: Any) -> None:
+        """Remember the value for content with this digest (current round)."""
+        self._current.put(digest, value)
+
+    def forget(self, digest: str) -> None:
+        """Drop a value its user refused on reading back (current round)."""
+        self._current.forget(digest)
+
+    def finish(self) -> None:
+        """End the current round (see :meth:`CacheRound.finish`)."""
+        self._current.finish()
 
     # ------------------------------------------------------------------------------- storage
 
@@ -157,8 +200,9 @@ class ContentCache:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return {}
 
-    def _write(self, path: Path) -> None:
-        content = {"format": FORMAT, "code": code_version(), "entries": self._entries}
+    def write(self, path: Path, entries: dict[str, Any]) -> None:
+        """Write one scope's entries (a failure only costs the next round its speed)."""
+        content = {"format": FORMAT, "code": code_version(), "entries": entries}
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_atomically(path, json.dumps(content, separators=(",", ":")), mode=0o600)

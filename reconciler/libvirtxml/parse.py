@@ -19,7 +19,7 @@ from typing import Any
 from lxml import etree
 
 from reconciler.errors import DomainXMLError
-from reconciler.files.content_cache import ContentCache, content_digest
+from reconciler.files.content_cache import CacheRound, ContentCache, content_digest
 from reconciler.libvirtxml.fields import (
     balloon_of,
     current_memory_of,
@@ -89,17 +89,17 @@ def cached_parses(cache: ContentCache | None, scope: str, xmls: Sequence[str]) -
     if cache is None:
         yield
         return
-    cache.begin(scope)
+    scoped = cache.round(scope)  # a round of its own: other hosts' rounds may run meanwhile
     fresh = []
     for xml in xmls:
         digest = content_digest(xml)
-        if not _recall(cache, xml, digest):
+        if not _recall(scoped, xml, digest):
             fresh.append((xml, digest))
     yield
     for xml, digest in fresh:
         if (done := _PARSED.get(xml)) is not None:
-            cache.put(digest, _cache_entry(done))
-    cache.finish()
+            scoped.put(digest, _cache_entry(done))
+    scoped.finish()
 
 
 def parse_ahead(xmls: Iterable[str]) -> None:
@@ -122,7 +122,7 @@ def forget_parsed() -> None:
         _PARSED.clear()
 
 
-def _recall(cache: ContentCache, xml: str, digest: str) -> bool:
+def _recall(cache: CacheRound, xml: str, digest: str) -> bool:
     """Put the cached parse of ``xml`` in the memo; False when the block must parse it (and cache it)."""
     entry = cache.get(digest)
     if entry is None:

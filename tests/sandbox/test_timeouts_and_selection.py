@@ -204,7 +204,7 @@ def labelled(tmp_path: Path) -> Path:
         (["-l", "role==db"], ["hv3"]),
         (["-l", "zone"], ["hv1", "hv2", "hv3"]),
         (["-l", "!gpu", "--host", "hv3"], ["hv3"]),
-        (["--host", "hv3", "--host", "hv1", "-l", "zone=a"], ["hv3", "hv1"]),
+        (["--host", "hv3", "--host", "hv1", "-l", "zone=a"], ["hv1", "hv3"]),  # manifest order
         (["--host", "hv1", "--host", "hv2", "-l", "zone!=a"], ["hv2"]),
     ],
 )
