@@ -17,6 +17,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +27,7 @@ from reconciler.spec.models import Host
 
 RECONNECT_BASE = 1.0  # seconds before the second attempt (the first is at once), then doubled
 RECONNECT_CAP = 30.0  # never longer between two attempts: a host back is heard from soon
+REOPENS_AT_ONCE = 8  # lost event connections reopened side by side
 
 
 class Watcher(Protocol):
@@ -47,6 +49,12 @@ class Watcher(Protocol):
 #: Opens a host's event connection: ``factory(host, on_event, on_lost)``; libvirt's thread calls
 #: ``on_event(domain, what)`` per event and ``on_lost(why)`` when the connection dies.
 EventsFactory = Callable[[Host, Callable[[str, str], None], Callable[[str], None]], Watcher]
+
+
+def _close_quietly(watcher: Watcher) -> None:
+    """Close an event connection no longer wanted; an error closing it changes nothing."""
+    with contextlib.suppress(Exception):
+        watcher.close()
 
 
 def reconnect_delay(attempt: int) -> float:
@@ -183,14 +191,17 @@ class DomainWatchers:
             self._wake.notify_all()
 
     def _forget(self, name: str) -> None:
-        """Stop listening on ``name`` and drop its pending reopen."""
+        """Stop listening on ``name`` and drop its pending reopen. The connection is closed in a
+        thread of its own: closing one to a host gone silent waits for libvirt to give up on it,
+        which the loop (the caller) must not."""
         with self._wake:
             watcher = self._watchers.pop(name, None)
             self._uris.pop(name, None)
             self._schedule.reopened(name)
         if watcher is not None:
-            with contextlib.suppress(Exception):
-                watcher.close()
+            threading.Thread(
+                target=_close_quietly, args=(watcher,), name=f"events-close-{name}", daemon=True
+            ).start()
 
     def _on_event(self, host: str) -> Callable[[str, str], None]:
         def on_event(domain: str, what: str) -> None:
@@ -219,8 +230,14 @@ class DomainWatchers:
         time it wakes; tests call it with a fake clock). A reopened host gets a drift pass."""
         with self._wake:
             due = [(host, self._watchers[host]) for host in self._schedule.due(self._clock())]
-        for host, watcher in due:
-            self._reopen(host, watcher)
+        if len(due) <= 1:
+            for host, watcher in due:
+                self._reopen(host, watcher)
+            return
+        # Side by side: a dead host's open waits out its connect timeout, which a host that is back
+        # must not wait behind.
+        with ThreadPoolExecutor(min(len(due), REOPENS_AT_ONCE), thread_name_prefix="events-reopen") as pool:
+            list(pool.map(lambda pair: self._reopen(*pair), due))
 
     def _reopen(self, host: str, watcher: Watcher) -> None:
         """One attempt at reopening ``host``: a drift pass when it worked, else the next backoff."""
