@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,11 @@ _EVENT_LOOP_RUNNING = threading.Event()
 #: their deadline are not here: several connections to one host may be opened at once).
 _WAITING: dict[str, threading.Thread] = {}
 _WAITING_LOCK = threading.Lock()
+#: Connections being opened to one URI at once (handshakes: an SSH login each over qemu+ssh, where
+#: sshd's MaxStartups, 10 by default, drops the excess): the readers and spares of several hosts'
+#: work wait their turn instead.
+OPENING_PER_URI = 4
+_OPENING: dict[str, threading.BoundedSemaphore] = {}
 #: Pings without an answer before libvirt declares the peer dead (its own default is 5).
 KEEPALIVE_COUNT = 5
 
@@ -74,6 +80,7 @@ class _Attempt:
     """One open running in its own thread: its result, or that the caller stopped waiting."""
 
     uri: str
+    permit: threading.Semaphore
     done: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     conn: libvirt.virConnect | None = None
@@ -87,6 +94,7 @@ class _Attempt:
             self.error = err
             conn = None
         finally:
+            self.permit.release()
             with _WAITING_LOCK:
                 if _WAITING.get(self.uri) is threading.current_thread():
                     del _WAITING[self.uri]
@@ -108,10 +116,16 @@ def open_within(uri: str, connect_timeout: float, call_timeout: float) -> libvir
         earlier = _WAITING.get(uri)
         if earlier is not None and earlier.is_alive():
             raise OpenTimeout("an earlier attempt to connect still has no answer")
-    attempt = _Attempt(uri)
+        permit = _OPENING.setdefault(uri, threading.BoundedSemaphore(OPENING_PER_URI))
+    started = time.monotonic()
+    if not permit.acquire(timeout=connect_timeout):  # released by the attempt's thread when it ends
+        raise OpenTimeout(
+            f"{OPENING_PER_URI} other connections still being opened after {connect_timeout:g}s"
+        )
+    attempt = _Attempt(uri, permit)
     thread = threading.Thread(target=attempt.run, name="libvirt-open", daemon=True)
     thread.start()
-    answered = attempt.done.wait(connect_timeout)
+    answered = attempt.done.wait(max(0.0, connect_timeout - (time.monotonic() - started)))
     with attempt.lock:
         if not answered and not attempt.done.is_set():
             attempt.abandoned = True
