@@ -198,7 +198,7 @@ class VirtReconcile(Tool):
 
     def apply(self, counter: list[int] | None = None) -> None:
         sys.path.insert(0, str(REPO))
-        from reconciler.adapters.libvirt_host import LibvirtHypervisor
+        from reconciler.adapters.libvirt.host import LibvirtHypervisor
         from reconciler.engine.apply import ApplySettings
         from reconciler.engine.reconcile import ReconcileOptions, reconcile
         from reconciler.files.content_cache import ContentCache

@@ -4,7 +4,7 @@ A ``sandbox:PATH`` host is libvirt's own test driver loaded from PATH. The file 
 driver's ``<node>`` format (``<cpu>``, ``<memory>``, inline ``<domain>`` elements with their run
 state in ``test:runstate``), so people and tests can seed it by hand. The test driver has no
 autostart in that format, so autostart flags are kept beside the domains in our own namespace.
-This module handles files and XML only; ``libvirt_host`` drives libvirt.
+This module handles files and XML only; the libvirt adapter (``adapters.libvirt.host``) drives libvirt.
 
 Loading a large file takes libvirt a while (some 0.2 ms a domain, with Python's lock released), and
 the plan then parses every domain's XML; the file already holds that XML, so it is parsed ahead in
@@ -27,7 +27,7 @@ from xml.sax.saxutils import quoteattr, unescape
 
 from lxml import etree
 
-from reconciler.adapters import hostlock
+from reconciler.adapters.libvirt import hostlock
 from reconciler.errors import PermanentHostError
 from reconciler.files.atomic import write_atomically
 from reconciler.libvirtxml.parse import parse_ahead

@@ -58,7 +58,7 @@ def selector(args: argparse.Namespace) -> Selector:
 def connector() -> Connector:
     """The libvirt adapter, imported only by the commands that talk to hosts. It opens a host
     without its apply lock: whoever writes takes it (``Hypervisor.exclusive``), in host order."""
-    from reconciler.adapters import libvirt_host
+    from reconciler.adapters.libvirt import host as libvirt_host
 
     return lambda host, write: libvirt_host.open_host(host, write=write)
 

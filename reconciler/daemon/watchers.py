@@ -31,7 +31,7 @@ REOPENS_AT_ONCE = 8  # lost event connections reopened side by side
 
 
 class Watcher(Protocol):
-    """One host's event connection (``reconciler.adapters.events.DomainEvents``)."""
+    """One host's event connection (``reconciler.adapters.libvirt.events.DomainEvents``)."""
 
     def ensure(self) -> bool:
         """Open it unless it is open and alive; whether it is open now."""

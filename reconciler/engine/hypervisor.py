@@ -1,6 +1,6 @@
 """The Hypervisor protocol: the only way the core observes a host or changes it.
 
-The core (plan, apply) talks to this protocol; ``libvirt_host`` implements it on libvirt. Tests can
+The core (plan, apply) talks to this protocol; ``adapters.libvirt.host`` implements it on libvirt. Tests can
 wrap a real implementation (for example to stop after N actions) without patching anything.
 """
 

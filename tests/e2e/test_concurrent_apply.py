@@ -21,7 +21,7 @@ import pytest
 import yaml
 from lxml import etree
 
-from reconciler.adapters import hostlock
+from reconciler.adapters.libvirt import hostlock
 from reconciler.errors import TemporaryHostError
 from reconciler.spec.hosturi import HostURI
 from tests.e2e.conftest import E2E, URI

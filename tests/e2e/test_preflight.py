@@ -6,7 +6,7 @@ import shutil
 import libvirt
 import pytest
 
-from reconciler.adapters.libvirt_host import connect
+from reconciler.adapters.libvirt.host import connect
 from reconciler.engine.preflight import Preflight, preflight, wanted_paths
 from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import Domain, Host

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from lxml import etree
 
-from reconciler.adapters import libvirt_host
+from reconciler.adapters.libvirt import host as libvirt_host
 from reconciler.cli import main
 from reconciler.ops.adopt import BackupRequest, backup_domains
 from reconciler.spec.manifests import load_manifests

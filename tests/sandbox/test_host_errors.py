@@ -15,8 +15,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from reconciler.adapters.libvirt_facts import daemon_facts
-from reconciler.adapters.libvirt_host import LibvirtHypervisor
+from reconciler.adapters.libvirt.facts import daemon_facts
+from reconciler.adapters.libvirt.host import LibvirtHypervisor
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
 
 

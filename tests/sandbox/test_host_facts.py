@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from reconciler.adapters.libvirt_facts import local_swap
-from reconciler.adapters.libvirt_host import connect
+from reconciler.adapters.libvirt.facts import local_swap
+from reconciler.adapters.libvirt.host import connect
 from reconciler.spec.models import Host
 
 

@@ -23,7 +23,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from reconciler.adapters import hostlock, libvirt_host, sandbox
+from reconciler.adapters import sandbox
+from reconciler.adapters.libvirt import host as libvirt_host
+from reconciler.adapters.libvirt import hostlock
 from reconciler.engine.apply import Hooks
 from reconciler.engine.plan import HostPlan
 from reconciler.engine.reconcile import Outcome, ReconcileOptions, reconcile
@@ -117,7 +119,7 @@ def test_a_second_local_lock_waits_for_the_first_then_takes_it(lock_dir, caplog)
 def test_a_local_lock_held_by_another_process_is_named_and_dies_with_it(lock_dir):
     code = (
         "import sys\n"
-        "from reconciler.adapters import hostlock\n"
+        "from reconciler.adapters.libvirt import hostlock\n"
         "from reconciler.spec.hosturi import HostURI\n"
         "with hostlock.local_lock(HostURI('qemu:///system'), 'hv', hostlock.LockLimits()):\n"
         "    print('held', flush=True)\n"

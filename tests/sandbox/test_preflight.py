@@ -5,8 +5,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from reconciler.adapters.libvirt_environment import local_interfaces
-from reconciler.adapters.libvirt_host import LibvirtHypervisor, connect
+from reconciler.adapters.libvirt.environment import local_interfaces
+from reconciler.adapters.libvirt.host import LibvirtHypervisor, connect
 from reconciler.engine.hypervisor import NetworkFact, PathFact
 from reconciler.engine.preflight import preflight, wanted_paths
 from reconciler.offline.snapshot import Snapshot, SnapshotHypervisor, snapshot_host

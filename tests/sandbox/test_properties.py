@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.adapters import libvirt_host
+from reconciler.adapters.libvirt import host as libvirt_host
 from reconciler.engine.reconcile import ReconcileOptions, reconcile
 from reconciler.spec.manifests import load_manifests
 from tests.helpers import domain_yaml, host_yaml, write

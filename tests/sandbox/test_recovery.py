@@ -8,7 +8,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from reconciler.adapters import libvirt_host, sandbox
+from reconciler.adapters import sandbox
+from reconciler.adapters.libvirt import host as libvirt_host
 from reconciler.engine.reconcile import ReconcileOptions, reconcile
 from reconciler.spec.manifests import load_manifests
 from tests.helpers import cli

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from reconciler.adapters import libvirt_host
+from reconciler.adapters.libvirt import host as libvirt_host
 from reconciler.daemon.snapshots import SnapshotPublisher
 from reconciler.engine.preflight import wanted_paths
 from reconciler.engine.reconcile import ReconcileOptions, reconcile

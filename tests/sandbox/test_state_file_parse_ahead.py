@@ -9,7 +9,7 @@ from pathlib import Path
 import libvirt
 
 from reconciler.adapters import sandbox
-from reconciler.adapters.libvirt_host import LibvirtHypervisor
+from reconciler.adapters.libvirt.host import LibvirtHypervisor
 from reconciler.libvirtxml import parse as domxml
 from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import DomainSpec, Owner

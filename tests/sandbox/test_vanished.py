@@ -10,8 +10,8 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from reconciler.adapters import libvirt_host
-from reconciler.adapters.libvirt_host import LibvirtHypervisor
+from reconciler.adapters.libvirt import host as libvirt_host
+from reconciler.adapters.libvirt.host import LibvirtHypervisor
 from reconciler.spec.manifests import load_manifests
 from tests.helpers import cli, host_yaml, write
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters.libvirt_connections import keepalive_for
+from reconciler.adapters.libvirt.connections import keepalive_for
 from reconciler.errors import ManifestError, SelectionError
 from reconciler.files.content_cache import ContentCache
 from reconciler.spec.durations import DURATION_PATTERN, format_duration, parse_duration

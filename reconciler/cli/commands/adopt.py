@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def run_import(args: argparse.Namespace) -> int:
     """Write manifests for live domains and mark them managed; exit 1 when any was refused."""
-    from reconciler.adapters import libvirt_host
+    from reconciler.adapters.libvirt import host as libvirt_host
     from reconciler.ops.adopt import ImportRequest, import_domains
 
     manifests, host = one_host(args)
@@ -51,7 +51,7 @@ def run_backup(args: argparse.Namespace) -> int:
     """Each domain's XML and a manifest of its images (the images too with ``--with-images``)."""
     from rich.progress import Progress
 
-    from reconciler.adapters import libvirt_host
+    from reconciler.adapters.libvirt import host as libvirt_host
     from reconciler.ops.adopt import BackupRequest, backup_domains
 
     _, host = one_host(args)
@@ -75,7 +75,7 @@ def run_backup(args: argparse.Namespace) -> int:
 
 def run_restore(args: argparse.Namespace) -> int:
     """Define domains from a backup whose images are intact."""
-    from reconciler.adapters import libvirt_host
+    from reconciler.adapters.libvirt import host as libvirt_host
     from reconciler.ops.adopt import read_backup, restore_domains
 
     _, host = one_host(args)

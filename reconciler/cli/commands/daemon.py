@@ -29,7 +29,7 @@ def webhook_secret(path: str | None) -> bytes | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground; its exit code."""
-    from reconciler.adapters.events import DomainEvents
+    from reconciler.adapters.libvirt.events import DomainEvents
     from reconciler.adapters.watch import watch_directory
     from reconciler.daemon import Daemon, DaemonConfig, DirectorySource, GitSource, configure_logging
     from reconciler.daemon.sources import RevisionChecks

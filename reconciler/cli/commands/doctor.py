@@ -12,7 +12,7 @@ from reconciler.report import escape_markup as escape
 
 def run(args: argparse.Namespace) -> int:
     """A line per check; exit 1 when any check found a problem."""
-    from reconciler.adapters import libvirt_facts
+    from reconciler.adapters.libvirt import facts as libvirt_facts
     from reconciler.ops.doctor import PROBLEM, WARN, run_checks
 
     out = Printer(sys.stdout)

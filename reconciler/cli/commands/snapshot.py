@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     a host that cannot be read fails the command (a snapshot missing a host would plan it away)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from reconciler.adapters import libvirt_host
+    from reconciler.adapters.libvirt import host as libvirt_host
     from reconciler.engine.preflight import wanted_paths
     from reconciler.offline.snapshot import Snapshot, SnapshotHost, snapshot_host
 

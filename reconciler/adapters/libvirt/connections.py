@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from reconciler.adapters.libvirt_errors import wrap
+from reconciler.adapters.libvirt.errors import wrap
 from reconciler.errors import TemporaryHostError
 from reconciler.spec.hosturi import HostURI
 from reconciler.spec.models import Timeouts

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import libvirt
 
-from reconciler.adapters.libvirt_connections import open_connection
-from reconciler.adapters.libvirt_environment import domain_xmls
-from reconciler.adapters.libvirt_errors import wrap
+from reconciler.adapters.libvirt.connections import open_connection
+from reconciler.adapters.libvirt.environment import domain_xmls
+from reconciler.adapters.libvirt.errors import wrap
 from reconciler.ops.doctor import DaemonFacts
 from reconciler.spec.sizes import KIB
 

@@ -1,5 +1,5 @@
-"""The libvirt adapter: the Hypervisor protocol on libvirt (helped by ``libvirt_connections``,
-``libvirt_errors``, ``libvirt_environment`` and ``libvirt_facts``).
+"""The Hypervisor protocol on libvirt (helped by the package's ``connections``, ``errors``,
+``environment`` and ``hostlock``).
 
 :func:`connect` opens a host from its manifest (any libvirt URI, or ``sandbox:PATH`` on libvirt's
 test driver) and yields a :class:`LibvirtHypervisor` implementing the core's Hypervisor protocol.
@@ -21,11 +21,12 @@ from typing import Any, TypeVar
 import libvirt
 from lxml import etree
 
-from reconciler.adapters import hostlock, sandbox
-from reconciler.adapters.libvirt_connections import SpareConnections, open_connection
-from reconciler.adapters.libvirt_environment import read_environment
-from reconciler.adapters.libvirt_errors import wrap as _wrap
-from reconciler.adapters.libvirt_facts import local_swap
+from reconciler.adapters import sandbox
+from reconciler.adapters.libvirt import hostlock
+from reconciler.adapters.libvirt.connections import SpareConnections, open_connection
+from reconciler.adapters.libvirt.environment import read_environment
+from reconciler.adapters.libvirt.errors import wrap as _wrap
+from reconciler.adapters.libvirt.facts import local_swap
 from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation, StopOutcome
 from reconciler.errors import DomainXMLError
 from reconciler.libvirtxml.ownership import OWNER_NS, OWNER_PREFIX, owner_metadata
@@ -386,7 +387,7 @@ class LibvirtHypervisor:
         )
 
     def environment(self, paths: Collection[str]) -> HostEnvironment:
-        """Networks, bridges and the given files, for the pre-flight checks (``libvirt_environment``)."""
+        """Networks, bridges and the given files, for the pre-flight checks (``environment``)."""
         simulated = self._is_test_driver  # a test-driver host declares only what its node file holds
         return self._call(
             "environment", lambda: read_environment(self.conn, paths, local=self.local, simulated=simulated)

@@ -1,6 +1,6 @@
 """Part of the libvirt adapter: a host's environment for the pre-flight checks (its networks,
 bridges and domain files), and the defined domains' XML for ``doctor``. It sits beside
-``libvirt_host``, which calls it, to keep that module short.
+``host``, which calls it, to keep that module short.
 
 Read through libvirt, so it works the same on a remote host, plus this machine's own files when
 the hypervisor is this machine:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import libvirt
 
-from reconciler.adapters.libvirt_connections import OpenTimeout, open_within, start_event_loop
+from reconciler.adapters.libvirt.connections import OpenTimeout, open_within, start_event_loop
 from reconciler.spec.models import Host
 
 log = logging.getLogger("virt_reconcile.adapters.events")
