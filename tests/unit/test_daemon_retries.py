@@ -37,7 +37,13 @@ def test_one_pending_retry_per_target_replaced_on_each_failure():
         assert [retries.failed("hv1")[0] for _ in range(5)] == [1, 2, 3, 4, 5]
         retries.failed(None)
         assert retries.pending() == {"hv1", None}
-        timers = [t for t in threading.enumerate() if t.name.startswith("retry ")]
+        # this instance's timers only: another test's daemon may still have one pending
+        timers = [
+            t
+            for t in threading.enumerate()
+            if t.name.startswith("retry ")
+            and getattr(getattr(t, "function", None), "__self__", None) is retries
+        ]
         assert sorted(t.name for t in timers if t.is_alive()) == ["retry hv1", "retry source"]
     finally:
         retries.cancel_all()

@@ -187,10 +187,10 @@ class SpareConnections:
 def open_connection(name: str, uri: str, timeouts: Timeouts | None = None) -> libvirt.virConnect:
     """Connect to ``uri``; a failure is classified like any other (a bad URI is not retried). A
     libvirt daemon must answer within the connect timeout and stays watched by keepalive."""
-    timeouts = timeouts or Timeouts()
     try:
         if HostURI(uri).in_process:
-            return libvirt.open(uri)
+            return libvirt.open(uri)  # a function call: nothing to time out
+        timeouts = timeouts or Timeouts()
         return open_within(uri, timeouts.connect, timeouts.call)
     except libvirt.libvirtError as err:
         raise wrap(name, f"cannot connect to {uri}", err) from err

@@ -91,7 +91,7 @@ class LibvirtHypervisor:
         self.local = local  # the hypervisor is this machine: its swap can be read from /proc
         self._in_process = in_process  # an in-process driver: concurrent reads gain nothing
         self._address = address  # None: locked by whoever opened it (a sandbox's state file)
-        self._timeouts = timeouts or Timeouts()
+        self._timeouts = timeouts  # None: the defaults, made only when a connection is opened
         self._locked = False  # whether this connection holds the host's apply lock now
         # One call in flight on a connection to a libvirt daemon: when keepalive declares a silent
         # peer dead, libvirt 9.0's client fails only one of the calls waiting on the connection and
