@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import socket
 import textwrap
+import threading
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +112,21 @@ def cli(*args: str) -> Run:
     with redirect_stdout(out), redirect_stderr(err):
         code = main(list(args))
     return Run(code, out.getvalue(), err.getvalue())
+
+
+def serve(path: Path, answer: Callable[[socket.socket], None]) -> socket.socket:
+    """A unix socket at ``path`` that hands each client to ``answer`` (a daemon gone wrong)."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(4)
+
+    def run() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # the server was closed
+            answer(client)
+
+    threading.Thread(target=run, daemon=True).start()
+    return server

@@ -17,6 +17,7 @@ import pytest
 from reconciler.adapters.libvirt.facts import daemon_facts
 from reconciler.adapters.libvirt.host import LibvirtHypervisor
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
+from tests.helpers import serve
 
 LIBVIRTD_SOCKET = Path("/var/run/libvirt/libvirt-sock")
 
@@ -38,9 +39,6 @@ def test_a_driver_name_the_daemon_does_not_know_is_permanent():
 
 def relay(path: Path, upstream: Path) -> tuple[socket.socket, list[socket.socket]]:
     """A unix socket at ``path`` relaying to ``upstream``; the returned list holds its connections."""
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.listen(4)
     open_sockets: list[socket.socket] = []
 
     def pump(source: socket.socket, sink: socket.socket) -> None:
@@ -50,25 +48,19 @@ def relay(path: Path, upstream: Path) -> tuple[socket.socket, list[socket.socket
         except OSError:
             pass
 
-    def run() -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return  # the server was closed
-            daemon = socket.socket(socket.AF_UNIX)
-            try:
-                daemon.connect(str(upstream))
-            except OSError:
-                client.close()  # libvirt sees the connection end instead of waiting forever
-                daemon.close()
-                continue
-            open_sockets.extend([client, daemon])
-            threading.Thread(target=pump, args=(client, daemon), daemon=True).start()
-            threading.Thread(target=pump, args=(daemon, client), daemon=True).start()
+    def connect(client: socket.socket) -> None:
+        daemon = socket.socket(socket.AF_UNIX)
+        try:
+            daemon.connect(str(upstream))
+        except OSError:
+            client.close()  # libvirt sees the connection end instead of waiting forever
+            daemon.close()
+            return
+        open_sockets.extend([client, daemon])
+        threading.Thread(target=pump, args=(client, daemon), daemon=True).start()
+        threading.Thread(target=pump, args=(daemon, client), daemon=True).start()
 
-    threading.Thread(target=run, daemon=True).start()
-    return server, open_sockets
+    return serve(path, connect), open_sockets
 
 
 def test_a_connection_lost_mid_session_is_temporary(tmp_path: Path):

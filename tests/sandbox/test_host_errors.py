@@ -8,8 +8,7 @@ retrying it would fail the same way forever.
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -18,6 +17,7 @@ import pytest
 from reconciler.adapters.libvirt.facts import daemon_facts
 from reconciler.adapters.libvirt.host import LibvirtHypervisor
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
+from tests.helpers import serve
 
 
 def opening_error(uri: str) -> HostError:
@@ -45,24 +45,6 @@ def test_a_daemon_socket_that_does_not_exist_is_temporary(tmp_path: Path):
     error = opening_error(f"test+unix:///default?socket={tmp_path}/missing.sock")
     assert isinstance(error, TemporaryHostError), error
     assert error.retryable
-
-
-def serve(path: Path, answer: Callable[[socket.socket], None]) -> socket.socket:
-    """A unix socket at ``path`` that hands each client to ``answer`` (a daemon gone wrong)."""
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.listen(4)
-
-    def run() -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return  # the server was closed
-            answer(client)
-
-    threading.Thread(target=run, daemon=True).start()
-    return server
 
 
 def hang_up(client: socket.socket) -> None:

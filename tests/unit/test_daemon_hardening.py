@@ -19,13 +19,7 @@ from reconciler.daemon.http import exposure_warning
 from reconciler.errors import SourceError, TemporaryHostError
 from tests.daemon_helpers import in_process_daemon, retry_timers
 
-
-@pytest.fixture(autouse=True)
-def no_timers_left():
-    before = retry_timers()
-    yield
-    for timer in retry_timers() - before:
-        timer.cancel()
+pytestmark = pytest.mark.usefixtures("no_timers_left")  # tests/unit/conftest.py
 
 
 @contextmanager

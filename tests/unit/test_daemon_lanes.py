@@ -22,7 +22,7 @@ from reconciler.daemon.decision import Reason
 from reconciler.daemon.lanes import HostLanes, LaneJob
 from reconciler.spec.labels import Selector
 from reconciler.spec.manifests import ManifestSet, load_manifests
-from tests.daemon_helpers import FakeHosts, FakeHypervisor, in_process_daemon, retry_timers, settle
+from tests.daemon_helpers import FakeHosts, FakeHypervisor, in_process_daemon, settle
 from tests.helpers import domain_yaml, host_yaml
 
 START = [(Trigger.START, None)]
@@ -30,13 +30,7 @@ WAIT = 10.0  # seconds to wait for what must happen (never reached when the test
 RELEASES: list[threading.Event] = []  # every blocked call's release: all set when a test ends
 
 
-@pytest.fixture(autouse=True)
-def no_timers_left():
-    """Retry timers a test leaves behind are cancelled (they would only enqueue a trigger)."""
-    before = retry_timers()
-    yield
-    for timer in retry_timers() - before:
-        timer.cancel()
+pytestmark = pytest.mark.usefixtures("no_timers_left")  # tests/unit/conftest.py
 
 
 @pytest.fixture

@@ -16,13 +16,7 @@ from tests.daemon_helpers import in_process_daemon, retry_timers, settle
 START = [(Trigger.START, None)]
 
 
-@pytest.fixture(autouse=True)
-def no_timers_left():
-    """Retry timers a test leaves behind are cancelled (they would only enqueue a trigger)."""
-    before = retry_timers()
-    yield
-    for timer in retry_timers() - before:
-        timer.cancel()
+pytestmark = pytest.mark.usefixtures("no_timers_left")  # tests/unit/conftest.py
 
 
 @pytest.fixture
