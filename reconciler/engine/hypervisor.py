@@ -15,12 +15,22 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class DomainObservation:
-    """One domain as libvirt reports it: its persistent XML and its run state."""
+    """One domain as libvirt reports it: its persistent XML and its run state.
+
+    ``state`` and ``reason`` are libvirt's lifecycle state and why it is in it, by name ("shutoff"
+    because of "shutdown", "destroyed", "crashed" ...; "" when not known), so drift correction can
+    tell a guest that shut itself down from a crash or a destroy by hand. ``instance`` is the
+    running instance's domain id (-1 when it is off): it changes at every start, so a definition
+    written while the domain ran is known to be waiting for a restart while the id stays.
+    """
 
     name: str
     xml: str
     active: bool
     autostart: bool
+    state: str = ""
+    reason: str = ""
+    instance: int = -1
 
 
 @dataclass(frozen=True)

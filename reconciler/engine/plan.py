@@ -50,6 +50,9 @@ class HostPlan:
     policy: PolicyReport | None = None
     observed: HostObservation | None = None  # what the plan was made from (snapshots, saved plans)
     host_error: HostError | None = None  # the host could not be reached or failed: retryable or not
+    pending_restarts: tuple[str, ...] = ()  # running domains whose definition waits for a restart
+    suspended: tuple[str, ...] = ()  # managed domains left alone: a suspend annotation (theirs or the host's)
+    deferred: str = ""  # why this plan's actions wait (outside the host's sync windows); "" when they do not
 
     @classmethod
     def failed(cls, host: str, uri: str, error: HostError) -> HostPlan:

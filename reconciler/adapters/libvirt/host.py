@@ -53,6 +53,29 @@ _UNDEFINE_FLAGS = (
 _UNDEFINE_FLAGS_BASIC = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 )
+#: libvirt's lifecycle states by name, as observations carry them.
+_STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+#: Why a domain is off (the reasons drift correction tells apart), by name.
+_SHUTOFF_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: "unknown",
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "destroyed",
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: "migrated",
+    libvirt.VIR_DOMAIN_SHUTOFF_SAVED: "saved",
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed",
+    libvirt.VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT: "from_snapshot",
+    libvirt.VIR_DOMAIN_SHUTOFF_DAEMON: "daemon",
+}
 _ACTIVE_STATES = {
     libvirt.VIR_DOMAIN_RUNNING,
     libvirt.VIR_DOMAIN_BLOCKED,
@@ -71,6 +94,15 @@ def _on_one_connection(method: Callable[..., T]) -> Callable[..., T]:
             return method(self, *args, **kwargs)
 
     return run
+
+
+def _reason_name(state: int, reason: int) -> str:
+    """Why a domain is in ``state``, by name: the shut-off and crashed reasons; "" for others."""
+    if state == libvirt.VIR_DOMAIN_SHUTOFF:
+        return _SHUTOFF_REASONS.get(reason, "unknown")
+    if state == libvirt.VIR_DOMAIN_CRASHED:
+        return "panicked" if reason == libvirt.VIR_DOMAIN_CRASHED_PANICKED else "unknown"
+    return ""
 
 
 class LibvirtHypervisor:
@@ -219,8 +251,11 @@ class LibvirtHypervisor:
                 xml=xml,
                 active=values.get("state.state") in _ACTIVE_STATES,
                 autostart=name in autostart,
+                state=_STATE_NAMES.get(values.get("state.state", -1), ""),
+                reason=_reason_name(values.get("state.state", -1), values.get("state.reason", -1)),
+                instance=dom.ID(),  # kept in the domain object: no round trip
             )
-            for (_, values), name, xml in zip(stats, [dom.name() for dom in doms], xmls, strict=True)
+            for (dom, values), name, xml in zip(stats, [dom.name() for dom in doms], xmls, strict=True)
             if xml is not None
         ]
         return HostObservation(
