@@ -3,7 +3,8 @@
 A ``sandbox:PATH`` host is libvirt's own test driver loaded from PATH. The file is the test
 driver's ``<node>`` format (``<cpu>``, ``<memory>``, inline ``<domain>`` elements with their run
 state in ``test:runstate``), so people and tests can seed it by hand. The test driver has no
-autostart in that format, so autostart flags are kept beside the domains in our own namespace.
+autostart in that format, so autostart flags are kept beside the domains in our own namespace, as
+are the running domains' instance ids (:class:`InstanceIds`).
 This module handles files and XML only; the libvirt adapter (``adapters.libvirt.host``) drives libvirt.
 
 Loading a large file takes libvirt a while (some 0.2 ms a domain, with Python's lock released), and
@@ -67,6 +68,40 @@ class SandboxDomain:
     xml: str
     active: bool
     autostart: bool
+    instance: int = -1  # the running instance's id (InstanceIds), -1 when off or not known
+
+
+class InstanceIds:
+    """The running domains' instance ids, kept in the state file across loads.
+
+    The test driver numbers running domains 1, 2, ... at every load, so its own ids would make a
+    restarted domain the same instance as before. Here an id is given at each start from a counter
+    that never goes back, and kept while the domain runs (one running when the file was seeded by
+    hand gets the next id when first asked).
+    """
+
+    def __init__(self, ids: dict[str, int] | None = None, next_id: int = 1) -> None:
+        self._ids = dict(ids or {})
+        self.next_id = max(next_id, max(self._ids.values(), default=0) + 1)
+        self._lock = threading.Lock()  # starts run side by side
+
+    def of(self, name: str, active: bool) -> int:
+        """The id of ``name``'s running instance (-1 when it is off)."""
+        if not active:
+            return -1
+        with self._lock:
+            if name not in self._ids:
+                self._take(name)
+            return self._ids[name]
+
+    def started(self, name: str) -> None:
+        """``name`` was started: a new instance, with a new id."""
+        with self._lock:
+            self._take(name)
+
+    def _take(self, name: str) -> None:
+        self._ids[name] = self.next_id
+        self.next_id += 1
 
 
 def new_node_xml(cpus: int | None, memory: int | None) -> str:
@@ -84,22 +119,29 @@ def new_node_xml(cpus: int | None, memory: int | None) -> str:
     )
 
 
-#: The state file text :meth:`SandboxFile.read` checked last, with the autostart names it holds,
-#: until :func:`autostart_names` takes them: the host is opened from that very text at once, and
-#: parsing thousands of domains again would cost some 20 ms. Handed over once: a long-running
+#: The state file text :meth:`SandboxFile.read` checked last, with the autostart names and instance
+#: ids it holds, until :func:`node_marks` takes them: the host is opened from that very text at once,
+#: and parsing thousands of domains again would cost some 20 ms. Handed over once: a long-running
 #: process keeps at most one state file's text, and only until the host is opened from it.
-_JUST_READ: list[tuple[str, set[str]]] = []
+_JUST_READ: list[tuple[str, set[str], InstanceIds]] = []
+_OUR_ELEMENTS = ("autostart", "running", "instances")  # what compose_node_xml writes beside domains
+
+
+def node_marks(node_xml: str) -> tuple[set[str], InstanceIds]:
+    """The names of the domains marked autostart in a sandbox node file, and its instance ids."""
+    try:
+        text, names, ids = _JUST_READ.pop()  # atomic: another thread's read is never taken twice
+    except IndexError:
+        text, names, ids = "", set(), InstanceIds()
+    if text is node_xml:
+        return names, ids
+    root = etree.fromstring(node_xml.encode(), _CHECKING_PARSER)
+    return _autostart_in(root), _instances_in(root)
 
 
 def autostart_names(node_xml: str) -> set[str]:
     """Names of the domains marked autostart in a sandbox node file."""
-    try:
-        text, names = _JUST_READ.pop()  # atomic: another thread's read is never taken twice
-    except IndexError:
-        text, names = "", set()
-    if text is node_xml:
-        return names
-    return _autostart_in(etree.fromstring(node_xml.encode(), _CHECKING_PARSER))
+    return node_marks(node_xml)[0]
 
 
 def _autostart_in(root: etree._Element) -> set[str]:
@@ -107,14 +149,28 @@ def _autostart_in(root: etree._Element) -> set[str]:
     return {el.get("domain", "") for el in root.iterfind(f"{{{SANDBOX_NS}}}autostart")}
 
 
-def compose_node_xml(previous: str, domains: list[SandboxDomain]) -> str:
-    """The node file for ``domains``, keeping everything else of ``previous`` (cpu, memory, networks).
+def _instances_in(root: etree._Element) -> InstanceIds:
+    """The instance ids under a parsed ``<node>`` (a value that is not a number is left out)."""
+    ids = {
+        el.get("domain", ""): int(el.get("instance", ""))
+        for el in root.iterfind(f"{{{SANDBOX_NS}}}running")
+        if el.get("instance", "").isdigit()
+    }
+    counter = root.find(f"{{{SANDBOX_NS}}}instances")
+    text = counter.get("next", "") if counter is not None else ""
+    return InstanceIds(ids, int(text) if text.isdigit() else 1)
+
+
+def compose_node_xml(previous: str, domains: list[SandboxDomain], next_instance: int = 1) -> str:
+    """The node file for ``domains``, keeping everything else of ``previous`` (cpu, memory, networks);
+    ``next_instance`` is the id the next start takes (see :class:`InstanceIds`).
 
     Domains are spliced in as text: libvirt's own XML goes in unchanged, and saving thousands of
     domains costs no XML parsing.
     """
     root = etree.fromstring(previous.encode(), etree.XMLParser(remove_blank_text=True))
-    for element in root.findall("domain") + root.findall(f"{{{SANDBOX_NS}}}autostart"):
+    ours = [element for tag in _OUR_ELEMENTS for element in root.findall(f"{{{SANDBOX_NS}}}{tag}")]
+    for element in root.findall("domain") + ours:
         root.remove(element)
     etree.indent(root, space="  ")
     skeleton = etree.tostring(root, encoding="unicode")
@@ -131,6 +187,14 @@ def compose_node_xml(previous: str, domains: list[SandboxDomain]) -> str:
         for d in domains
         if d.autostart
     )
+    parts.extend(
+        f"<sandbox:running xmlns:sandbox='{SANDBOX_NS}' domain={quoteattr(_domain_name(d.xml))} "
+        f"instance='{d.instance}'/>\n"
+        for d in domains
+        if d.active and d.instance >= 0
+    )
+    if next_instance > 1:
+        parts.append(f"<sandbox:instances xmlns:sandbox='{SANDBOX_NS}' next='{next_instance}'/>\n")
     parts.append("</node>" + tail.rstrip() + "\n")
     return "".join(parts)
 
@@ -231,7 +295,7 @@ class SandboxFile:
             raise self._refused("declares a DTD, which a sandbox state file never has")
         if root.tag != "node":
             raise self._refused("is not a libvirt test driver <node> document")
-        _JUST_READ[:] = [(text, _autostart_in(root))]
+        _JUST_READ[:] = [(text, _autostart_in(root), _instances_in(root))]
         if sum(1 for _ in root.iterchildren("domain")) >= PARSE_AHEAD_MIN_DOMAINS:
             _parse_ahead(text)
         return text

@@ -5,8 +5,20 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-__all__ = ["duration", "expiry", "label_selector", "listen_address", "period", "positive_count"]
+if TYPE_CHECKING:
+    from reconciler.daemon.notices import Receiver
+
+__all__ = [
+    "duration",
+    "expiry",
+    "label_selector",
+    "listen_address",
+    "notify_target",
+    "period",
+    "positive_count",
+]
 
 
 def duration(text: str) -> float:
@@ -56,6 +68,17 @@ def label_selector(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
+
+
+def notify_target(text: str) -> Receiver:
+    """A ``daemon --notify`` receiver (a webhook URL, ``slack+https://…``, ``github:OWNER/REPO?…``),
+    checked now, its token file read once to be sure it holds a token."""
+    from reconciler.daemon.notices import NotifyValueError, parse_receiver, shown_value
+
+    try:
+        return parse_receiver(text)
+    except NotifyValueError as err:  # the value shown without what may be a secret (a path, a query)
+        raise argparse.ArgumentTypeError(f"{shown_value(text)}: {err}") from None
 
 
 def positive_count(text: str) -> int:

@@ -100,5 +100,6 @@ def reconcile_options(args: argparse.Namespace, manifests: ManifestSet, **extra:
         revision=revision(manifests),
         root=root_identity(manifests) if manifests.whole_tree else "",
         whole_tree=manifests.whole_tree,
+        ignore_sync_windows=getattr(args, "ignore_sync_windows", False),  # apply's override only
         **extra,
     )

@@ -12,85 +12,58 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from reconciler import __version__
-from reconciler.cli.argtypes import expiry, label_selector, listen_address, period, positive_count
+from reconciler.cli import argtypes
+from reconciler.cli.argtypes import expiry, listen_address, period, positive_count
+from reconciler.cli.shared_arguments import (
+    with_allow_delete,
+    with_allow_mass_delete,
+    with_hosts,
+    with_path,
+    with_uri_rules,
+)
 
-DEFAULT_PATH = "manifests"
 #: What ``init --install-from`` writes by default: the git URL, with a placeholder for its owner.
 DEFAULT_INSTALL_FROM = "virt-reconcile @ git+https://github.com/OWNER/virt-reconcile@v" + __version__
 
 
-def _with_path(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "path", nargs="?", default=DEFAULT_PATH, help="manifest file or folder (default: manifests/)"
-    )
-    _with_uri_rules(sub)  # every command that reads manifests holds their Host URIs to the operator's rules
-
-
-def _with_hosts(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
-    sub.add_argument(
-        "--selector",
-        "-l",
-        action="append",
-        type=label_selector,
-        metavar="KEY=VALUE",
-        help="only hosts whose labels match: key=value, key!=value, key, !key; comma-separated and "
-        "repeatable, all must hold (with --host: both)",
-    )
-    sub.add_argument(
-        "--host-parallel",
-        type=positive_count,
-        default=16,
-        metavar="N",
-        help="hosts connected, planned and applied side by side (default: 16)",
-    )
-
-
-def _with_allow_delete(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--allow-delete", action="store_true", help="undefine managed domains gone from git")
-
-
-def _with_allow_mass_delete(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--allow-mass-delete",
-        action="store_true",
-        help="allow undefining more than a host's maxDeletions (default 5) or half of its managed domains",
-    )
-
-
-def _with_uri_rules(sub: argparse.ArgumentParser) -> None:
-    """What Host URIs may use beyond the defaults (no query parameter; transports unix, tls, tcp, ssh,
-    libssh, libssh2): the operator's to say, here or in the environment, never a manifest's."""
-    for kind, example in (("param", "socket"), ("transport", "ext")):
-        help_text = f"let Host URIs use the {kind} NAME, e.g. {example} (repeatable)"
-        sub.add_argument(f"--allow-uri-{kind}", action="append", metavar="NAME", help=help_text)
-
-
 def _plan(plan: argparse.ArgumentParser) -> None:
     """``plan [PATH]``: a dry run, live or against snapshots."""
-    _with_path(plan)
+    with_path(plan)
     plan.add_argument("--format", choices=("text", "json", "markdown"), default="text")
     plan.add_argument("--out", metavar="FILE", help="also save the plan for apply --plan FILE")
     plan.add_argument("--state", metavar="SNAPSHOT", help="plan against snapshot file(s), not the live hosts")
-    _with_hosts(plan)
+    with_hosts(plan)
     plan.add_argument(
         "--allow-delete", action="store_true", help="plan to undefine managed domains gone from git"
     )
-    _with_allow_mass_delete(plan)
+    with_allow_mass_delete(plan)
 
 
 def _apply(apply: argparse.ArgumentParser) -> None:
     """``apply [PATH]``: plan, then change the hosts."""
-    _with_path(apply)
-    _with_hosts(apply)
-    _with_allow_delete(apply)
-    _with_allow_mass_delete(apply)
+    with_path(apply)
+    with_hosts(apply)
+    with_allow_delete(apply)
+    with_allow_mass_delete(apply)
     apply.add_argument(
         "--auto-approve",
         action="store_true",
         help="do not ask before undefining or moving domains (the question is asked only on a terminal)",
     )
-    apply.add_argument("--plan", metavar="FILE", help="apply exactly this saved plan (refused when stale)")
+    exactly = apply.add_mutually_exclusive_group()
+    exactly.add_argument("--plan", metavar="FILE", help="apply exactly this saved plan (refused when stale)")
+    exactly.add_argument(
+        "--restart-pending",
+        action="store_true",
+        help="also restart running domains whose definition waits for a restart (graceful shutdown, start)",
+    )
+    apply.add_argument(
+        "--max-unavailable",
+        type=positive_count,
+        default=1,
+        metavar="N",
+        help="with --restart-pending: domains of a host restarting at once (default: 1)",
+    )
     apply.add_argument(
         "--parallel",
         type=int,
@@ -105,11 +78,13 @@ def _apply(apply: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="graceful shutdown time before a domain is forced off (default: 60)",
     )
+    windows = "apply now on hosts outside their sync windows (Host spec.syncWindows)"
+    apply.add_argument("--ignore-sync-windows", action="store_true", help=windows)
 
 
 def _import(importer: argparse.ArgumentParser) -> None:
     """``import [PATH] --host H --out DIR [DOMAIN ...]``."""
-    _with_path(importer)
+    with_path(importer)
     importer.add_argument("--host", required=True, metavar="NAME")
     importer.add_argument(
         "--out", required=True, metavar="DIR", help="folder for the manifests (new or empty)"
@@ -131,7 +106,7 @@ def _import(importer: argparse.ArgumentParser) -> None:
 
 def _backup(backup: argparse.ArgumentParser) -> None:
     """``backup [PATH] --host H --out DIR [DOMAIN ...]``."""
-    _with_path(backup)
+    with_path(backup)
     backup.add_argument("--host", required=True, metavar="NAME")
     backup.add_argument("--out", required=True, metavar="DIR", help="backup folder (new or empty)")
     backup.add_argument("--with-images", action="store_true", help="copy the disk images too (sparse)")
@@ -145,7 +120,7 @@ def _backup(backup: argparse.ArgumentParser) -> None:
 
 def _restore(restore: argparse.ArgumentParser) -> None:
     """``restore [PATH] --host H --from DIR [DOMAIN ...]``."""
-    _with_path(restore)
+    with_path(restore)
     restore.add_argument("--host", required=True, metavar="NAME")
     restore.add_argument("--from", required=True, dest="source", metavar="DIR", help="backup folder")
     restore.add_argument("--allow-missing-images", action="store_true", help="define even without the images")
@@ -154,9 +129,9 @@ def _restore(restore: argparse.ArgumentParser) -> None:
 
 def _snapshot(snapshot: argparse.ArgumentParser) -> None:
     """``snapshot [PATH] --out FILE``."""
-    _with_path(snapshot)
+    with_path(snapshot)
     snapshot.add_argument("--out", required=True, metavar="FILE", help="snapshot file to write")
-    _with_hosts(snapshot)
+    with_hosts(snapshot)
 
 
 def _daemon(daemon: argparse.ArgumentParser) -> None:
@@ -169,7 +144,7 @@ def _daemon(daemon: argparse.ArgumentParser) -> None:
     )
     daemon.add_argument("--branch", default="main")
     daemon.add_argument("--path", default="manifests", help="manifest folder inside the repository")
-    _with_hosts(daemon)
+    with_hosts(daemon)
     poll, resync = "git poll interval, jittered, ≥ 1s", "full reconcile at least this often, ≥ 1s"
     daemon.add_argument("--interval", type=period, default="30s", help=f"{poll} (default: 30s)")
     daemon.add_argument("--resync", type=period, default="10m", help=f"{resync} (default: 10m)")
@@ -177,13 +152,18 @@ def _daemon(daemon: argparse.ArgumentParser) -> None:
     daemon.add_argument("--listen", type=listen_address, default="127.0.0.1:9469", help=listen)
     daemon.add_argument("--state-dir", default="/var/lib/virt-reconcile", help="clone and status live here")
     daemon.add_argument("--webhook-secret-file", metavar="FILE", help="enables POST /hooks/git (HMAC)")
-    _with_allow_delete(daemon)
+    with_allow_delete(daemon)
     daemon.add_argument("--shutdown-timeout", type=float, default=60.0, metavar="SECONDS")
     copy, publish = "copy each host's snapshot here after a reconcile", "run CMD with a fresh snapshot's path"
     daemon.add_argument("--snapshot-to", metavar="DIR", help=copy)
     daemon.add_argument("--snapshot-command", metavar="CMD", help=f"{publish} (e.g. an upload)")
+    notify = "on applied/refused/error/drift: POST to https://… (JSON), slack+https://… (Slack)"
+    kinds = f"{notify}, or a commit status: github:OWNER/REPO?token-file=FILE[&api=URL] (repeatable)"
+    daemon.add_argument("--notify", action="append", type=argtypes.notify_target, metavar="URL", help=kinds)
     _with_revision_checks(daemon)
-    _with_uri_rules(daemon)
+    with_uri_rules(daemon)
+    lines = "log lines: text (TIME LEVEL message) or json (one object per line) (default: text)"
+    daemon.add_argument("--log-format", choices=("text", "json"), default="text", help=lines)
 
 
 def _with_revision_checks(daemon: argparse.ArgumentParser) -> None:
@@ -241,7 +221,7 @@ class Command:
 
 #: Every command, in the order ``--help`` lists them.
 COMMANDS: tuple[Command, ...] = (
-    Command("validate", "parse and check manifests only", _with_path, "validate:run"),
+    Command("validate", "parse and check manifests only", with_path, "validate:run"),
     Command("plan", "show what apply would change (dry run)", _plan, "plan:run"),
     Command("apply", "plan, then change the hosts to match the manifests", _apply, "apply:run"),
     Command("import", "write manifests for live domains and mark them managed", _import, "adopt:run_import"),
@@ -254,7 +234,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("snapshot", "write the observed state of hosts as JSON", _snapshot, "snapshot:run"),
     Command("daemon", "reconcile continuously from a git repository or a directory", _daemon, "daemon:run"),
-    Command("status", "print a running daemon's /status for people", _status, "status:run"),
+    Command("status", "print a daemon's /status; exit 1 on a refusal or error", _status, "status:run"),
     Command("doctor", "check this machine: kvm, /dev/kvm, libvirtd, KSM, swap", _doctor, "doctor:run"),
     Command("schema", "write the manifests' JSON Schemas", _schema, "schema:run"),
     Command(

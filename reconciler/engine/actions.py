@@ -22,6 +22,7 @@ class ActionKind(StrEnum):
     STOP = "stop"
     UNDEFINE = "undefine"
     MOVE = "move"  # a domain whose host changed: out of one host (stop, undefine), into another
+    RESTART = "restart"  # a running domain whose definition waits for a restart (apply --restart-pending)
 
     @property
     def symbol(self) -> str:
@@ -37,6 +38,7 @@ _SYMBOLS = {
     ActionKind.STOP: "<",
     ActionKind.UNDEFINE: "-",
     ActionKind.MOVE: "⇄",
+    ActionKind.RESTART: "⟳",
 }
 
 
@@ -51,6 +53,7 @@ class Phase(IntEnum):
     DEFINE = 5
     BALLOON_UP = 6
     START = 7
+    RESTART = 8  # last: graceful shutdown then start, a few domains of a host at a time
 
 
 @dataclass(frozen=True)

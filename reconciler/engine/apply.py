@@ -37,10 +37,12 @@ DEFAULT_WORKERS = 8
 
 @dataclass(frozen=True)
 class ApplySettings:
-    """How actions are carried out: the graceful-shutdown timeout (s) and the actions in flight."""
+    """How actions are carried out: the graceful-shutdown timeout (s), the actions in flight, and
+    the domains of a host restarting at once (``--max-unavailable``)."""
 
     shutdown_timeout: float = 60.0
     workers: int = DEFAULT_WORKERS
+    max_unavailable: int = 1
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,7 @@ def run_actions(
     """
     results: list[ActionResult] = []
     lock = threading.Lock()
+    halted = threading.Event()  # a restart failed: the host's rolling restart begins no other
 
     def run(action: Action) -> ActionResult:
         started = time.monotonic()
@@ -291,6 +294,8 @@ def run_actions(
             result = ActionResult(action, False, str(err), time.monotonic() - started, err)
         with lock:
             results.append(result)
+            if not result.ok and action.kind is ActionKind.RESTART:
+                halted.set()
             if hooks.on_result is not None:
                 hooks.on_result(result)
         return result
@@ -298,9 +303,12 @@ def run_actions(
     for group in _phases(actions):
         if hooks.stopped:
             break
-        if len(group) > 1 and settings.workers > 1:
-            with ThreadPoolExecutor(max_workers=min(settings.workers, len(group))) as pool:
-                outcomes = list(pool.map(lambda action: None if hooks.stopped else run(action), group))
+        workers = settings.workers
+        if group[0].kind is ActionKind.RESTART:  # a rolling restart: a few at a time, none after a failure
+            workers = min(workers, settings.max_unavailable)
+        if len(group) > 1 and workers > 1:
+            with ThreadPoolExecutor(max_workers=min(workers, len(group))) as pool:
+                outcomes = list(pool.map(lambda action: _unless_stopped(run, action, hooks, halted), group))
             failed = any(outcome is not None and not outcome.ok for outcome in outcomes)
         else:
             failed = False
@@ -311,6 +319,16 @@ def run_actions(
         if failed:
             break
     return results
+
+
+def _unless_stopped(
+    run: Callable[[Action], ActionResult], action: Action, hooks: Hooks, halted: threading.Event
+) -> ActionResult | None:
+    """Run one action of a phase run side by side, unless the caller asked to stop, or it is a
+    restart and one before it failed (a domain that did not come back halts a rolling restart)."""
+    if hooks.stopped or (action.kind is ActionKind.RESTART and halted.is_set()):
+        return None
+    return run(action)
 
 
 def _phases(actions: Sequence[Action]) -> list[list[Action]]:
@@ -329,11 +347,7 @@ def _execute(hypervisor: Hypervisor, action: Action, shutdown_timeout: float) ->
     name = action.domain
     match action.kind:
         case ActionKind.DEFINE:
-            assert action.xml is not None
-            hypervisor.define(action.xml)
-            if action.autostart:
-                hypervisor.set_autostart(name, True)
-            return "defined"
+            return _define(hypervisor, action)
         case ActionKind.UPDATE:
             done = []
             if action.xml is not None:
@@ -356,11 +370,12 @@ def _execute(hypervisor: Hypervisor, action: Action, shutdown_timeout: float) ->
             return "started"
         case ActionKind.STOP:
             return hypervisor.stop(name, shutdown_timeout).value
+        case ActionKind.RESTART:
+            outcome = hypervisor.stop(name, shutdown_timeout)
+            hypervisor.start(name)  # returns once it runs again: the next restart may begin
+            return "started again" if outcome is StopOutcome.ALREADY else f"{outcome.value}, started again"
         case ActionKind.MOVE if action.xml is not None:
-            hypervisor.define(action.xml)
-            if action.autostart:
-                hypervisor.set_autostart(name, True)
-            return f"defined (moved from {action.peer})"
+            return _define(hypervisor, action)
         case ActionKind.UNDEFINE | ActionKind.MOVE:
             # Stopped whatever the plan saw: it may have been started since (an undefine would then
             # leave it running as a transient domain, and a move would run it twice).
@@ -370,3 +385,12 @@ def _execute(hypervisor: Hypervisor, action: Action, shutdown_timeout: float) ->
                 return "undefined"
             return f"{outcome.value}, then undefined"
     raise AssertionError(f"unknown action {action.kind}")  # pragma: no cover - closed enum
+
+
+def _define(hypervisor: Hypervisor, action: Action) -> str:
+    """Define a new domain (or the target half of a move), with autostart when it wants it."""
+    assert action.xml is not None
+    hypervisor.define(action.xml)
+    if action.autostart:
+        hypervisor.set_autostart(action.domain, True)
+    return f"defined (moved from {action.peer})" if action.kind is ActionKind.MOVE else "defined"

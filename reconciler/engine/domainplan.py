@@ -7,6 +7,7 @@ desired domain and its observation into actions on a :class:`PlanDraft`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from reconciler.engine.actions import Action, ActionKind, Conflict, Held, Orphan
 from reconciler.engine.diff import LIVE_FIELDS, NO_RESTART_FIELDS, Change, normalise, spec_changes
 from reconciler.engine.hypervisor import DomainObservation
 from reconciler.engine.ownership import owner_to_write
+from reconciler.engine.runstrategy import settle
 from reconciler.engine.usage import Usage
 from reconciler.libvirtxml.merge import merge_domain
 from reconciler.libvirtxml.parse import ParsedDomain
@@ -34,6 +36,10 @@ class PlanDraft:
     errors: list[str] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
     before: dict[str, Usage] = field(default_factory=dict)
+    #: Running domains observed waiting for a restart (a definition written while they ran), and what waits.
+    waiting: dict[str, str] = field(default_factory=dict)
+    #: The same once this plan's updates are applied: what ``apply --restart-pending`` restarts.
+    restarts: dict[str, str] = field(default_factory=dict)
 
 
 def _default_off(change: Change) -> bool:
@@ -101,16 +107,20 @@ def plan_change(
     parsed: ParsedDomain,
 ) -> None:
     """The actions that take one managed domain from what libvirt holds to what its manifest says."""
-    current = parsed.spec
-    desired = normalise(domain.spec, current)
-    owner = owner_to_write(parsed.owner, owner_of(domain.name))
+    settled = settle(parsed.spec, normalise(domain.spec, parsed.spec), live)  # runStrategy decides the state
+    current, desired = settled.current, settled.desired
+    host, name = plan.host, domain.name
+    stays_running = live.active and desired.state == "running"
+    waiting = waiting_restart(parsed.owner, live) if stays_running else None
+    if waiting is not None:
+        plan.waiting[name] = plan.restarts[name] = waiting
+    owner = owner_to_write(parsed.owner, owner_of(name))
     ownership = _ownership_change(parsed.owner, owner) if parsed.owner else None
     if desired == current and ownership is None:
         return  # the common case, decided without flattening both specs
     changes = spec_changes(current, desired) + ((ownership,) if ownership else ())
     if not changes:
         return  # equal but for the order of disks, which are compared by target
-    host, name = plan.host, domain.name
     by_field = {change.top_field: change for change in changes}
     redefine = tuple(c for c in changes if c.top_field not in LIVE_FIELDS)
     autostart = by_field.get("autostart")
@@ -118,24 +128,98 @@ def plan_change(
     if "state" in by_field and desired.state == "stopped":
         plan.actions.append(Action(ActionKind.STOP, host, name, Phase.STOP, changes=(by_field["state"],)))
     balloon = by_field.get("currentMemory")
-    stays_running = live.active and desired.state == "running"
     if balloon and redefine and not stays_running:
         redefine += (balloon,)  # no live target to set: the redefined config carries it
         balloon = None
     if balloon:
         plan.actions.append(_balloon(plan, name, current=current, desired=desired, live=live, change=balloon))
     if redefine or autostart:
+        needs = [c for c in redefine if c.top_field not in NO_RESTART_FIELDS] if stays_running else []
+        written = owner.model_copy(update=_restart_mark(plan, name, live, waiting, needs))
         update = _Update(
             current=current,
             desired=desired,
             changes=redefine + ((autostart,) if autostart else ()),
             ballooned=balloon is not None,
-            restart=stays_running and any(c.top_field not in NO_RESTART_FIELDS for c in redefine),
-            xml_for=(lambda spec: merge_domain(live.xml, spec, owner)) if redefine else None,
+            restart=bool(needs) and name in plan.restarts,
+            xml_for=(lambda spec: merge_domain(live.xml, spec, written)) if redefine else None,
         )
         _plan_updates(plan, name, update)
     if "state" in by_field and desired.state == "running":
-        plan.actions.append(Action(ActionKind.START, host, name, Phase.START, changes=(by_field["state"],)))
+        start = Action(
+            ActionKind.START, host, name, Phase.START, changes=(by_field["state"],), reason=settled.why
+        )
+        plan.actions.append(start)
+
+
+#: The most of ``restartWaits`` kept in a domain's metadata (a long list of device changes is cut).
+MAX_WAITS_TEXT = 1000
+_WAITS_SEPARATOR, _ARROW = "; ", " → "
+
+
+def waiting_restart(owner: Owner | None, live: DomainObservation) -> str | None:
+    """What a running domain's definition still waits for (its restart mark's text), or None when
+    no restart is pending: no mark, or the instance that ran when it was written has ended."""
+    if owner is None or owner.restart_instance < 0 or not live.active:
+        return None
+    if live.instance != owner.restart_instance:
+        return None  # shut down and started since (a reboot inside the guest keeps the instance)
+    return owner.restart_waits or "a redefinition"
+
+
+def _restart_mark(
+    plan: PlanDraft, name: str, live: DomainObservation, waiting: str | None, needs: list[Change]
+) -> dict[str, object]:
+    """The restart mark a redefine of a running domain writes into its ownership (none when nothing
+    waits), recording what waits after it in ``plan.restarts``. A mark still pending is carried on,
+    its changes merged with the new ones (vcpus 2 → 1, then 1 → 3: vcpus 2 → 3, from what runs)."""
+    if not needs and waiting is None:
+        return {}
+    waits = merged_waits(waiting, needs)
+    if not waits:  # every change goes back to what runs: nothing waits any more
+        plan.restarts.pop(name, None)
+        return {}
+    plan.restarts[name] = waits
+    if live.instance < 0:
+        return {}  # an instance not known: nothing to recognise it by later
+    return {"restart_instance": live.instance, "restart_waits": waits}
+
+
+def merged_waits(earlier: str | None, changes: list[Change]) -> str:
+    """``vcpus 2 → 1; memory 2GiB → 1GiB``: an earlier mark's text with ``changes`` merged in, each
+    field from the value that runs to its new one; fields back to what runs are left out."""
+    fields: dict[str, tuple[str, str]] = {}
+    unread: list[str] = []
+    for entry in earlier.split(_WAITS_SEPARATOR) if earlier else ():
+        field_name, _, values = entry.partition(" ")
+        before, arrow, after = values.partition(_ARROW)
+        if arrow:
+            fields[field_name] = (before, after)
+        else:
+            unread.append(entry)  # written by hand, or cut short: kept as it is
+    for change in changes:
+        before = fields[change.field][0] if change.field in fields else _shown(change.before)
+        fields[change.field] = (before, _shown(change.after))
+    entries = unread + [f"{name} {before}{_ARROW}{after}" for name, (before, after) in fields.items()]
+    text = _WAITS_SEPARATOR.join(entry for entry in entries if not _unchanged(entry))
+    return text if len(text) <= MAX_WAITS_TEXT else text[: MAX_WAITS_TEXT - 1] + "…"
+
+
+def _unchanged(entry: str) -> bool:
+    before, arrow, after = entry.partition(" ")[2].partition(_ARROW)
+    return bool(arrow) and before == after
+
+
+def _shown(value: object) -> str:
+    """A field value as plans show it (4GiB, true, null)."""
+    return value if isinstance(value, str) and value else json.dumps(value)
+
+
+def plan_restarts(plan: PlanDraft) -> None:
+    """A restart for every running domain whose definition waits for one once this plan's updates
+    are applied (``apply --restart-pending``); it changes no usage, so the policy sees nothing."""
+    for name, waits in plan.restarts.items():
+        plan.actions.append(Action(ActionKind.RESTART, plan.host, name, Phase.RESTART, reason=waits))
 
 
 _RESOURCES = ("vcpus", "memory", "currentMemory")

@@ -225,4 +225,4 @@ def _why_blocked(plan: HostPlan) -> str:
         return plan.errors[0]
     if plan.conflicts:
         return f"conflict: {plan.conflicts[0].domain}"
-    return "refused by the overcommit policy"
+    return plan.paused_because or "refused by the overcommit policy"

@@ -9,11 +9,11 @@ it grows: no intermediate state uses more than the larger of before and after.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from reconciler.engine.actions import Action, ActionKind, Conflict, Held, Orphan
-from reconciler.engine.domainplan import PlanDraft, plan_change, plan_define
+from reconciler.engine.domainplan import PlanDraft, plan_change, plan_define, plan_restarts
 from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation
 from reconciler.engine.ownership import Relation, relation
 from reconciler.engine.policy import HostPolicy, PolicyReport
@@ -23,6 +23,7 @@ from reconciler.engine.usage import Usage
 from reconciler.errors import DomainXMLError, HostError
 from reconciler.libvirtxml.ownership import OWNER_NS
 from reconciler.libvirtxml.parse import ParsedDomain, parse_domain, read_usage
+from reconciler.spec.annotations import SUSPEND
 from reconciler.spec.models import Domain, Owner
 
 if TYPE_CHECKING:
@@ -51,8 +52,10 @@ class HostPlan:
     observed: HostObservation | None = None  # what the plan was made from (snapshots, saved plans)
     host_error: HostError | None = None  # the host could not be reached or failed: retryable or not
     pending_restarts: tuple[str, ...] = ()  # running domains whose definition waits for a restart
+    restart_waits: Mapping[str, str] = field(default_factory=dict)  # each one's "vcpus 2 → 1; ..."
     suspended: tuple[str, ...] = ()  # managed domains left alone: a suspend annotation (theirs or the host's)
     deferred: str = ""  # why this plan's actions wait (outside the host's sync windows); "" when they do not
+    host_suspended: bool = False  # the host's own suspend annotation: nothing is done on it
 
     @classmethod
     def failed(cls, host: str, uri: str, error: HostError) -> HostPlan:
@@ -66,8 +69,17 @@ class HostPlan:
 
     @property
     def blocked(self) -> bool:
-        """Nothing is applied on a host with a conflict, an unreadable managed domain or a refusal."""
-        return bool(self.conflicts or self.errors) or self.refused
+        """Nothing is applied on a host with a conflict, an unreadable managed domain or a refusal,
+        nor on one that is suspended or outside its sync windows (:attr:`paused_because`)."""
+        return bool(self.conflicts or self.errors) or self.refused or bool(self.paused_because)
+
+    @property
+    def paused_because(self) -> str:
+        """Why nothing is applied on this host though nothing is wrong: its suspend annotation, or
+        its sync windows (the deferral); "" when neither holds."""
+        if self.host_suspended:
+            return f'the host is suspended ({SUSPEND}: "true")'
+        return self.deferred
 
 
 @dataclass
@@ -109,6 +121,10 @@ class DesiredHost:
     owner_of: Callable[[str], Owner]
     deletion: DeletionRules = field(default_factory=DeletionRules)
     policy: HostPolicy | None = None
+    restart_pending: bool = False  # restart the running domains whose definition waits for it
+    suspended: frozenset[str] = frozenset()  # domains a suspend annotation leaves alone (any host's)
+    host_suspended: bool = False  # the host's suspend annotation: every domain on it is left alone
+    deferred: str = ""  # why changes wait now (the host's sync windows); "" when they may be applied
 
 
 def build_host_plan(
@@ -128,11 +144,17 @@ def build_host_plan(
     """
     plan = PlanDraft(host=desired.name, uri=desired.uri)
     seen = _read_observed(plan, observed)
+    alone = _left_alone(desired, seen)
     for name, domain in desired.domains.items():
-        _plan_domain(plan, domain, desired, seen.get(name), fleet)
-    plan_orphans(plan, seen, desired.domains, desired.deletion, fleet)
-    _check_disks_in_use(plan, desired, seen, fleet)
+        if name not in alone:
+            _plan_domain(plan, domain, desired, seen.get(name), fleet)
+    unsuspended = {name: found for name, found in seen.items() if name not in alone}
+    plan_orphans(plan, unsuspended, desired.domains, desired.deletion, fleet)
+    active = {name: domain for name, domain in desired.domains.items() if name not in alone}
+    _check_disks_in_use(plan, replace(desired, domains=active) if alone else desired, seen, fleet)
     check_mass_deletion(plan, seen, desired.deletion)
+    if desired.restart_pending:
+        plan_restarts(plan)
     checked = _preflight(plan, desired.domains, environment)
     plan.actions.sort(key=lambda action: action.phase)
     policy = desired.policy
@@ -149,12 +171,26 @@ def build_host_plan(
         before=plan.before,
         policy=policy.judge(observed, plan.before, plan.actions) if policy is not None else None,
         observed=observed,
+        suspended=tuple(sorted(alone)),
+        host_suspended=desired.host_suspended,
+        deferred=desired.deferred,
+        pending_restarts=() if desired.restart_pending else tuple(plan.waiting),
+        restart_waits={} if desired.restart_pending else plan.waiting,
     )
 
 
+def _left_alone(desired: DesiredHost, seen: Seen) -> set[str]:
+    """The domains a suspend annotation leaves alone here: every wanted or managed one on a suspended
+    host, else those suspended that are wanted here or managed here (a move's source half)."""
+    managed = {name for name, (live, _) in seen.items() if carries_owner(live.xml)}
+    if desired.host_suspended:
+        return set(desired.domains) | managed
+    return {name for name in desired.suspended if name in desired.domains or name in managed}
+
+
 def acted_on(actions: Iterable[Action]) -> set[str]:
-    """The domains a plan defines, moves in, redefines or starts: those the pre-flight must pass."""
-    kinds = {ActionKind.DEFINE, ActionKind.UPDATE, ActionKind.START}
+    """The domains a plan defines, moves in, redefines, starts or restarts: those the pre-flight must pass."""
+    kinds = {ActionKind.DEFINE, ActionKind.UPDATE, ActionKind.START, ActionKind.RESTART}
     return {a.domain for a in actions if a.kind in kinds or a.moves_in}
 
 

@@ -26,7 +26,7 @@ from decimal import Decimal
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.hypervisor import HostObservation
 from reconciler.engine.usage import HostState, Usage
-from reconciler.spec.models import Capacity, Overcommit
+from reconciler.spec.hostpolicy import Capacity, Overcommit
 from reconciler.spec.sizes import human_size
 
 RULES = ("cpu.total", "cpu.perDomain", "memory.commit", "memory.balloon")

@@ -36,7 +36,8 @@ from reconciler.files.content_cache import ContentCache
 from reconciler.libvirtxml.parse import cached_parses
 from reconciler.spec.labels import Selector
 from reconciler.spec.manifests import ManifestSet
-from reconciler.spec.models import Owner
+from reconciler.spec.models import Domain, Owner
+from reconciler.spec.syncwindows import deferral
 
 EVERY_HOST = Selector()  # the selector that matches every host
 
@@ -74,6 +75,9 @@ class ReconcileOptions:
     settings: ApplySettings = DEFAULT_SETTINGS
     selector: Selector = EVERY_HOST  # hosts picked by their labels (with ``hosts``: both must hold)
     host_parallel: int = DEFAULT_HOST_PARALLEL  # hosts connected, observed and applied at once
+    ignore_sync_windows: bool = False  # apply now on hosts outside their sync windows (an explicit override)
+    now: datetime | None = None  # the time sync windows and import marks are judged at; None: the clock's
+    restart_pending: bool = False  # restart running domains whose definition waits for a restart
 
 
 def select_hosts(
@@ -116,7 +120,9 @@ def owner_of(manifests: ManifestSet, host: str, options: ReconcileOptions) -> Ca
 
 def desired_hosts(manifests: ManifestSet, options: ReconcileOptions) -> dict[str, DesiredHost]:
     """What the manifests want on every host, with the rules each plan is made under."""
-    now = datetime.now(UTC).isoformat(timespec="seconds")
+    moment = options.now or datetime.now(UTC)
+    now = moment.isoformat(timespec="seconds")
+    annotated = {name for domains in manifests.domains.values() for name, d in domains.items() if d.suspended}
     desired = {}
     for name, host in manifests.hosts.items():
         spec = host.spec
@@ -135,8 +141,18 @@ def desired_hosts(manifests: ManifestSet, options: ReconcileOptions) -> dict[str
             owner_of=owner_of(manifests, name, options),
             deletion=rules,
             policy=HostPolicy(spec.capacity, spec.overcommit),
+            suspended=_suspended_on(manifests.domains[name], annotated),
+            host_suspended=host.suspended,
+            deferred="" if options.ignore_sync_windows else deferral(spec.sync_windows, moment),
+            restart_pending=options.restart_pending,
         )
     return desired
+
+
+def _suspended_on(domains: Mapping[str, Domain], annotated: set[str]) -> frozenset[str]:
+    """The suspended domain names that hold on one host: its own annotated domains, and those
+    annotated on another host that this one does not want (the source half of a move stays put)."""
+    return frozenset(name for name in annotated if name not in domains or domains[name].suspended)
 
 
 def reconcile(

@@ -1,4 +1,5 @@
-"""Our ownership record in a domain's ``<metadata>``: which manifest, revision and spec hash wrote it.
+"""Our ownership record in a domain's ``<metadata>``: which manifest, revision and spec hash wrote it,
+and a restart the written definition waits for.
 
 libvirt keeps one element per namespace in ``<metadata>``; ours lives in :data:`OWNER_NS` and sits
 beside whatever other tools put there, which is never touched.
@@ -27,18 +28,26 @@ _ATTRIBUTES = (
     ("deletion_protection", "deletionProtection"),
     ("pending", "pending"),
     ("pending_until", "pendingUntil"),
+    ("restart_instance", "restartInstance"),
+    ("restart_waits", "restartWaits"),
 )
+#: The longest domain id read back from ``restartInstance`` (libvirt's ids are C ints).
+_MAX_ID_DIGITS = 10
 
 
 def _attributes(owner: Owner) -> list[tuple[str, str]]:
     """The owner's XML attributes: strings as they are (empty ones left out, but for the first
-    three, which every owner element carries), booleans as ``true`` when set."""
+    three, which every owner element carries), booleans as ``true`` when set, a domain id when
+    one is recorded (not negative)."""
     out = []
     for field, attribute in _ATTRIBUTES:
         value = getattr(owner, field)
         if isinstance(value, bool):
             if value:
                 out.append((attribute, "true"))
+        elif isinstance(value, int):
+            if value >= 0:
+                out.append((attribute, str(value)))
         elif value or attribute in ("manifest", "revision", "specHash"):
             out.append((attribute, value))
     return out
@@ -49,11 +58,14 @@ def read_owner(metadata: etree._Element | None) -> Owner | None:
     element = metadata.find(OWNER_TAG) if metadata is not None else None
     if element is None:
         return None
-    values: dict[str, str | bool] = {}
+    values: dict[str, str | bool | int] = {}
     for field, attribute in _ATTRIBUTES:
         text = element.get(attribute)
         if field in ("deletion_protection", "pending"):
             values[field] = text == "true"
+        elif field == "restart_instance":  # anything but a plain id reads as no mark
+            digits = text is not None and text.isascii() and text.isdigit() and len(text) <= _MAX_ID_DIGITS
+            values[field] = int(text) if digits and text is not None else -1
         else:
             values[field] = text or ""
     return Owner.model_validate(values)

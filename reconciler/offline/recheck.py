@@ -42,7 +42,7 @@ PHASES: Mapping[ActionKind, frozenset[Phase]] = {
     ActionKind.DEFINE: frozenset({Phase.DEFINE}),
     ActionKind.START: frozenset({Phase.START}),
 }
-_SHOWN_ELSEWHERE = frozenset({"state"})  # start and stop show it; no XML carries it
+_SHOWN_ELSEWHERE = frozenset({"state", "runStrategy"})  # start and stop show them; no XML carries them
 
 
 @dataclass

@@ -36,7 +36,8 @@ from reconciler.files.keys import KEY_FILE_ENV, SigningKey
 from reconciler.offline.recheck import recheck_actions
 from reconciler.offline.snapshot import fingerprint
 from reconciler.report import plan_document
-from reconciler.spec.models import Capacity, DomainSpec, Host, HostSpec, Overcommit, Owner, Timeouts
+from reconciler.spec.hostpolicy import Capacity, Overcommit
+from reconciler.spec.models import DomainSpec, Host, HostSpec, Owner, Timeouts
 
 KIND = "virt-reconcile/saved-plan"
 FORMAT_VERSION = 1

@@ -1,8 +1,9 @@
 """Host snapshots: the observed state of hosts as JSON, for plans without access to the hypervisors.
 
 A snapshot holds, per host, what the policy measures (CPUs, memory, swap, KSM savings) and every
-domain exactly as observed: its persistent XML, run state and autostart flag, plus the parsed model
-and ownership for people and other tools to read. Planning against a snapshot uses the very same
+domain exactly as observed: its persistent XML, run state (with libvirt's lifecycle state, its
+reason and the running instance's id) and autostart flag, plus the parsed model and ownership for
+people and other tools to read. Planning against a snapshot uses the very same
 observation a live plan would, so the two plans are equal for the same state.
 
 It may also hold the host's environment for the pre-flight checks (networks, bridges, the files
@@ -48,6 +49,13 @@ class SnapshotDomain(_Model):
     active: bool = Field(description="whether it was running (or paused, or shutting down)")
     autostart: bool = Field(description="whether it starts with the host")
     xml: str = Field(description="the persistent (inactive) domain XML, as libvirt returned it")
+    state: str = Field(default="", description="libvirt's lifecycle state (running, shutoff ...); '' unknown")
+    reason: str = Field(
+        default="", description="why it is in that state (shut off: shutdown, destroyed, crashed ...)"
+    )
+    instance: int = Field(
+        default=-1, description="the running instance's domain id (it changes at every start); -1 when off"
+    )
     managed: bool = Field(description="carries virt-reconcile's ownership metadata")
     owner: Owner | None = Field(
         default=None, description="that metadata: which manifest and revision; null when unmanaged"
@@ -130,6 +138,9 @@ def snapshot_host(
                 active=domain.active,
                 autostart=domain.autostart,
                 xml=domain.xml,
+                state=domain.state,
+                reason=domain.reason,
+                instance=domain.instance,
                 managed=owner is not None,
                 owner=owner,
                 spec=spec,
@@ -199,15 +210,21 @@ def observation(host: SnapshotHost) -> HostObservation:
         memory=host.memory,
         swap=host.swap,
         ksm_saved=host.ksm_saved,
-        domains=tuple(DomainObservation(d.name, d.xml, d.active, d.autostart) for d in host.domains),
+        domains=tuple(
+            DomainObservation(d.name, d.xml, d.active, d.autostart, d.state, d.reason, d.instance)
+            for d in host.domains
+        ),
     )
 
 
 def fingerprint(observed: HostObservation) -> str:
-    """A digest of everything a plan was made from: any change to a domain or its state moves it."""
+    """A digest of everything a plan was made from: any change to a domain or its state moves it,
+    a restart too (the running instance a redefine's restart mark names)."""
     digest = hashlib.sha256()
     for domain in sorted(observed.domains, key=lambda d: d.name):
-        record = [domain.name, domain.active, domain.autostart, domain.xml]
+        record: list[object] = [domain.name, domain.active, domain.autostart, domain.xml]
+        if domain.active and domain.instance >= 0:
+            record.append(domain.instance)
         digest.update(json.dumps(record).encode() + b"\n")
     digest.update(json.dumps([observed.cpus, observed.memory, observed.swap]).encode())
     return digest.hexdigest()

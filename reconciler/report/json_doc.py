@@ -1,7 +1,8 @@
 """The plan as a stable JSON document, for CI jobs and other programs (pure).
 
 The document is a contract: ``formatVersion``, a ``summary``, per host its orphans, conflicts,
-errors and policy, and a flat ``actions`` list where every action has ``action``, ``host``,
+errors, policy and ``pendingRestarts`` (running domains whose definition waits for a restart, with
+what waits in ``restartWaits``), and a flat ``actions`` list where every action has ``action``, ``host``,
 ``domain``, ``changes`` (``{field, before, after}``), ``restart`` and ``reason``.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from reconciler.engine.plan import Plan
 from reconciler.engine.policy import PolicyReport
+from reconciler.engine.syncstate import domain_states
 from reconciler.report.summary import summary
 
 FORMAT_VERSION = 1
@@ -33,14 +35,21 @@ def plan_document(plan: Plan) -> dict[str, Any]:
                     for o in host.orphans
                 ],
                 "held": [{"domain": h.domain, "reason": h.reason} for h in host.held],
+                "suspended": host.host_suspended,  # the host's own annotation
+                "suspendedDomains": list(host.suspended),  # left alone: their annotation or the host's
+                "deferred": host.deferred,  # why the actions wait (sync windows); "" when they do not
                 "warnings": list(host.warnings),
                 "unchecked": list(host.unchecked),
                 "conflicts": [{"domain": c.domain, "reason": c.reason} for c in host.conflicts],
                 "errors": list(host.errors),
+                "pendingRestarts": list(host.pending_restarts),
+                "restartWaits": {name: host.restart_waits.get(name, "") for name in host.pending_restarts},
                 "refused": host.refused,
                 "enforcement": host.policy.enforcement if host.policy else None,
                 "violations": [rule.message() for rule in host.policy.violations] if host.policy else [],
                 "policy": _policy_document(host.policy),
+                # each managed domain's {sync, health, message} (engine.syncstate): what `status` shows too
+                "domains": {name: state.document() for name, state in domain_states(host).items()},
             }
             for name, host in plan.hosts.items()
         },

@@ -27,6 +27,8 @@ def _markdown_changes(action: Action) -> str:
         return "<br>".join(md_text(line) for line in lines)
     if action.kind in (ActionKind.START, ActionKind.STOP) and len(action.changes) == 1:
         return ""
+    if action.kind is ActionKind.RESTART:
+        return md_text(action.reason)  # what waited for it
     parts = [f"{c.field}: {show_value(c.before)} → {show_value(c.after)}" for c in action.changes]
     if action.reason:
         parts.append(f"({action.reason})")
@@ -97,7 +99,9 @@ def _host_section(host: HostPlan) -> list[str]:
     if host.actions:
         lines += ["| | action | domain | changes | restart |", "|---|---|---|---|---|"]
         for action in host.actions:
-            restart = f"{_WARN} needed" if action.restart else ""
+            restart = (
+                f"{_WARN} needed" if action.restart else ("now" if action.kind is ActionKind.RESTART else "")
+            )
             lines.append(
                 f"| `{action.kind.symbol}` | {action.kind.value} | {md_code(action.domain, in_table=True)} | "
                 f"{_markdown_changes(action)} | {restart} |"
@@ -112,8 +116,15 @@ def _host_section(host: HostPlan) -> list[str]:
 
 
 def _untouched(host: HostPlan) -> list[str]:
-    """Orphans kept, conflicts and errors, each with why nothing is done to it."""
+    """Restarts still pending, orphans kept, conflicts and errors, each with why nothing is done to it."""
     lines: list[str] = []
+    for name in host.pending_restarts:
+        waits = md_text(host.restart_waits.get(name, ""))
+        lines += [
+            "",
+            f"{_WARN} **Pending restart** {md_code(name)}: {waits} (takes effect at its next restart: "
+            "`apply --restart-pending`)",
+        ]
     kept = [o for o in host.orphans if not o.delete]
     if kept:
         lines += ["", "**Orphans** (managed, no longer in git; kept):"]
@@ -127,6 +138,21 @@ def _untouched(host: HostPlan) -> list[str]:
         lines += ["", f"{_FAIL} **Conflict** {md_code(conflict.domain)}: {reason}; never overwritten"]
     for error in host.errors:
         lines += ["", f"{_FAIL} **Error**: {md_text(error)}"]
-    if host.blocked:
+    lines += _paused(host)
+    if host.blocked and not host.paused_because:
         lines += ["", f"**Nothing will be applied on {md_text(host.host)}.**"]
+    return lines
+
+
+def _paused(host: HostPlan) -> list[str]:
+    """What is left alone on purpose: suspended domains (or the whole host), and a deferral."""
+    if host.host_suspended:
+        lines = ["", f"⏸ **Suspended**: {md_text(host.paused_because)}; nothing is done on this host"]
+    else:
+        lines = []
+        for name in host.suspended:
+            lines += ["", f"⏸ **Suspended** {md_code(name)}: left alone"]
+    if host.deferred:
+        later = "; nothing is applied until then" if host.actions else ""
+        lines += ["", f"⏸ **Deferred**: {md_text(host.deferred)}{later}"]
     return lines

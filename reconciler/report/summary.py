@@ -40,8 +40,9 @@ def define_lines(action: Action) -> list[str]:
 
 
 def summary(plan: Plan) -> dict[str, int]:
-    """Counts per action kind (a move once), plus orphans kept, domains held, conflicts and errors."""
-    counts = {kind.value: 0 for kind in (*ORDER, ActionKind.MOVE)}
+    """Counts per action kind (a move once), plus orphans kept, domains held, conflicts, errors and
+    domains waiting for a restart."""
+    counts = {kind.value: 0 for kind in (*ORDER, ActionKind.MOVE, ActionKind.RESTART)}
     for action in plan.actions:
         if action.kind is not ActionKind.MOVE or action.moves_in:  # a move counts once
             counts[action.kind.value] += 1
@@ -51,6 +52,9 @@ def summary(plan: Plan) -> dict[str, int]:
     counts["conflicts"] = sum(len(h.conflicts) for h in hosts)
     counts["errors"] = sum(len(h.errors) for h in hosts)
     counts["refusedHosts"] = sum(1 for h in hosts if h.refused)
+    counts["suspended"] = sum(len(h.suspended) for h in hosts)
+    counts["deferredHosts"] = sum(1 for h in hosts if h.deferred)
+    counts["pendingRestarts"] = sum(len(h.pending_restarts) for h in hosts)
     return counts
 
 
@@ -65,6 +69,9 @@ def summary_line(plan: Plan) -> str:
             ("conflicts", "conflict(s)"),
             ("errors", "error(s)"),
             ("refusedHosts", "host(s) refused by the overcommit policy"),
+            ("suspended", "domain(s) suspended"),
+            ("deferredHosts", "host(s) deferred by their sync windows"),
+            ("pendingRestarts", "domain(s) waiting for a restart (apply --restart-pending)"),
         )
         if counts[key]
     ]
@@ -73,6 +80,7 @@ def summary_line(plan: Plan) -> str:
         head = "No changes planned." if troubled else "No changes: every host matches the manifests."
         return head + (f" {', '.join(extras)}." if extras else "")
     parts = ", ".join(f"{counts[kind.value]} to {kind.value}" for kind in ORDER)
-    if counts[ActionKind.MOVE.value]:
-        parts += f", {counts[ActionKind.MOVE.value]} to move"
+    for kind in (ActionKind.MOVE, ActionKind.RESTART):
+        if counts[kind.value]:
+            parts += f", {counts[kind.value]} to {kind.value}"
     return f"Plan: {parts}." + (f" {', '.join(extras)}." if extras else "")

@@ -23,6 +23,7 @@ _STYLE = {
     ActionKind.STOP: "magenta",
     ActionKind.UNDEFINE: "red",
     ActionKind.MOVE: "blue",
+    ActionKind.RESTART: "cyan",
 }
 
 
@@ -32,7 +33,12 @@ def action_title(action: Action) -> str:
     notes = []
     if action.restart:
         notes.append("restart needed")
-    if action.reason and action.kind in (ActionKind.UNDEFINE, ActionKind.BALLOON, ActionKind.MOVE):
+    if action.reason and action.kind in (
+        ActionKind.UNDEFINE,
+        ActionKind.BALLOON,
+        ActionKind.MOVE,
+        ActionKind.RESTART,
+    ):
         notes.append(action.reason)
     if action.stop_first:
         notes.append("running: stopped first")
@@ -49,9 +55,10 @@ def render_host_text(console: Printer, host: HostPlan, *, blank_after: bool = Fa
     _print_untouched(console, host)
     if host.policy is not None:
         _print_policy(console, host.policy)
-    if host.blocked:
+    _print_paused(console, host)
+    if host.blocked and not host.paused_because:
         console.print(f"  [red]nothing will be applied on {escape_markup(host.host)}[/red]")
-    elif not host.actions:
+    elif not (host.actions or host.blocked):
         console.print("  [dim]no changes[/dim]")
     if blank_after:
         console.print()
@@ -71,9 +78,29 @@ def _print_action(console: Printer, action: Action) -> None:
         console.print(f"      {escape_markup(change.field)}: {before} → {after}")
 
 
+def _print_paused(console: Printer, host: HostPlan) -> None:
+    """What is left alone on purpose: suspended domains (or the whole host), and a deferral."""
+    if host.host_suspended:
+        count = len(host.suspended)
+        reason = escape_markup(host.paused_because)
+        console.print(f"  [yellow]⏸ suspended[/yellow]: {reason}; its {count} domain(s) are left alone")
+    else:
+        for name in host.suspended:
+            console.print(f"  [yellow]⏸ suspended[/yellow] [bold]{escape_markup(name)}[/bold]: left alone")
+    if host.deferred:
+        later = "; nothing is applied until then" if host.actions else ""
+        console.print(f"  [yellow]⏸ deferred[/yellow]: {escape_markup(host.deferred)}{later}")
+
+
 def _print_untouched(console: Printer, host: HostPlan) -> None:
-    """What the plan will not touch, and why: orphans kept, held domains, conflicts, errors, and
-    the pre-flight's warnings."""
+    """What the plan will not touch, and why: restarts still pending, orphans kept, held domains,
+    conflicts, errors, and the pre-flight's warnings."""
+    for name in host.pending_restarts:
+        waits = escape_markup(host.restart_waits.get(name, ""))
+        console.print(
+            f"  [cyan]{ActionKind.RESTART.symbol} pending restart[/cyan] [bold]{escape_markup(name)}[/bold]: "
+            f"{waits} [dim](takes effect at its next restart: apply --restart-pending)[/dim]"
+        )
     for orphan in host.orphans:
         if not orphan.delete:
             name, reason = escape_markup(orphan.domain), escape_markup(orphan.reason)

@@ -17,104 +17,26 @@ from pydantic import (
     model_validator,
 )
 
+from reconciler.spec.annotations import Annotations, suspended
 from reconciler.spec.fieldtypes import Count, Duration, Flag, Model, Name, Size
+from reconciler.spec.hostpolicy import Capacity, Overcommit
 from reconciler.spec.hosturi import HostURI
 from reconciler.spec.labels import label_key_problem, label_value_problem
 from reconciler.spec.sizes import format_size, parse_size
+from reconciler.spec.syncwindows import SyncWindow
 
 API_VERSION = "virt-reconcile/v1"
 MAC_PATTERN = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
 TARGET_PATTERN = r"^[a-z]{2,3}[a-z]{1,3}$"
 
-#: Overcommit ratios: finite, above 0, and at most this. Past it a limit no longer limits anything a
-#: machine holds, and host size × ratio leaves the range the policy arithmetic works in: a typo, or
-#: an attempt to break the policy check.
-MAX_RATIO = 1000
-Ratio = Annotated[float, Field(strict=True, gt=0, le=MAX_RATIO, allow_inf_nan=False)]
-#: More CPUs than any machine Linux runs on (8,192 with MAXSMP): beyond it, a typo.
-MAX_HOST_CPUS = 65_536
+#: How drift in a domain's run state is corrected (see DomainSpec.run_strategy).
+RunStrategy = Literal["always", "rerunOnFailure", "manual", "halted"]
 
 #: Disk name prefix libvirt uses for each bus, for targets the manifest leaves out.
 BUS_TARGET_PREFIX: dict[str, str] = {"virtio": "vd", "sata": "sd", "scsi": "sd", "usb": "sd", "ide": "hd"}
 
 
 # --------------------------------------------------------------------------------------- Host
-
-
-class Capacity(Model):
-    """What the host holds, overriding what libvirt reports (and the size of a new sandbox)."""
-
-    cpus: Annotated[Count, Field(ge=1, le=MAX_HOST_CPUS)] | None = Field(
-        default=None,
-        description="Host CPUs the policy counts; null takes libvirt's count (a new sandbox gets 8).",
-    )
-    memory: Annotated[Size, Field(gt=0)] | None = Field(
-        default=None,
-        description="Host memory the policy counts, e.g. 64GiB; null takes the kernel's total "
-        "(a new sandbox gets 16GiB).",
-    )
-    swap: Size | None = Field(
-        default=None,
-        description="Swap that memory.countSwap may add; null reads /proc/meminfo on this machine, "
-        "0 for remote hosts (libvirt does not report swap).",
-    )
-
-
-class CpuPolicy(Model):
-    """CPU overcommit: sum of vCPUs <= cpus x ratio, and no domain wider than maxVcpusPerDomain."""
-
-    ratio: Ratio = Field(
-        default=4.0,
-        description="Sum of vCPUs may reach host CPUs × ratio (rounded down); default 4. At most 1000: "
-        "past that the limit limits nothing a machine holds, and the arithmetic would overflow.",
-    )
-    max_vcpus_per_domain: Annotated[Count, Field(ge=1, le=MAX_HOST_CPUS)] | None = Field(
-        default=None,
-        description="Most vCPUs any one domain may have; null means the host's CPU count.",
-    )
-    count_inactive: Flag = Field(
-        default=True,
-        description="Whether shut-off domains count in cpu.total and memory.commit (they can be "
-        "started at any time); default true.",
-    )
-
-
-class MemoryPolicy(Model):
-    """Memory overcommit: sum of maximum memory <= (memory - reserved) x ratio, plus the balloon bound."""
-
-    ratio: Ratio = Field(
-        default=1.0,
-        description="Sum of domains' maximum memory may reach (host memory − reserved) × ratio; default "
-        "1. At most 1000: past that the limit limits nothing a machine holds, and the arithmetic would "
-        "overflow.",
-    )
-    reserved: Size = Field(  # type: ignore[assignment]  # validate_default turns "1GiB" into bytes
-        default="1GiB",
-        description="Memory kept for the host itself, never given to domains; default 1GiB.",
-    )
-    count_swap: Flag = Field(
-        default=False,
-        description="Whether swap adds to what running domains' current memory may reach; default false.",
-    )
-    count_ksm: Flag = Field(
-        default=False,
-        description="Whether KSM savings add to what running domains' current memory may reach "
-        "(they shrink when sharing drops); default false.",
-    )
-
-
-class Overcommit(Model):
-    """How far the host may be overcommitted, and whether a breach refuses the plan or only warns."""
-
-    enforcement: Literal["enforce", "warn"] = Field(
-        default="enforce",
-        description="'enforce' refuses a plan that breaks a limit on this host; 'warn' reports it and "
-        "applies anyway.",
-    )
-    cpu: CpuPolicy = Field(default_factory=CpuPolicy, description="Limits on vCPUs.")
-    memory: MemoryPolicy = Field(
-        default_factory=MemoryPolicy, description="Limits on domains' maximum and current memory."
-    )
 
 
 #: The longest timeout a Host may set: past it a hung host is as good as never noticed.
@@ -164,6 +86,11 @@ class HostSpec(Model):
         default_factory=Timeouts,
         description="Connect and call timeouts: a host that does not answer fails alone, in time.",
     )
+    sync_windows: tuple[SyncWindow, ...] = Field(
+        default=(),
+        description="When changes may be applied (cron schedule + duration, allow or deny); outside "
+        "them the plan is shown and its changes wait for the next pass inside one. None: any time.",
+    )
 
     @field_validator("uri")
     @classmethod
@@ -186,6 +113,11 @@ class HostMetadata(Model):
         default_factory=dict,
         description="String labels (Kubernetes syntax: [prefix/]name, values up to 63 characters) that "
         "--selector picks hosts by, e.g. role: web.",
+    )
+    annotations: Annotations = Field(
+        default_factory=dict,
+        description='Free-form notes; virt-reconcile.dev/suspend: "true" leaves every domain of the '
+        "host alone (nothing defined, changed, started, stopped or undefined there).",
     )
 
     @field_validator("labels")
@@ -212,6 +144,11 @@ class Host(Model):
     def name(self) -> str:
         """The host's name as domains refer to it."""
         return self.metadata.name
+
+    @property
+    def suspended(self) -> bool:
+        """Whether a suspend annotation leaves every domain of this host alone."""
+        return suspended(self.metadata.annotations)
 
 
 # ------------------------------------------------------------------------------------- Domain
@@ -294,7 +231,16 @@ class DomainSpec(Model):
         description="Balloon target, at most memory; changed live without a redefine; default memory.",
     )
     state: Literal["running", "stopped"] = Field(
-        default="running", description="Whether the domain should be running or shut off; default running."
+        default="running",
+        description="Whether the domain should be running or shut off; default running (stopped "
+        "with runStrategy halted).",
+    )
+    run_strategy: RunStrategy | None = Field(
+        default=None,
+        description="How drift in the run state is corrected: always (start it whatever stopped it), "
+        "rerunOnFailure (start it after a crash, leave it off after a shutdown or a destroy by hand), "
+        "manual (started by the first define when state is running, then left to people) or halted "
+        "(kept off). Null, the default: always when state is running, halted when stopped.",
     )
     autostart: Flag = Field(
         default=False, description="Whether libvirt starts the domain when the host boots; default false."
@@ -329,6 +275,28 @@ class DomainSpec(Model):
         description="Never undefine this domain, even when it leaves the manifests with prune on; "
         "recorded in its ownership metadata, so it holds after the manifest is gone. Default false.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _halted_means_stopped(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("state") is None and data.get("runStrategy") == "halted":
+            return {**data, "state": "stopped"}
+        return data
+
+    @field_validator("run_strategy")
+    @classmethod
+    def _strategy_agrees_with_state(cls, strategy: str | None, info: ValidationInfo) -> str | None:
+        state = info.data.get("state")
+        if strategy in ("always", "rerunOnFailure") and state == "stopped":
+            raise ValueError(
+                f"runStrategy {strategy} keeps the domain running, but state is stopped: use "
+                "runStrategy halted to keep it off, or manual to leave it to people"
+            )
+        if strategy == "halted" and state == "running":
+            raise ValueError(
+                "runStrategy halted keeps the domain off, but state is running: use state stopped"
+            )
+        return strategy
 
     @model_validator(mode="before")
     @classmethod
@@ -387,6 +355,11 @@ class DomainSpec(Model):
                 raise ValueError(f"two disks use target {target!r}")
         return disks
 
+    @property
+    def strategy(self) -> RunStrategy:
+        """The run strategy in force: the one given, else what state says (always or halted)."""
+        return self.run_strategy or ("always" if self.state == "running" else "halted")
+
     def spec_hash(self) -> str:
         """A short, stable hash of the spec, recorded in the ownership metadata."""
         # Field order is fixed by the model, so pydantic's own JSON is canonical (and fast).
@@ -415,6 +388,11 @@ class DomainMetadata(Model):
     labels: dict[str, str] = Field(
         default_factory=dict, description="Free-form string labels for people and tools; not interpreted."
     )
+    annotations: Annotations = Field(
+        default_factory=dict,
+        description='Free-form notes; virt-reconcile.dev/suspend: "true" leaves the domain alone '
+        "(no define, update, start, stop or undefine; drift is not corrected).",
+    )
 
 
 class Domain(Model):
@@ -431,6 +409,11 @@ class Domain(Model):
     def name(self) -> str:
         """The libvirt domain name."""
         return self.metadata.name
+
+    @property
+    def suspended(self) -> bool:
+        """Whether a suspend annotation leaves this domain alone."""
+        return suspended(self.metadata.annotations)
 
 
 class Owner(Model):
@@ -465,6 +448,12 @@ class Owner(Model):
         default="",
         description="When an import's pending mark lapses (ISO 8601, UTC); empty: when first applied.",
     )
+    restart_instance: int = Field(
+        default=-1,
+        description="Domain id of the instance that ran when a definition needing a restart was written "
+        "(-1: none); the restart is pending while that instance runs.",
+    )
+    restart_waits: str = Field(default="", description="What waits for that restart (vcpus 2 → 1; ...).")
 
     def pending_at(self, now: str) -> bool:
         """Whether the import's pending mark still protects the domain at ``now`` (ISO 8601, UTC)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ def host_plan(name, uri, desired, observed, *, cpus=8, **options):
         lambda _n: OWNER,
         DeletionRules(allow=options.get("allow_delete", False), allow_mass=True),
         HostPolicy(Capacity(), options.get("policy") or Overcommit()),
+        restart_pending=options.get("restart_pending", False),
     )
     return build_host_plan(wanted, HostObservation(cpus=cpus, memory=16 * GiB, domains=tuple(observed)))
 
@@ -70,6 +72,15 @@ def scenario(name: str) -> Plan:
                     [domain("db-01", vcpus=4, boot={"cmdline": "console=ttyS0 | tee"})],
                     [live("db-01", vcpus=2)],
                 )
+            ]
+        case "pending-restart":
+            marked = OWNER.model_copy(update={"restart_instance": 7, "restart_waits": "vcpus 2 → 1"})
+            waiting = replace(observed_domain("db-01", marked, vcpus=1), instance=7)
+            hosts = [
+                host_plan("hv1", hv1, [domain("db-01", vcpus=1)], [waiting]),
+                host_plan(
+                    "hv2", "qemu:///system", [domain("db-01", vcpus=1)], [waiting], restart_pending=True
+                ),
             ]
         case "undefine":
             hosts = [host_plan("hv1", hv1, [], [live("old-01")], allow_delete=True)]
@@ -106,7 +117,16 @@ def scenario(name: str) -> Plan:
     return Plan(revision="0123456789abcdef0123", hosts={h.host: h for h in hosts})
 
 
-SCENARIOS = ["define", "balloon", "update-restart", "undefine", "refusal", "orphan-conflict", "two-hosts"]
+SCENARIOS = [
+    "define",
+    "balloon",
+    "update-restart",
+    "pending-restart",
+    "undefine",
+    "refusal",
+    "orphan-conflict",
+    "two-hosts",
+]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

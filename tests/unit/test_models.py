@@ -133,7 +133,7 @@ def test_numbers_and_booleans_are_never_converted(fields, loc):
 
 
 def test_ratios_are_finite_bounded_and_whole_numbers_stay_numbers():
-    from reconciler.spec.models import CpuPolicy, MemoryPolicy
+    from reconciler.spec.hostpolicy import CpuPolicy, MemoryPolicy
 
     assert CpuPolicy.model_validate({"ratio": 4}).ratio == 4.0  # a YAML int is a ratio too
     for ratio in (float("inf"), float("nan"), 1e308, True, "2"):

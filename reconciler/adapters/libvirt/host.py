@@ -27,6 +27,7 @@ from reconciler.adapters.libvirt.connections import SpareConnections, open_conne
 from reconciler.adapters.libvirt.environment import read_environment
 from reconciler.adapters.libvirt.errors import wrap as _wrap
 from reconciler.adapters.libvirt.facts import local_swap
+from reconciler.adapters.libvirt.states import lifecycle
 from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation, StopOutcome
 from reconciler.errors import DomainXMLError
 from reconciler.libvirtxml.ownership import OWNER_NS, OWNER_PREFIX, owner_metadata
@@ -53,36 +54,6 @@ _UNDEFINE_FLAGS = (
 _UNDEFINE_FLAGS_BASIC = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 )
-#: libvirt's lifecycle states by name, as observations carry them.
-_STATE_NAMES = {
-    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
-}
-#: Why a domain is off (the reasons drift correction tells apart), by name.
-_SHUTOFF_REASONS = {
-    libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN: "unknown",
-    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "shutdown",
-    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "destroyed",
-    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: "migrated",
-    libvirt.VIR_DOMAIN_SHUTOFF_SAVED: "saved",
-    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed",
-    libvirt.VIR_DOMAIN_SHUTOFF_FROM_SNAPSHOT: "from_snapshot",
-    libvirt.VIR_DOMAIN_SHUTOFF_DAEMON: "daemon",
-}
-_ACTIVE_STATES = {
-    libvirt.VIR_DOMAIN_RUNNING,
-    libvirt.VIR_DOMAIN_BLOCKED,
-    libvirt.VIR_DOMAIN_PAUSED,
-    libvirt.VIR_DOMAIN_PMSUSPENDED,
-    libvirt.VIR_DOMAIN_SHUTDOWN,
-}
 
 
 def _on_one_connection(method: Callable[..., T]) -> Callable[..., T]:
@@ -94,15 +65,6 @@ def _on_one_connection(method: Callable[..., T]) -> Callable[..., T]:
             return method(self, *args, **kwargs)
 
     return run
-
-
-def _reason_name(state: int, reason: int) -> str:
-    """Why a domain is in ``state``, by name: the shut-off and crashed reasons; "" for others."""
-    if state == libvirt.VIR_DOMAIN_SHUTOFF:
-        return _SHUTOFF_REASONS.get(reason, "unknown")
-    if state == libvirt.VIR_DOMAIN_CRASHED:
-        return "panicked" if reason == libvirt.VIR_DOMAIN_CRASHED_PANICKED else "unknown"
-    return ""
 
 
 class LibvirtHypervisor:
@@ -137,6 +99,7 @@ class LibvirtHypervisor:
         # The test driver takes LIVE or CONFIG, never both at once.
         self._is_test_driver = self._call("driver type", conn.getType) == "TEST"
         self.changed = False  # whether any method below changed the host
+        self.instances: sandbox.InstanceIds | None = None  # a sandbox's instance ids, kept in its file
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -246,21 +209,22 @@ class LibvirtHypervisor:
             ksm_saved = self._ksm_saved()
             xmls = pending.result() if pending is not None else [self._read_xml(dom) for dom in doms]
         domains = [
-            DomainObservation(
-                name=name,
-                xml=xml,
-                active=values.get("state.state") in _ACTIVE_STATES,
-                autostart=name in autostart,
-                state=_STATE_NAMES.get(values.get("state.state", -1), ""),
-                reason=_reason_name(values.get("state.state", -1), values.get("state.reason", -1)),
-                instance=dom.ID(),  # kept in the domain object: no round trip
-            )
+            self._observation(dom, name, xml, lifecycle(values), name in autostart)
             for (dom, values), name, xml in zip(stats, [dom.name() for dom in doms], xmls, strict=True)
             if xml is not None
         ]
         return HostObservation(
             cpus=int(info[2]), memory=memory, domains=tuple(domains), swap=swap, ksm_saved=ksm_saved
         )
+
+    def _observation(
+        self, dom: libvirt.virDomain, name: str, xml: str, states: tuple[bool, str, str], autostart: bool
+    ) -> DomainObservation:
+        """One observed domain; its instance id is kept in the domain object (no round trip), or in
+        the sandbox's state file, whose ids outlive the test driver's reloads."""
+        active, state, reason = states
+        instance = dom.ID() if self.instances is None else self.instances.of(name, active)
+        return DomainObservation(name, xml, active, autostart, state, reason, instance)
 
     def _read_on_readers(self, doms: list[libvirt.virDomain], readers: int) -> list[str | None]:
         """Every domain's XML, in the order of ``doms``, read over ``readers`` new connections side
@@ -356,6 +320,8 @@ class LibvirtHypervisor:
         """Start a defined domain."""
         self.changed = True
         self._call(f"start {name!r}", self._lookup(name).create)
+        if self.instances is not None:
+            self.instances.started(name)
 
     @_on_one_connection
     def stop(self, name: str, timeout: float) -> StopOutcome:
@@ -436,6 +402,9 @@ class LibvirtHypervisor:
                 xml=dom.XMLDesc(_SECURE_XML_FLAGS),
                 active=bool(dom.isActive()),
                 autostart=dom.name() in autostart,
+                instance=-1
+                if self.instances is None
+                else self.instances.of(dom.name(), bool(dom.isActive())),
             )
             for dom in sorted(self.conn.listAllDomains(0), key=lambda d: d.name())
         ]
@@ -492,13 +461,15 @@ def open_host(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
             conn = open_connection(host.name, f"test://{loaded.name}")
         try:
             hypervisor = LibvirtHypervisor(host.name, conn, in_process=True)
-            for name in sandbox.autostart_names(node_xml):
+            autostart, hypervisor.instances = sandbox.node_marks(node_xml)
+            for name in autostart:
                 hypervisor.set_autostart(name, True)
             hypervisor.changed = False  # replaying the file's own autostart flags changes nothing
             try:
                 yield hypervisor
             finally:
                 if write and hypervisor.changed:
-                    state.write(sandbox.compose_node_xml(node_xml, hypervisor.sandbox_domains()))
+                    domains = hypervisor.sandbox_domains()
+                    state.write(sandbox.compose_node_xml(node_xml, domains, hypervisor.instances.next_id))
         finally:
             conn.close()

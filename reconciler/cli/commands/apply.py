@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     outcome: Outcome = reconcile(
         manifests,
         connector(),
-        reconcile_options(args, manifests, apply=True, settings=_settings(args)),
+        reconcile_options(
+            args, manifests, apply=True, settings=_settings(args), restart_pending=args.restart_pending
+        ),
         hooks,
         parse_cache=ContentCache.default("domains"),
     )
@@ -60,7 +62,11 @@ def ask_on_terminal(out: Printer) -> Callable[[Sequence[Action]], bool] | None:
 
 
 def _settings(args: argparse.Namespace) -> ApplySettings:
-    return ApplySettings(shutdown_timeout=args.shutdown_timeout, workers=max(args.parallel, 1))
+    return ApplySettings(
+        shutdown_timeout=args.shutdown_timeout,
+        workers=max(args.parallel, 1),
+        max_unavailable=args.max_unavailable,
+    )
 
 
 def _hooks(out: Printer) -> Hooks:
@@ -109,5 +115,7 @@ def _verdict(out: Printer, outcome: Outcome) -> int:
     if not outcome.plan.has_changes:
         out.print(f"[bold]{escape(summary_line(outcome.plan))}[/bold]")
         return EXIT_OK
-    out.print(f"[bold][green]Apply complete[/green]: {done} action(s) done.[/bold]")
+    deferred = [name for name, host in outcome.plan.hosts.items() if host.deferred and host.actions]
+    later = f"; deferred by their sync windows on {escape(', '.join(deferred))}" if deferred else ""
+    out.print(f"[bold][green]Apply complete[/green]: {done} action(s) done{later}.[/bold]")
     return EXIT_OK

@@ -1,0 +1,60 @@
+"""Whether drift in a managed domain's run state is corrected: ``spec.runStrategy`` (pure).
+
+libvirt says why a domain is off (``DomainObservation.reason``), so the strategies can tell a guest
+that shut itself down from a crash or a destroy by hand:
+
+* ``always``: start it whatever stopped it (the manifest says running, so it runs);
+* ``rerunOnFailure``: start it after a crash or a failure, or when nothing says why it is off (it
+  never ran, or libvirtd restarted since); leave it off when the guest shut itself down, an operator
+  destroyed or saved it, or it was migrated away or reverted to a snapshot;
+* ``manual``: never start or stop it once defined (the first define starts it when state is running);
+* ``halted``: keep it off.
+
+The strategy lives only in git (no XML carries it), so it never is a change to apply by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconciler.engine.hypervisor import DomainObservation
+from reconciler.spec.models import DomainSpec
+
+#: Why a domain is off when someone or something meant it: rerunOnFailure leaves it off.
+ON_PURPOSE = frozenset({"shutdown", "destroyed", "saved", "migrated", "from_snapshot"})
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One domain's specs once its run strategy is applied: ``desired.state`` is the run state to
+    reach (what it is when the strategy leaves it alone), and ``why`` says why a stopped domain is
+    started again ("" when it is not)."""
+
+    current: DomainSpec
+    desired: DomainSpec
+    why: str = ""
+
+
+def wanted_state(spec: DomainSpec, live: DomainObservation) -> str | None:
+    """The run state ``spec``'s strategy wants for the defined domain ``live``: "running",
+    "stopped", or None to leave it as it is."""
+    match spec.strategy:
+        case "halted":
+            return "stopped"
+        case "manual":
+            return None
+        case "rerunOnFailure" if not live.active and live.reason in ON_PURPOSE:
+            return None
+    return spec.state
+
+
+def settle(current: DomainSpec, desired: DomainSpec, live: DomainObservation) -> Settled:
+    """``current`` (read from libvirt) and ``desired`` (the manifest's) made comparable: both with
+    the manifest's strategy, and the desired run state the one the strategy wants."""
+    current = current.model_copy(update={"run_strategy": desired.run_strategy})
+    state = wanted_state(desired, live) or current.state
+    why = ""
+    if state == "running" and current.state == "stopped":
+        off = f"shut off ({live.reason})" if live.reason else "shut off"
+        why = f"{off}; runStrategy {desired.strategy} starts it"
+    return Settled(current, desired.model_copy(update={"state": state}), why)
