@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client gnupg
 MANIFESTS ?= manifests
 
-.PHONY: setup system-packages run plan test test-unit test-sandbox test-fleet test-e2e lint golden bench bench-compare schema clean doctor
+.PHONY: setup system-packages run plan test test-unit test-sandbox test-browser test-fleet test-e2e lint golden bench bench-compare schema clean doctor
 
 setup: system-packages $(STAMP)
 
@@ -29,13 +29,19 @@ plan: setup
 	$(BIN)/virt-reconcile plan $(MANIFESTS); status=$$?; [ $$status -eq 0 ] || [ $$status -eq 2 ]
 
 ## make test: set up, then lint, type-check and run every test tier.
-test: setup lint test-unit test-sandbox test-fleet test-e2e
+test: setup lint test-unit test-sandbox test-browser test-fleet test-e2e
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit
 
 test-sandbox: setup
 	$(BIN)/pytest -q tests/sandbox
+
+## the browser tier: as root, installs Debian's chromium and chromium-driver; the dashboard of a real
+## daemon in headless chromium (UPDATE_SCREENSHOT=1 also rewrites docs/dashboard.png)
+test-browser: setup
+	@scripts/browser-setup.sh
+	$(BIN)/pytest -q tests/browser
 
 ## the fleet tier: as root, many libvirtd session daemons serving libvirt's test driver, latency
 ## proxies and hung hosts on this machine (tests/fleetlab.py starts and stops them itself)

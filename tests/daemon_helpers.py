@@ -9,6 +9,7 @@ import hmac
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,10 @@ class Repo:
         return git(self.work, "rev-parse", "HEAD")
 
 
+#: What the daemon's text log puts before each message: ``2025-01-31T12:00:00.123Z INFO ``.
+LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ ")
+
+
 class DaemonProcess:
     """``python -m reconciler daemon`` in a subprocess, on a free loopback port."""
 
@@ -73,7 +78,8 @@ class DaemonProcess:
         self.state_dir = state_dir
         self.args = args
         self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
+        self.log: list[str] = []  # each line's message, its time and level taken off
+        self.raw: list[str] = []  # the lines as the daemon printed them
         self.url = ""
         self.proc: subprocess.Popen[str] | None = None
 
@@ -100,15 +106,17 @@ class DaemonProcess:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             line = self.lines.get(timeout=30)
-            if "listening on " in line:
-                self.url = line.rsplit(" ", 1)[1].strip()
+            found = re.search(r"listening on (http://[^\s\"]+)", line)  # a text or a JSON line
+            if found:
+                self.url = found.group(1)
                 return self
         raise AssertionError(f"the daemon did not start: {self.log}")
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.log.append(line.rstrip())
+            self.raw.append(line.rstrip())
+            self.log.append(LOG_PREFIX.sub("", line.rstrip(), count=1))
             self.lines.put(line)
 
     def get(self, path: str) -> tuple[int, bytes]:

@@ -1,6 +1,7 @@
 """The GitOps daemon (``virt-reconcile daemon``): what the CLI and tests use of it.
 
-Modules: :mod:`~.loop` (the loop and its triggers), :mod:`~.decision` (what a pass does),
+Modules: :mod:`~.loop` (the loop and its triggers), :mod:`~.loader` (manifests within a time
+budget), :mod:`~.decision` (what a pass does),
 :mod:`~.verdict` (a host's result, retry or not), :mod:`~.retries` (backoff timers),
 :mod:`~.sources` (git or a directory),
 :mod:`~.status` (``/status``), :mod:`~.metrics`, :mod:`~.snapshots`, :mod:`~.http`,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.daemon.http import Limits
+from reconciler.daemon.notices import Notifications
 from reconciler.daemon.retries import BASE_DELAY, MAX_BACKOFF
 from reconciler.spec.hosturi import UriRules
 from reconciler.spec.labels import Selector
@@ -32,3 +33,4 @@ class DaemonConfig:
     http: Limits = field(default_factory=Limits)  # what one network peer may cost
     retry_base: float = BASE_DELAY  # the first retry's delay; it doubles up to retry_cap (tests shorten both)
     retry_cap: float = MAX_BACKOFF
+    notify: Notifications = field(default_factory=Notifications)  # --notify receivers, delivery limits

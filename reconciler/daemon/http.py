@@ -1,17 +1,18 @@
 """The daemon's HTTP endpoints, served by one asyncio thread that no network peer can wear out.
 
-``GET /healthz`` (is the loop alive), ``GET /metrics`` (Prometheus), ``GET /status`` (JSON) and, with
-a webhook secret, ``POST /hooks/git`` (an HMAC-signed push notification that triggers a pass). The
-handlers only read (through callables that return copies) or enqueue a trigger.
+``GET /`` (the dashboard, HTML), ``GET /healthz`` (is the loop alive), ``GET /metrics``
+(Prometheus), ``GET /status`` (JSON) and, with a webhook secret, ``POST /hooks/git`` (an
+HMAC-signed push notification that triggers a pass). The handlers only read (through callables that
+return copies) or enqueue a trigger.
 
 Whoever can reach the port is a peer to distrust, so what one may cost is bounded (:class:`Limits`):
 a connection costs a buffer, never a thread (one event loop serves them all; two worker threads
-build ``/status`` and ``/metrics``, so ``/healthz`` is answered from the loop at once); a request must
-arrive whole within a time limit; at most so many connections are open, and a new one beyond that
-closes the oldest one still sending its request (a slow client loses its place to a new one, so a
-probe of ``/healthz`` gets through a flood of slow clients); a webhook body has a size limit,
-checked on ``Content-Length`` before a byte of it is read, and its HMAC is computed as it streams
-in; a delivery id seen before is a replay. Every connection is closed after its answer.
+build ``/``, ``/status`` and ``/metrics``, so ``/healthz`` is answered from the loop at once); a
+request must arrive whole within a time limit; at most so many connections are open, and a new one
+beyond that closes the oldest one still sending its request (a slow client loses its place to a new
+one, so a probe of ``/healthz`` gets through a flood of slow clients); a webhook body has a size
+limit, checked on ``Content-Length`` before a byte of it is read, and its HMAC is computed as it
+streams in; a delivery id seen before is a replay. Every connection is closed after its answer.
 
 Requests that are answered are not logged (``/metrics`` is scraped every few seconds); each refused
 one is, in one line: its method and path, the caller's address and why (never its body).
@@ -40,6 +41,8 @@ from typing import Any, SupportsIndex
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from reconciler.daemon.dashboard import CONTENT_SECURITY_POLICY
+
 log = logging.getLogger("virt_reconcile.daemon.http")
 
 #: ``METHOD SP request-target SP HTTP/1.x``: the only request line served (no HTTP/0.9, no HTTP/2).
@@ -51,8 +54,15 @@ CHUNK = 64 * 1024
 #: (and its clients try again a second later), a probe among them too. Accepting is quick: the
 #: limit on open connections is applied after, by closing slow ones.
 BACKLOG = 1024
-GET_PATHS = ("/healthz", "/metrics", "/status")
+GET_PATHS = ("/", "/healthz", "/metrics", "/status")
 WEBHOOK_PATH = "/hooks/git"
+#: The dashboard's header fields: no script, no frame, no referrer, its one stylesheet only.
+PAGE_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ class Limits:
     head_bytes: int = 16 * 1024  # the request line and headers
     body_bytes: int = 1024 * 1024  # a webhook body (GitHub's push payloads are far smaller)
     deliveries: int = 10_000  # X-GitHub-Delivery ids remembered to refuse a replay
-    workers: int = 2  # threads that build /status and /metrics
+    workers: int = 2  # threads that build /, /status and /metrics
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,7 @@ class Endpoints:
     status: Callable[[], dict[str, Any]]
     on_webhook: Callable[[], None]
     webhook_secret: bytes | None = None  # None: no webhook (404)
+    dashboard: Callable[[dict[str, Any]], bytes] | None = None  # /status as the page at GET /, or 404
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class Response:
     content_type: str = "application/json"
     refusal: str | None = None
     allow: str | None = None  # the methods a path takes, for a 405
+    headers: tuple[tuple[str, str], ...] = ()  # more header fields (the dashboard's security policy)
 
     def encode(self) -> bytes:
         """The whole HTTP/1.1 response; the connection closes after it."""
@@ -99,6 +111,7 @@ class Response:
         ]
         if self.allow:
             lines.append(f"Allow: {self.allow}")
+        lines.extend(f"{name}: {value}" for name, value in self.headers)
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + self.body
 
 
@@ -313,6 +326,8 @@ class _Server:
 
     async def _route(self, request: Request, reader: asyncio.StreamReader, conn: _Connection) -> Response:
         """The answer to a request whose head is read."""
+        if request.path == "/" and self.endpoints.dashboard is None:
+            return refuse(404, "not found")
         if request.path in GET_PATHS:
             if request.method != "GET":
                 return refuse(405, "method not allowed", allow="GET")
@@ -326,11 +341,11 @@ class _Server:
         return refuse(404, "not found")
 
     async def _get(self, path: str) -> Response:
-        """``/healthz`` at once; ``/status`` and ``/metrics`` built by a worker thread."""
+        """``/healthz`` at once; ``/``, ``/status`` and ``/metrics`` built by a worker thread."""
         if path == "/healthz":
             alive = self.endpoints.alive()
             return Response(200 if alive else 503, b"ok\n" if alive else b"stopped\n", "text/plain")
-        build = self._metrics if path == "/metrics" else self._status
+        build = {"/metrics": self._metrics, "/status": self._status}.get(path, self._dashboard)
         work = asyncio.get_running_loop().run_in_executor(self.workers, build)
         try:
             return await asyncio.wait_for(work, self.limits.request_timeout)
@@ -342,6 +357,11 @@ class _Server:
 
     def _status(self) -> Response:
         return Response(200, json.dumps(self.endpoints.status(), indent=2).encode() + b"\n")
+
+    def _dashboard(self) -> Response:
+        assert self.endpoints.dashboard is not None  # routed here only with a page to serve
+        page = self.endpoints.dashboard(self.endpoints.status())
+        return Response(200, page, "text/html; charset=utf-8", headers=PAGE_HEADERS)
 
     async def _webhook(
         self, request: Request, reader: asyncio.StreamReader, conn: _Connection, secret: bytes

@@ -34,30 +34,34 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.daemon.config import DaemonConfig
+from reconciler.daemon.dashboard import render as render_dashboard
 from reconciler.daemon.decision import HostTask, Trigger, decide, is_idle, needs_fetch
 from reconciler.daemon.http import Endpoints, HttpEndpoints, exposure_warning
 from reconciler.daemon.lanes import HostLanes, LaneJob
-from reconciler.daemon.logs import one_line
+from reconciler.daemon.loader import ManifestLoader
+from reconciler.daemon.logs import Once, one_line
 from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.notify import Notifier
 from reconciler.daemon.retries import Retries, backoff_delay
 from reconciler.daemon.snapshots import SnapshotPublisher
 from reconciler.daemon.sources import Source
-from reconciler.daemon.status import HostStatus, StatusStore, now
+from reconciler.daemon.status import HostReport, PassRecord, StatusStore, now, pass_record
 from reconciler.daemon.verdict import HostVerdict, judge
 from reconciler.daemon.watchers import DomainWatchers, EventsFactory
 from reconciler.engine.apply import ApplySettings, Hooks
 from reconciler.engine.reconcile import Connector, Outcome, ReconcileOptions, reconcile
-from reconciler.errors import ManifestError, ManifestTimeoutError, ReconcilerError
+from reconciler.engine.syncstate import domain_states
+from reconciler.errors import ManifestError, ManifestTimeoutError, ReconcilerError, RevisionRefusedError
 from reconciler.files.content_cache import ContentCache
-from reconciler.spec.manifests import ManifestSet, load_manifests
+from reconciler.spec.manifests import ManifestSet
 
 log = logging.getLogger("virt_reconcile.daemon.loop")
 
 COALESCE_SECONDS = 0.05
 STALL_SECONDS = 300.0  # /healthz fails when the loop has not come round for this long
-STOP_CHECK_SECONDS = 0.1  # how often the loop looks at stop while a load runs
 MESSAGE_CHARS = 300  # an unexpected error's text in /status and the log is cut to this
 LANE_GRACE_SECONDS = 10.0  # on stop, lanes get the shutdown timeout plus this to end their pass
+NOTIFY_GRACE_SECONDS = 5.0  # on stop, queued notifications get this long to go out
 
 Watch = Callable[[Path, Callable[[], None], threading.Event], Any]
 
@@ -68,53 +72,6 @@ def describe(err: BaseException) -> str:
     if len(text) > MESSAGE_CHARS:
         text = text[:MESSAGE_CHARS] + "…"
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-class ManifestLoader:
-    """Loads the manifests in a thread of its own, so the loop can give up on a load that hangs.
-
-    One load at a time: a load still running past its budget keeps its thread (a thread cannot be
-    killed), and every later load is refused until it ends, so a revision that hangs the loader
-    costs one thread, not one per pass.
-    """
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-
-    def load(
-        self, root: Path, cache: ContentCache, config: DaemonConfig, stop: threading.Event
-    ) -> ManifestSet | None:
-        """The manifests below ``root``; None if ``stop`` was set meanwhile. Whatever the load
-        raises is raised here; a load past ``config.load_timeout`` seconds is a
-        ``ManifestTimeoutError``. Host URIs are held to the operator's ``config.uri_rules``."""
-        budget = config.load_timeout
-        if self._thread is not None and self._thread.is_alive():
-            raise ManifestTimeoutError("an earlier load of the manifests is still running")
-        done = threading.Event()
-        result: list[ManifestSet] = []
-        failure: list[Exception] = []
-
-        def work() -> None:
-            try:
-                result.append(load_manifests(root, cache, uri_rules=config.uri_rules))
-            except Exception as err:  # handed to the loop thread, which reports it
-                failure.append(err)
-            finally:
-                done.set()
-
-        self._thread = threading.Thread(target=work, name="load-manifests", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + budget
-        while not done.wait(STOP_CHECK_SECONDS):
-            if stop.is_set():
-                return None
-            if time.monotonic() >= deadline:
-                raise ManifestTimeoutError(f"loading the manifests took longer than {budget:g}s")
-        if failure:
-            raise failure[0]
-        if not result:
-            raise ManifestTimeoutError("the load of the manifests ended without a result")
-        return result[0]
 
 
 class Daemon:
@@ -154,6 +111,8 @@ class Daemon:
         self.domain_cache = ContentCache.default("domains")
         self.watchers = DomainWatchers(events, lambda host: self.trigger(Trigger.DRIFT, host))
         self.lanes = HostLanes(self._lane_pass, parallel=config.host_parallel, stop=self.stop)
+        self.notifier = Notifier(config.notify, self.metrics.registry)  # queues only: never waits
+        self._said = Once()  # conditions that last (a source error, an unknown host): logged once
         self._http: HttpEndpoints | None = None
 
     # -------------------------------------------------------------------------------- triggers
@@ -219,11 +178,12 @@ class Daemon:
 
     def close(self) -> None:
         """Let the lanes end their passes (between two actions), cancel pending retries, close the
-        event watchers and the HTTP server."""
+        event watchers and the HTTP server; queued notifications get a few seconds to go out."""
         self.stop.set()
         self.lanes.close(timeout=self.config.shutdown_timeout + LANE_GRACE_SECONDS)
         self.retries.cancel_all()
         self.watchers.close()
+        self.notifier.close(timeout=NOTIFY_GRACE_SECONDS)
         if self._http is not None:
             self._http.close()
             self._http = None
@@ -254,10 +214,11 @@ class Daemon:
                 revision = before if triggers and before else None
         if revision is None or is_idle(triggers, before, revision):
             return  # the fetch failed, or a routine poll found nothing new
-        manifests = self._load(revision)
+        manifests = self._load(revision, ", ".join(dict.fromkeys(kind.value for kind, _ in triggers)))
         if manifests is None:
             return  # reported, or the daemon stops
-        selected = self._selected(manifests)
+        self.metrics.revision_loaded(ok=True)
+        selected = self._selected(manifests, revision)
         decision = decide(triggers, before, revision, selected)
         try:
             self.watchers.keep(manifests, selected)  # each lane listens on its host before its pass
@@ -269,7 +230,7 @@ class Daemon:
         self.status.reconciled(revision)
         self.status.save()
 
-    def _load(self, revision: str) -> ManifestSet | None:
+    def _load(self, revision: str, trigger: str) -> ManifestSet | None:
         """The manifests at ``revision``; None when they cannot be used (reported) or on stop."""
         try:
             return self.loader.load(self.source.manifests, self.manifest_cache, self.config, self.stop)
@@ -279,23 +240,27 @@ class Daemon:
             message = f"manifests not loaded at {revision[:12]}: {err}"
         except Exception as err:
             message = f"manifests not loaded at {revision[:12]}: {describe(err)}"
-        self._revision_failed(revision, message, self.config.hosts)
+        self._revision_failed(revision, message, self.config.hosts, trigger=trigger)
         return None
 
     def _revision_failed(
-        self, revision: str, message: str, hosts: Sequence[str], *, every: bool = True
+        self, revision: str, message: str, hosts: Sequence[str], *, every: bool = True, trigger: str = ""
     ) -> None:
         """``revision`` cannot be applied: ``hosts`` (and with ``every``, every host known) report
-        ``message``; it counts as reconciled, so routine polls do not load it again (no retry storm)."""
-        log.warning("%s", one_line(message))
+        ``message``; it counts as reconciled, so routine polls do not load it again (no retry storm).
+        It is an error in the history and the metrics (a broken repository is worth an alert)."""
+        log.warning("%s", one_line(message), extra={"revision": revision})
         for host in hosts:
             self.retries.forget(host)  # a retry would meet the same error
         if every:
-            self.status.every_host_failed(hosts, revision, message)
+            hosts = self.status.every_host_failed(hosts, revision, message)
         else:
             self.status.hosts_failed(hosts, revision, message)
+        self.metrics.revision_loaded(ok=False)
+        self.status.record(PassRecord(now(), list(hosts), revision, trigger, "error", [], one_line(message)))
         self.status.reconciled(revision, message)
         self.status.save()
+        self.notifier.revision_failed(revision, message, () if every else hosts)
 
     def _fetch(self, current: str) -> str | None:
         """Bring the source up to date; on failure report it, retry if that can help, return None."""
@@ -307,26 +272,52 @@ class Daemon:
             if isinstance(err, ReconcilerError) and err.retryable:
                 attempt, delay = self.retries.failed(None)
                 message = f"fetch failed (attempt {attempt}): {text}"
-                log.warning("%s; retrying in %.1fs", one_line(message), delay)
+                self._source_failed(current, text, f"{one_line(message)}; retrying in {delay:.1f}s")
             else:
                 self.retries.forget(None)
                 message = f"fetch failed: {text}"
-                log.warning("%s; waiting for the next trigger", one_line(message))
+                refused = isinstance(err, RevisionRefusedError)
+                line = f"{one_line(message)}; waiting for the next trigger"
+                self._source_failed(current, text, line, refused=refused)
             self.status.source_failed(current, message)
             self.status.save()
             return None
         self.retries.forget(None)
+        if self._said.clear("source"):
+            log.info(
+                "source: fetched %s, the source error is over", revision[:12], extra={"revision": revision}
+            )
         self.status.source_fetched(revision)
         return revision
 
-    def _selected(self, manifests: ManifestSet) -> list[str]:
+    def _source_failed(self, current: str, reason: str, line: str, *, refused: bool = False) -> None:
+        """Log a source error once while its reason stays the same (not at every poll), and keep it
+        in the history; a refused revision counts as a manifest error too."""
+        if not self._said.new("source", one_line(reason)):
+            log.debug("%s", line)
+            return
+        log.warning("%s", line, extra={"revision": current})
+        if refused:
+            self.metrics.revision_loaded(ok=False)
+        self.status.record(PassRecord(now(), [], current, "fetch", "error", [], line))
+
+    def _selected(self, manifests: ManifestSet, revision: str) -> list[str]:
         """The hosts to keep: all of the manifests', or those configured by name and by labels (a
-        name the manifests lack is an error)."""
+        name the manifests lack is an error, logged once per revision)."""
         for host in self.config.hosts:
-            if host not in manifests.hosts:
-                self.status.missing_host(host, "no Host document with this name in the manifests")
+            if host in manifests.hosts:
+                self._said.clear(f"host {host}")
+                continue
+            self.status.missing_host(host, "no Host document with this name in the manifests")
+            if self._said.new(f"host {host}", revision):
+                log.warning(
+                    "--host %s: no Host document with this name in the manifests at %s",
+                    host,
+                    revision[:12],
+                    extra={"host": host, "revision": revision},
+                )
         kept = [name for name in self.config.hosts or manifests.hosts if self._keeps(manifests, name)]
-        if not kept and self.config.selector:
+        if not kept and self.config.selector and self._said.new("selector", revision):
             log.warning(
                 "no host of the manifests matches the selector %r: nothing to keep", str(self.config.selector)
             )
@@ -342,19 +333,25 @@ class Daemon:
         """A lane's pass: reconcile its host (and the peers of a move, when asked) together, report
         each host on its own; the hosts beyond these that held moves need. Whatever it raises is
         these hosts' error at this revision: the lane, like the loop, goes on."""
-        revision = next(iter(jobs.values())).revision
-        hosts = list(jobs)
+        first = next(iter(jobs.values()))
+        revision, hosts, trigger = first.revision, list(jobs), first.reason.value
+        running = self.status.pass_started(hosts, revision, trigger)  # in /status's inProgress
+        self.metrics.in_progress.inc()
         try:
             return self._reconcile_hosts(jobs)
         except Exception as err:
             message = f"reconcile failed at {revision[:12]}: {describe(err)}"
-            log.warning("%s", one_line(message))
+            log.warning("%s", one_line(message), extra={"hosts": hosts, "revision": revision})
             for host in hosts:
                 self.retries.forget(host)
             self.status.hosts_failed(hosts, revision, message)
+            self.status.record(PassRecord(now(), hosts, revision, trigger, "error", [], one_line(message)))
             with contextlib.suppress(Exception):  # e.g. the disk is full: /status still shows it
                 self.status.save()
             return frozenset()
+        finally:
+            self.status.pass_ended(running)
+            self.metrics.in_progress.dec()
 
     def _reconcile_hosts(self, jobs: Mapping[str, LaneJob]) -> frozenset[str]:
         """Reconcile hosts together (a domain moving between two of them is one move), then report
@@ -381,8 +378,11 @@ class Daemon:
             parse_cache=self.domain_cache,
         )
         seconds = time.monotonic() - started
-        for host, job in jobs.items():
-            self._report_host(manifests, HostTask(host, job.reason), revision, outcome, seconds)
+        verdicts = {
+            host: self._report_host(manifests, HostTask(host, job.reason), revision, outcome, seconds)
+            for host, job in jobs.items()
+        }
+        self.status.record(pass_record(revision, first.reason.value, verdicts, outcome.results, seconds))
         self.status.save()
         # A move's other host joins only when this daemon keeps it: one told to leave a host alone
         # never writes it, and holds the move (as ``apply --host`` does).
@@ -395,16 +395,21 @@ class Daemon:
 
     def _report_host(
         self, manifests: ManifestSet, task: HostTask, revision: str, outcome: Outcome, seconds: float
-    ) -> None:
-        """One host's verdict into /status, the metrics, the log and its retry; then its snapshot."""
+    ) -> HostVerdict:
+        """One host's verdict, with each domain's state, into /status, the metrics, the log and its
+        retry; then its snapshot. The verdict is returned for the pass's history."""
         plan = outcome.plan.hosts.get(task.host)
         results = outcome.results.get(task.host, [])
         verdict = judge(plan, results, task.reason, outcome.host_errors.get(task.host))
-        self.metrics.host_reconciled(task.host, verdict, plan, reason=task.reason, seconds=seconds)
-        previous = self.status.host(task.host)
-        applied = revision if verdict.ok else previous.appliedRevision
-        self.status.set_host(task.host, HostStatus(revision, verdict.result, applied, verdict.message, now()))
+        states = domain_states(plan, results, manifests.domains.get(task.host, {})) if plan else {}
+        self.metrics.host_reconciled(
+            task.host, verdict, plan, reason=task.reason, seconds=seconds, states=states
+        )
+        suspended = manifests.hosts[task.host].suspended
+        report = HostReport.of(plan, results, states, suspended=suspended)
+        self.status.host_reported(task.host, revision, verdict.result, verdict.message, report, ok=verdict.ok)
         self._after(task, revision, verdict)
+        self.notifier.host_verdict(task.host, revision, verdict, task.reason, results)
         if plan is not None and plan.observed is not None:
             observed = plan.observed if not results else None
             domains = manifests.domains[task.host].values()
@@ -412,21 +417,23 @@ class Daemon:
                 self.snapshots.publish(manifests.hosts[task.host], observed, now(), domains)
             except Exception as err:
                 log.warning("%s: snapshot not published: %s", task.host, describe(err))
+        return verdict
 
     def _after(self, task: HostTask, revision: str, verdict: HostVerdict) -> None:
         """Log the host's result and schedule its retry (a retryable error) or forget it (any other)."""
         line = one_line(
             f"{task.host}: {verdict.result} at {revision[:12]} ({task.reason}): {verdict.message}"
         )
+        fields = {"host": task.host, "revision": revision, "result": verdict.result}
         if verdict.retry:
             attempt, delay = self.retries.failed(task.host)
-            log.warning("%s; retry %d in %.1fs", line, attempt, delay)
+            log.warning("%s; retry %d in %.1fs", line, attempt, delay, extra=fields)
             return
         self.retries.forget(task.host)
         if verdict.ok:
-            log.info("%s", line)
+            log.info("%s", line, extra=fields)
         else:
-            log.warning("%s; waiting for a new revision", line)
+            log.warning("%s; waiting for a new revision", line, extra=fields)
 
     # ------------------------------------------------------------------------------------ HTTP
 
@@ -437,6 +444,7 @@ class Daemon:
             status=self.status.document,
             on_webhook=lambda: self.trigger(Trigger.WEBHOOK),
             webhook_secret=self.config.webhook_secret,
+            dashboard=render_dashboard,
         )
 
     @property

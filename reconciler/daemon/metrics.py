@@ -1,14 +1,22 @@
-"""The daemon's Prometheus metrics, in a registry of its own (served at ``/metrics``)."""
+"""The daemon's Prometheus metrics, in a registry of its own (served at ``/metrics``).
+
+Beside each host's reconciles: its domains per sync state (``virt_reconcile_domains{host,sync}``,
+every state set, zeros included, so a state that empties goes to 0), its orphans and pending
+restarts, the passes running now, and whether the manifests load (``virt_reconcile_revision_ok``,
+``virt_reconcile_manifest_errors_total``): a broken repository is something to alert on.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from reconciler.daemon.decision import Reason
 from reconciler.daemon.verdict import HostVerdict
 from reconciler.engine.plan import HostPlan
+from reconciler.engine.syncstate import DomainState, Sync, sync_counts
 
 
 class Metrics:
@@ -70,11 +78,61 @@ class Metrics:
             "Failed fetches of the manifest source",
             registry=self.registry,
         )
+        self._domain_gauges()
+        self._revision_gauges()
+
+    def _domain_gauges(self) -> None:
+        """Per host: domains per sync state, orphans, pending restarts."""
+        self.domains = Gauge(
+            "virt_reconcile_domains",
+            "Managed domains per sync state: synced, outOfSync, orphan, pendingRestart, refused, "
+            "suspended, error",
+            ["host", "sync"],
+            registry=self.registry,
+        )
+        self.orphans = Gauge(
+            "virt_reconcile_orphans",
+            "Managed domains no longer in git and still defined",
+            ["host"],
+            registry=self.registry,
+        )
+        self.pending_restarts = Gauge(
+            "virt_reconcile_pending_restarts",
+            "Running domains whose changed definition waits for a restart",
+            ["host"],
+            registry=self.registry,
+        )
+
+    def _revision_gauges(self) -> None:
+        """Whether the manifests load, how often they did not, and the passes running now."""
+        self.manifest_errors = Counter(
+            "virt_reconcile_manifest_errors_total",
+            "Revisions whose manifests could not be used (invalid, failed to load, or refused)",
+            registry=self.registry,
+        )
+        self.revision_ok = Gauge(
+            "virt_reconcile_revision_ok",
+            "1 when the newest revision's manifests loaded, 0 when they are invalid or it was refused",
+            registry=self.registry,
+        )
+        self.in_progress = Gauge(
+            "virt_reconcile_passes_in_progress",
+            "Host passes running now",
+            registry=self.registry,
+        )
 
     def host_reconciled(
-        self, host: str, verdict: HostVerdict, plan: HostPlan | None, *, reason: Reason, seconds: float
+        self,
+        host: str,
+        verdict: HostVerdict,
+        plan: HostPlan | None,
+        *,
+        reason: Reason,
+        seconds: float,
+        states: Mapping[str, DomainState] | None = None,
     ) -> None:
-        """Record one reconcile of ``host``: its time, result, why it ran, and its policy's usage."""
+        """Record one reconcile of ``host``: its time, result, why it ran, its policy's usage and,
+        with ``states``, its domains per sync state."""
         self.duration.labels(host).observe(seconds)
         self.results.labels(host, verdict.result).inc()
         if verdict.ok:
@@ -90,6 +148,22 @@ class Metrics:
                 value = rule.before if verdict.result == "refused" else rule.after
                 self.usage.labels(host, rule.rule).set(value)
                 self.limit.labels(host, rule.rule).set(rule.limit)
+        if states is not None:
+            self.domains_seen(host, states)
+
+    def domains_seen(self, host: str, states: Mapping[str, DomainState]) -> None:
+        """Set ``host``'s domain gauges from its domains' sync states."""
+        counts = sync_counts(states)
+        for sync, count in counts.items():
+            self.domains.labels(host, sync.value).set(count)
+        self.orphans.labels(host).set(counts[Sync.ORPHAN])
+        self.pending_restarts.labels(host).set(counts[Sync.PENDING_RESTART])
+
+    def revision_loaded(self, ok: bool) -> None:
+        """The newest revision's manifests loaded (``ok``), or could not be used (counted)."""
+        self.revision_ok.set(1 if ok else 0)
+        if not ok:
+            self.manifest_errors.inc()
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""

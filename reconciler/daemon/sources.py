@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from reconciler.errors import SourceCheckError
+from reconciler.errors import DaemonConfigError, SourceCheckError
 
 
 class Source(Protocol):
@@ -100,12 +100,20 @@ class GitSource:
 
 
 class DirectorySource:
-    """A plain directory of manifests (no git): its revision is a digest of the files' contents."""
+    """A plain directory of manifests (no git): its revision is a digest of the files' contents.
+
+    A bare git repository is refused with the ``file://`` URL to give instead: read as a folder it
+    holds no manifest files, and the daemon would find "no manifests"."""
 
     watchable = True
     notice = ""
 
     def __init__(self, path: Path, checks: RevisionChecks | None = None) -> None:
+        if is_bare_repository(path):
+            raise DaemonConfigError(
+                f"--source {path} is a bare git repository, not a folder of manifests: "
+                f"give it as a git URL, --source file://{path.resolve()}"
+            )
         if checks is not None and checks.asked:
             raise SourceCheckError(
                 f"--verify-signatures and --require-fast-forward need a git source; {path} is a directory"
@@ -129,3 +137,9 @@ class DirectorySource:
             with contextlib.suppress(OSError):
                 digest.update(file.read_bytes())
         return "dir:" + digest.hexdigest()[:12]
+
+
+def is_bare_repository(path: Path) -> bool:
+    """Whether ``path`` looks like a bare git repository (``HEAD``, ``objects/`` and ``refs/`` at its
+    top): its manifests are in commits, not files, so it is read through git, not as a folder."""
+    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()

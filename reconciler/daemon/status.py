@@ -1,21 +1,35 @@
 """What the daemon reports at ``/status``, kept across restarts in ``state-dir/status.json``.
 
-The loop thread writes; HTTP threads read. Every change and every read holds one lock, and a
-reader gets a copy: a document never shows half of an update (one host new, another old).
+Per host: its last result, and each managed domain's sync state and health
+(:mod:`~reconciler.engine.syncstate`), the policy's usage against each limit, the pending restarts,
+whether it is suspended and why its changes wait. Beside the hosts: the passes running now
+(``inProgress``) and the last :data:`HISTORY` passes, newest first (``history``: what each pass did,
+so the "applied" of a push is not lost when the pass that follows its own events says "unchanged").
+
+The loop thread and the host lanes write; HTTP threads read. Every change and every read holds one
+lock, and a reader gets a copy: a document never shows half of an update (one host new, another old).
+A ``status.json`` from an older version (no domains, no history) loads as far as it goes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import threading
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.daemon.verdict import HostVerdict
+from reconciler.engine.apply import ActionResult
+from reconciler.engine.plan import HostPlan
+from reconciler.engine.syncstate import DomainState, Sync
 from reconciler.files.atomic import write_atomically
+
+HISTORY = 50  # passes kept in ``history``
 
 
 def now() -> str:
@@ -25,13 +39,133 @@ def now() -> str:
 
 @dataclass(frozen=True)
 class HostStatus:
-    """What ``/status`` reports for one host."""
+    """What ``/status`` reports for one host (its collections are never changed once built)."""
 
     revision: str = ""
     result: str = "pending"  # applied | unchanged | refused | error | pending
     appliedRevision: str = ""
     message: str = ""
     time: str = ""
+    domains: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {sync, health, message}
+    policy: list[dict[str, Any]] = field(default_factory=list)  # {rule, unit, usage, limit, ok} per rule
+    pendingRestarts: list[str] = field(default_factory=list)
+    suspended: bool = False  # the host's suspend annotation: every domain left alone
+    deferred: str = ""  # why its changes wait (outside its sync windows), "" when they do not
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """What a host's pass found beside its verdict: each domain's state, the policy's usage, the
+    pending restarts, and whether it is suspended or its changes wait."""
+
+    domains: dict[str, dict[str, str]] = field(default_factory=dict)
+    policy: list[dict[str, Any]] = field(default_factory=list)
+    pendingRestarts: list[str] = field(default_factory=list)
+    suspended: bool = False
+    deferred: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        plan: HostPlan | None,
+        results: Sequence[ActionResult],
+        states: dict[str, DomainState],
+        *,
+        suspended: bool = False,
+    ) -> HostReport:
+        """The report of a host from its plan (None: not planned), the apply's results and its
+        domains' states; ``suspended`` when the host's own annotation suspends it."""
+        pending = sorted(name for name, state in states.items() if state.sync is Sync.PENDING_RESTART)
+        return cls(
+            domains={name: state.document() for name, state in states.items()},
+            policy=policy_rows(plan, applied=bool(results)),
+            pendingRestarts=pending,
+            suspended=suspended,
+            deferred=plan.deferred if plan is not None else "",
+        )
+
+
+def policy_rows(plan: HostPlan | None, *, applied: bool) -> list[dict[str, Any]]:
+    """Each rule's usage against its limit: after the plan when it was applied (or changed
+    nothing), as before when its actions did not run (refused, blocked, deferred, suspended)."""
+    if plan is None or plan.policy is None:
+        return []
+    rows = []
+    for rule in plan.policy.rules:
+        usage = rule.after if applied or not plan.actions else rule.before
+        rows.append(
+            {
+                "rule": rule.rule,
+                "unit": rule.unit,
+                "usage": usage,
+                "limit": rule.limit,
+                "ok": usage <= rule.limit,
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One pass of a lane (or of the loop, when a revision could not be loaded), as ``history``
+    shows it: when it ended, its hosts, the revision, why it ran, the result and what it did."""
+
+    time: str
+    hosts: list[str]
+    revision: str
+    trigger: str
+    result: str  # applied | unchanged | refused | error: the worst of its hosts'
+    actions: list[str] = field(default_factory=list)  # "update web1", "start db (failed)"
+    message: str = ""
+    duration: float = 0.0  # seconds
+
+    def repeats(self, earlier: PassRecord) -> bool:
+        """Whether this pass only says again what ``earlier`` said: both found nothing to do on the
+        same hosts at the same revision (a resync, the echo of a pass's own events)."""
+        same = (self.hosts, self.revision, self.result) == (earlier.hosts, earlier.revision, earlier.result)
+        return same and self.result == "unchanged"
+
+
+#: Worst first: a pass of several hosts (a move) shows the worst of their results.
+RESULT_ORDER = ("error", "refused", "applied", "unchanged")
+
+
+def worst_result(results: Iterable[str]) -> str:
+    """The worst of the hosts' results (``error`` before ``refused`` before ``applied``)."""
+    found = set(results)
+    return next((result for result in RESULT_ORDER if result in found), "unchanged")
+
+
+def pass_record(
+    revision: str,
+    trigger: str,
+    verdicts: Mapping[str, HostVerdict],
+    results: Mapping[str, Sequence[ActionResult]],
+    seconds: float,
+) -> PassRecord:
+    """A lane's pass as history shows it: its hosts' worst result, what it did, and the message
+    (each host's, prefixed with its name when the pass had several)."""
+    actions = [
+        f"{r.action.kind.value} {r.action.domain}" + ("" if r.ok else " (failed)")
+        for host in verdicts
+        for r in results.get(host, ())
+    ]
+    if len(verdicts) == 1:
+        message = next(iter(verdicts.values())).message
+    else:
+        message = "; ".join(f"{host}: {verdict.message}" for host, verdict in verdicts.items())
+    result = worst_result(verdict.result for verdict in verdicts.values())
+    return PassRecord(now(), list(verdicts), revision, trigger, result, actions, message, round(seconds, 3))
+
+
+@dataclass(frozen=True)
+class PassInProgress:
+    """A lane's pass while it runs, as ``inProgress`` shows it."""
+
+    hosts: list[str]
+    revision: str
+    trigger: str
+    started: str
 
 
 @dataclass(frozen=True)
@@ -54,15 +188,25 @@ class StatusStore:
         self._source = SourceStatus()
         self._reconciled = ""
         self._revision_error = ""  # why the revision last reconciled could not be applied, or ""
+        self._history: list[PassRecord] = []  # newest first, at most HISTORY
+        self._running: dict[int, PassInProgress] = {}  # by the token pass_started returned
+        self._tokens = itertools.count(1)
 
     @classmethod
     def load(cls, path: Path) -> StatusStore:
-        """The hosts' status saved by an earlier run (the last applied revision survives a crash)."""
-        hosts: dict[str, HostStatus] = {}
-        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        """The hosts' status and the history saved by an earlier run (the last applied revision
+        survives a crash). What cannot be read starts empty: an older file has no history and no
+        domains, and a history entry of another shape is left out."""
+        saved: Any = {}
+        with contextlib.suppress(OSError, ValueError):
             saved = json.loads(path.read_text())
+        hosts: dict[str, HostStatus] = {}
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
             hosts = {name: HostStatus(**fields) for name, fields in saved.get("hosts", {}).items()}
-        return cls(path, hosts)
+        store = cls(path, hosts)
+        with contextlib.suppress(AttributeError):
+            store._history = _read_history(saved.get("history"))
+        return store
 
     @property
     def reconciled_revision(self) -> str:
@@ -93,6 +237,49 @@ class StatusStore:
             applied = self._hosts.get(name, HostStatus()).appliedRevision
             self._hosts[name] = HostStatus(self._reconciled, "error", applied, message, now())
 
+    def host_reported(
+        self, name: str, revision: str, result: str, message: str, report: HostReport, *, ok: bool
+    ) -> None:
+        """A host's pass ended with ``result``: its status replaced (its applied revision moves to
+        ``revision`` when ``ok``, the host now matching it)."""
+        with self._lock:
+            applied = revision if ok else self._hosts.get(name, HostStatus()).appliedRevision
+            self._hosts[name] = HostStatus(revision, result, applied, message, now(), **asdict(report))
+
+    def pass_started(self, hosts: Sequence[str], revision: str, trigger: str) -> int:
+        """A lane's pass begins (shown in ``inProgress`` until :meth:`pass_ended` with the token)."""
+        with self._lock:
+            token = next(self._tokens)
+            self._running[token] = PassInProgress(list(hosts), revision, trigger, now())
+            return token
+
+    def pass_ended(self, token: int, record: PassRecord | None = None) -> None:
+        """The pass of ``token`` is over; ``record`` (when it got as far as a result) joins the history."""
+        with self._lock:
+            self._running.pop(token, None)
+            if record is not None:
+                self._remember(record)
+
+    def record(self, entry: PassRecord) -> None:
+        """A pass that ran no lane (the revision could not be loaded, the source failed) joins the history."""
+        with self._lock:
+            self._remember(entry)
+
+    def _remember(self, entry: PassRecord) -> None:
+        """Newest first, at most :data:`HISTORY`; a pass that only repeats its hosts' last entry
+        ("unchanged" again) replaces it, so routine passes do not push out what a push did."""
+        earlier = next((old for old in self._history if old.hosts == entry.hosts), None)
+        if earlier is not None and entry.repeats(earlier):
+            self._history.remove(earlier)
+        self._history.insert(0, entry)
+        del self._history[HISTORY:]
+
+    @property
+    def in_progress(self) -> int:
+        """How many passes run now."""
+        with self._lock:
+            return len(self._running)
+
     def source_fetched(self, revision: str) -> None:
         """The source was fetched: its error, if any, is over."""
         with self._lock:
@@ -107,10 +294,12 @@ class StatusStore:
                 for name, status in self._hosts.items()
             }
 
-    def every_host_failed(self, hosts: Iterable[str], revision: str, message: str) -> None:
-        """Every host known, and ``hosts``, are in error at ``revision`` (invalid manifests)."""
+    def every_host_failed(self, hosts: Iterable[str], revision: str, message: str) -> list[str]:
+        """Every host known, and ``hosts``, are in error at ``revision`` (invalid manifests); their names."""
         with self._lock:
-            self._failed(set(self._hosts) | set(hosts), revision, message)
+            failed = sorted(set(self._hosts) | set(hosts))
+            self._failed(failed, revision, message)
+            return failed
 
     def hosts_failed(self, hosts: Iterable[str], revision: str, message: str) -> None:
         """``hosts`` are in error at ``revision``, their applied revision kept (a pass that failed)."""
@@ -118,10 +307,11 @@ class StatusStore:
             self._failed(hosts, revision, message)
 
     def _failed(self, hosts: Iterable[str], revision: str, message: str) -> None:
+        """``hosts`` in error at ``revision``; what was last known of their domains stays shown."""
         time = now()
         for name in hosts:
-            applied = self._hosts.get(name, HostStatus()).appliedRevision
-            self._hosts[name] = HostStatus(revision, "error", applied, message, time)
+            known = self._hosts.get(name, HostStatus())
+            self._hosts[name] = replace(known, revision=revision, result="error", message=message, time=time)
 
     def reconciled(self, revision: str, error: str = "") -> None:
         """A pass took ``revision`` up (its hosts' work is with their lanes); ``error`` says why the
@@ -139,6 +329,8 @@ class StatusStore:
                 "source": asdict(self._source),
                 "reconciledRevision": self._reconciled,
                 "revisionError": self._revision_error,  # shown even when no host is known yet
+                "inProgress": [asdict(running) for _, running in sorted(self._running.items())],
+                "history": [asdict(entry) for entry in self._history],
             }
 
     def save(self) -> None:
@@ -147,3 +339,29 @@ class StatusStore:
         back to an older document."""
         with self._save_lock:
             write_atomically(self.path, json.dumps(self.document(), indent=2))
+
+
+def _read_history(saved: Any) -> list[PassRecord]:
+    """The history entries of a saved document that have :class:`PassRecord`'s shape, newest first."""
+    if not isinstance(saved, list):
+        return []
+    names = {f.name for f in fields(PassRecord)}
+    entries = []
+    for item in saved[:HISTORY]:
+        if isinstance(item, dict) and set(item) == names:
+            with contextlib.suppress(TypeError, ValueError):
+                entries.append(_checked_record(item))
+    return entries
+
+
+def _checked_record(item: dict[str, Any]) -> PassRecord:
+    """A saved history entry as a record; a ``TypeError`` when a field has the wrong type."""
+    text = ("time", "revision", "trigger", "result", "message")
+    lists = ("hosts", "actions")
+    if not all(isinstance(item[name], str) for name in text):
+        raise TypeError("a text field is not text")
+    if not all(
+        isinstance(item[name], list) and all(isinstance(v, str) for v in item[name]) for name in lists
+    ):
+        raise TypeError("a list field is not a list of text")
+    return PassRecord(**{**item, "duration": float(item["duration"])})

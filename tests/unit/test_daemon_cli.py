@@ -56,3 +56,27 @@ def test_an_empty_webhook_secret_is_refused_at_start(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert f"--webhook-secret-file {secret} is empty" in " ".join(err.split())
     assert not (tmp_path / "s").exists()  # refused before anything started
+
+
+def test_a_bare_repository_given_as_a_folder_is_refused_with_the_url_to_use(tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    from reconciler.daemon import Daemon
+
+    monkeypatch.setattr(Daemon, "run", lambda _daemon: pytest.fail("the daemon started"))
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True)
+    argv = ["daemon", "--source", str(bare), "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "s")]
+    assert main(argv) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--source {bare} is a bare git repository" in err
+    assert f"--source file://{bare.resolve()}" in err
+
+
+def test_the_log_format_is_text_or_json(capsys):
+    parser = cli_main.build_parser()
+    assert cli_main.parse(parser, ["daemon", "--source", "x"]).log_format == "text"
+    assert cli_main.parse(parser, ["daemon", "--source", "x", "--log-format", "json"]).log_format == "json"
+    with pytest.raises(SystemExit) as usage:
+        cli_main.parse(parser, ["daemon", "--source", "x", "--log-format", "xml"])
+    assert usage.value.code == 2 and "--log-format" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from reconciler.daemon import Trigger, loop
+from reconciler.daemon import Trigger, loader, loop
 from reconciler.daemon.http import exposure_warning
 from reconciler.errors import SourceError, TemporaryHostError
 from tests.daemon_helpers import in_process_daemon, retry_timers
@@ -92,9 +92,9 @@ ERRORS = [
 def test_whatever_loading_a_revision_raises_is_that_revisions_error(tmp_path, monkeypatch, caplog, error):
     caplog.set_level(logging.INFO, logger="virt_reconcile")
     daemon, source, hosts = in_process_daemon(tmp_path)
-    load = Breakable(loop.load_manifests, error)
+    load = Breakable(loader.load_manifests, error)
     load.broken = False
-    monkeypatch.setattr(loop, "load_manifests", load)
+    monkeypatch.setattr(loader, "load_manifests", load)
     with running(daemon) as thread:
         host_reaches(daemon, lambda h: h["result"] == "applied")
         load.broken, source.revision, writes = True, "r2", len(hosts.writes)
@@ -152,7 +152,7 @@ def test_an_infinite_overcommit_ratio_does_not_end_the_daemon(tmp_path):
 
 def test_a_revision_that_fails_before_any_host_is_known_is_reported(tmp_path, monkeypatch):
     daemon, _source, _hosts = in_process_daemon(tmp_path)
-    monkeypatch.setattr(loop, "load_manifests", Breakable(loop.load_manifests, RecursionError("deep")))
+    monkeypatch.setattr(loader, "load_manifests", Breakable(loader.load_manifests, RecursionError("deep")))
     with running(daemon):
         wait_until(lambda: status(daemon)["revisionError"], "the revision's error")
         document = status(daemon)
@@ -193,7 +193,7 @@ class SlowLoad:
 
     def __init__(self) -> None:
         self.release, self.started = threading.Event(), threading.Event()
-        self.real = loop.load_manifests
+        self.real = loader.load_manifests
 
     def __call__(self, *args, **kwargs):
         self.started.set()
@@ -208,7 +208,7 @@ def loader_threads() -> list[threading.Thread]:
 def test_a_load_past_its_budget_is_that_revisions_error_and_costs_one_thread(tmp_path, monkeypatch):
     daemon, source, _hosts = in_process_daemon(tmp_path, load_timeout=0.3)
     slow = SlowLoad()
-    monkeypatch.setattr(loop, "load_manifests", slow)
+    monkeypatch.setattr(loader, "load_manifests", slow)
     try:
         with running(daemon) as thread:
             wait_until(lambda: status(daemon)["revisionError"], "the revision's error")
@@ -232,7 +232,7 @@ def test_a_stop_during_a_slow_load_ends_the_daemon_at_once(tmp_path, monkeypatch
     """What SIGTERM's handler does (set ``stop``) is honoured while a load hangs."""
     daemon, _source, _hosts = in_process_daemon(tmp_path)  # the default budget: a minute
     slow = SlowLoad()
-    monkeypatch.setattr(loop, "load_manifests", slow)
+    monkeypatch.setattr(loader, "load_manifests", slow)
     thread = threading.Thread(target=daemon.run, daemon=True)
     try:
         thread.start()

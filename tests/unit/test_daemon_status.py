@@ -20,6 +20,11 @@ def test_a_document_is_a_copy_the_loop_cannot_change_under_a_reader(tmp_path):
         "appliedRevision": "r1",
         "message": "fetch failed",
         "time": store.document()["source"]["time"],
+        "domains": {},
+        "policy": [],
+        "pendingRestarts": [],
+        "suspended": False,
+        "deferred": "",
     }
 
 
@@ -28,7 +33,14 @@ def test_the_document_keeps_its_shape(tmp_path):
     store.source_fetched("abc")
     store.reconciled("abc")
     document = store.document()
-    assert set(document) == {"hosts", "source", "reconciledRevision", "revisionError"}
+    assert set(document) == {
+        "hosts",
+        "source",
+        "reconciledRevision",
+        "revisionError",
+        "inProgress",
+        "history",
+    }
     assert set(document["source"]) == {"revision", "message", "time"}
     assert document["reconciledRevision"] == "abc" and not store.source_failing
 

@@ -6,9 +6,13 @@ import argparse
 import re
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.cli.inputs import connector, selector, uri_rules
 from reconciler.errors import DaemonConfigError
+
+if TYPE_CHECKING:
+    from reconciler.daemon.notices import Notifications, Receiver
 
 GIT_URL = re.compile(r"^(file|ssh|https?|git)://|^[\w.-]+@[\w.-]+:")
 
@@ -25,6 +29,19 @@ def webhook_secret(path: str | None) -> bytes | None:
             "(e.g. openssl rand -hex 32 > FILE), or leave the option out to turn the webhook off"
         )
     return secret
+
+
+def notifications(receivers: list[Receiver], *, git: bool) -> Notifications:
+    """The ``--notify`` receivers (checked by the parser), each named apart in logs and metrics. A
+    GitHub commit status needs a commit: with a directory source, that receiver is refused."""
+    from reconciler.daemon.notices import Notifications, ReceiverKind, named_apart
+
+    github = next((r for r in receivers if r.kind is ReceiverKind.GITHUB), None)
+    if github is not None and not git:
+        raise DaemonConfigError(
+            f"--notify {github.name} sets commit statuses, which needs a git --source, not a directory"
+        )
+    return Notifications(named_apart(receivers))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         snapshot_to=Path(args.snapshot_to) if args.snapshot_to else None,
         snapshot_command=args.snapshot_command,
         uri_rules=uri_rules(args),
+        notify=notifications(args.notify or [], git=bool(GIT_URL.match(args.source))),
     )
     checks = RevisionChecks.from_options(args.verify_signatures, args.require_fast_forward)
     source = (
@@ -64,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         events=DomainEvents,
         watch=watch_directory,
     )
-    configure_logging()
+    configure_logging(fmt=args.log_format)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: daemon.stop.set())
     return daemon.run()
