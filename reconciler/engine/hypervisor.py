@@ -34,6 +34,34 @@ class DomainObservation:
 
 
 @dataclass(frozen=True)
+class VolumeObservation:
+    """One volume of a storage pool as libvirt reports it (sizes in bytes)."""
+
+    name: str
+    path: str
+    capacity: int  # the virtual size the guest sees
+    allocation: int  # what it takes in the pool now
+    format: str = ""  # qcow2, raw ... ("" when libvirt does not say)
+    backing: str = ""  # the backing file of an overlay, "" for none
+
+
+@dataclass(frozen=True)
+class PoolObservation:
+    """One storage pool of a host: its definition's essentials, its figures and its volumes."""
+
+    name: str
+    type: str  # dir, logical, ...
+    target: str  # the folder (dir) or /dev/VG (logical) volumes live in
+    active: bool
+    autostart: bool
+    capacity: int  # bytes; 0 when the pool is not active
+    allocation: int
+    available: int
+    volumes: tuple[VolumeObservation, ...] = ()
+    xml: str = ""  # the pool's persistent XML, to compare with what the manifest wants
+
+
+@dataclass(frozen=True)
 class HostObservation:
     """A host's capacity (as libvirt reports it) and every domain on it, managed or not."""
 
@@ -42,6 +70,7 @@ class HostObservation:
     domains: tuple[DomainObservation, ...]
     swap: int | None = None  # bytes; None where it cannot be known (a remote host)
     ksm_saved: int = 0  # bytes KSM saves right now (pages_sharing x page size); 0 without KSM
+    pools: tuple[PoolObservation, ...] = ()  # every storage pool, managed or not
 
 
 @dataclass(frozen=True)
