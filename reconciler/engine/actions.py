@@ -23,6 +23,11 @@ class ActionKind(StrEnum):
     UNDEFINE = "undefine"
     MOVE = "move"  # a domain whose host changed: out of one host (stop, undefine), into another
     RESTART = "restart"  # a running domain whose definition waits for a restart (apply --restart-pending)
+    POOL = "pool"  # a storage pool made as its manifest says: defined, built, started, autostarted
+    CREATE_VOLUME = "create-volume"  # a disk's volume made in its pool (empty, overlay or clone)
+    RESIZE_VOLUME = "resize-volume"  # a disk's volume grown (live when its domain runs)
+    DELETE_VOLUME = "delete-volume"  # an undefined domain's volume, with deleteVolumes: true
+    RESEED = "reseed"  # a changed cloud-init seed, written for the domain's next boot
 
     @property
     def symbol(self) -> str:
@@ -39,6 +44,11 @@ _SYMBOLS = {
     ActionKind.UNDEFINE: "-",
     ActionKind.MOVE: "⇄",
     ActionKind.RESTART: "⟳",
+    ActionKind.POOL: "+",
+    ActionKind.CREATE_VOLUME: "+",
+    ActionKind.RESIZE_VOLUME: "~",
+    ActionKind.DELETE_VOLUME: "-",
+    ActionKind.RESEED: "~",
 }
 
 
@@ -46,14 +56,32 @@ class Phase(IntEnum):
     """Apply order: everything that frees resources first, everything that takes them last."""
 
     UNDEFINE = 0
-    STOP = 1
-    BALLOON_DOWN = 2
-    UPDATE_SHRINK = 3
-    UPDATE_GROW = 4
-    DEFINE = 5
-    BALLOON_UP = 6
-    START = 7
-    RESTART = 8  # last: graceful shutdown then start, a few domains of a host at a time
+    DELETE_VOLUME = 1  # after the undefine of the domain that used it
+    STOP = 2
+    BALLOON_DOWN = 3
+    UPDATE_SHRINK = 4
+    POOL = 5  # pools before the volumes made in them
+    VOLUME_GROW = 6  # a grow phase: resources taken only after everything above freed theirs
+    UPDATE_GROW = 7
+    CREATE_VOLUME = 8  # volumes before the domains that use them are defined
+    DEFINE = 9
+    RESEED = 10
+    BALLOON_UP = 11
+    START = 12
+    RESTART = 13  # last: graceful shutdown then start, a few domains of a host at a time
+
+
+@dataclass(frozen=True)
+class VolumeChange:
+    """What a volume action does to one volume (sizes in bytes)."""
+
+    pool: str
+    name: str
+    capacity: int  # the virtual size afterwards (0 for a delete)
+    previous: int = 0  # the virtual size before (0 for a new volume)
+    allocation: int = 0  # what the pool must have free now for it (storage.free): a clone its whole size
+    source: str = ""  # the base image it is made from ("" for an empty volume)
+    mode: str = ""  # backing | clone ("" for an empty volume)
 
 
 @dataclass(frozen=True)
@@ -79,6 +107,7 @@ class Action:
     live_memory: int | None = None
     stop_first: bool = False
     peer: str = ""  # a move: the other host
+    volume: VolumeChange | None = None  # a volume action: the volume and its sizes
 
     @property
     def moves_in(self) -> bool:

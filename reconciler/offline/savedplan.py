@@ -40,7 +40,7 @@ from reconciler.spec.hostpolicy import Capacity, Overcommit
 from reconciler.spec.models import DomainSpec, Host, HostSpec, Owner, Timeouts
 
 KIND = "virt-reconcile/saved-plan"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: apply phases renumbered for storage
 ALGORITHM = "HMAC-SHA256"
 
 
