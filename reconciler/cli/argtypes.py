@@ -72,13 +72,19 @@ def label_selector(text: str) -> str:
 
 def notify_target(text: str) -> Receiver:
     """A ``daemon --notify`` receiver (a webhook URL, ``slack+https://…``, ``github:OWNER/REPO?…``),
-    checked now, its token file read once to be sure it holds a token."""
-    from reconciler.daemon.notices import NotifyValueError, parse_receiver, shown_value
+    or ``@FILE`` / ``env:NAME`` holding one (a secret URL kept out of the command line), checked now,
+    its token file read once to be sure it holds a token."""
+    from reconciler.daemon.notices import NotifyValueError, notify_value, parse_receiver, shown_value
 
     try:
-        return parse_receiver(text)
+        value = notify_value(text)
+    except NotifyValueError as err:  # names the file or variable, never what it holds
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+    where = f"{text!r}: " if value != text else ""  # read from a file or a variable: say which
+    try:
+        return parse_receiver(value)
     except NotifyValueError as err:  # the value shown without what may be a secret (a path, a query)
-        raise argparse.ArgumentTypeError(f"{shown_value(text)}: {err}") from None
+        raise argparse.ArgumentTypeError(f"{where}{shown_value(value)}: {err}") from None
 
 
 def positive_count(text: str) -> int:

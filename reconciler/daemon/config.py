@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.daemon.http import Limits
@@ -34,3 +36,5 @@ class DaemonConfig:
     retry_base: float = BASE_DELAY  # the first retry's delay; it doubles up to retry_cap (tests shorten both)
     retry_cap: float = MAX_BACKOFF
     notify: Notifications = field(default_factory=Notifications)  # --notify receivers, delivery limits
+    #: The time sync windows are judged at (tests set it).
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))

@@ -28,6 +28,7 @@ MESSAGE_SHOWN = 160  # characters of a pass's message in the history table
 SYNC_ORDER = ("error", "refused", "outOfSync", "pendingRestart", "orphan", "suspended", "synced")
 SYNC_WORDS = {"outOfSync": "out of sync", "pendingRestart": "pending restart"}
 RESULT_TONES = {"applied": "ok", "unchanged": "ok", "refused": "bad", "error": "bad"}
+RESULT_TONES |= {"deferred": "warn", "suspended": "muted"}
 SYNC_TONES = {"synced": "ok", "orphan": "warn", "pendingRestart": "warn", "outOfSync": "warn"}
 SYNC_TONES |= {"suspended": "muted", "refused": "bad", "error": "bad"}
 HEALTH_TONES = {"running": "ok", "paused": "warn", "shutoff": "muted", "crashed": "bad", "missing": "bad"}
@@ -250,7 +251,7 @@ def _host(name: str, host: Mapping[str, Any]) -> str:
     if message:
         parts.append(f'<pre class="message">{_e(message)}</pre>')
     parts.append(_host_notes(host))
-    parts.append(_policy(_records(host.get("policy"))))
+    parts.append(_policy(_records(host.get("policy")), refused=result == "refused"))
     parts.append(_pending_restarts(_strings(host.get("pendingRestarts"))))
     parts.append(_domains(_mapping(host.get("domains"))))
     parts.append("</article>")
@@ -268,11 +269,12 @@ def _host_notes(host: Mapping[str, Any]) -> str:
     return "".join(f'<p class="note" data-note="host">{_e(note)}</p>' for note in notes)
 
 
-def _policy(rules: list[Mapping[str, Any]]) -> str:
-    """Each policy rule's usage against its limit, as a bar with its figures beside it."""
+def _policy(rules: list[Mapping[str, Any]], *, refused: bool) -> str:
+    """Each policy rule's usage against its limit, as a bar with its figures beside it (``refused``:
+    the host's last plan was refused, so a rule it breaks was the reason)."""
     if not rules:
         return ""
-    rows = "".join(_policy_row(rule) for rule in rules)
+    rows = "".join(_policy_row(rule, refused=refused) for rule in rules)
     return (
         '<h3>Capacity</h3><table class="policy"><thead><tr><th scope="col">rule</th>'
         '<th scope="col">usage</th><th scope="col">of the limit</th></tr></thead>'
@@ -280,9 +282,11 @@ def _policy(rules: list[Mapping[str, Any]]) -> str:
     )
 
 
-def _policy_row(rule: Mapping[str, Any]) -> str:
-    """One rule: a ``<meter>`` (green, amber near the limit, red over it) and its figures in text; a
-    rule the last plan would have broken (``ok`` false: the host refused it) says so beside them."""
+def _policy_row(rule: Mapping[str, Any], *, refused: bool = True) -> str:
+    """One rule: a ``<meter>`` of the usage now (green, amber near the limit, red over it) and its
+    figures in text, with the usage the last plan leads to when it differs (``planned``: a plan not
+    applied yet, refused or waiting); a rule that plan breaks (``ok`` false) says so beside them:
+    ``refused`` when the host refused it, ``over limit`` when its policy only warns."""
     name = _text(rule, "rule") or "?"
     unit = _text(rule, "unit")
     usage, limit = _number(rule.get("usage")), _number(rule.get("limit"))
@@ -290,28 +294,38 @@ def _policy_row(rule: Mapping[str, Any]) -> str:
         return f'<tr><td><code>{_e(name)}</code></td><td colspan="2" class="tone-muted">not known</td></tr>'
     near = max(limit, 0) * NEAR_LIMIT_PERCENT // 100
     level = "over" if usage > limit else "near" if usage > near else "ok"
-    percent = f"{usage / limit:.0%}" if limit > 0 else "—"
-    figure = f"{_amount(usage, limit, unit)} ({percent})"
+    figure = f"{_amount(usage, limit, unit)} ({_percent(usage, limit)})"
+    planned = _number(rule.get("planned"))
+    if planned is not None and planned != usage:
+        figure += f"; planned {_amount(planned, None, unit)} ({_percent(planned, limit)})"
     words = {"over": "over the limit", "near": "near the limit", "ok": "within the limit"}[level]
     meter = (
         f'<meter min="0" max="{max(limit, usage, 1)}" low="{near}" high="{max(limit, 0)}" optimum="0" '
         f'value="{max(usage, 0)}" title="{_e(name)}: {_e(figure)}, {words}">{_e(figure)}</meter>'
     )
     tone = {"over": "bad", "near": "warn", "ok": "ok"}[level]
-    refused = ""
-    if rule.get("ok") is False:
-        refused = " " + _badge("refused", "bad", title="the last revision would take it past its limit")
+    broken = ""
+    if rule.get("ok") is False and refused:
+        broken = " " + _badge("refused", "bad", title="the last revision would take it past its limit")
+    elif rule.get("ok") is False:
+        broken = " " + _badge("over", "warn", "over limit", "the last revision takes it past its limit")
     return (
         f'<tr class="level-{level}" data-rule="{_e(name)}"><td><code>{_e(name)}</code></td>'
-        f'<td>{meter}</td><td class="figure tone-{tone}" title="{words}">{_e(figure)}{refused}</td></tr>'
+        f'<td>{meter}</td><td class="figure tone-{tone}" title="{words}">{_e(figure)}{broken}</td></tr>'
     )
 
 
-def _amount(usage: int, limit: int, unit: str) -> str:
-    """``usage / limit`` in the rule's unit (sizes for bytes)."""
+def _amount(usage: int, limit: int | None, unit: str) -> str:
+    """``usage / limit`` in the rule's unit (sizes for bytes); ``usage`` alone without a limit."""
     if unit == "bytes":
-        return f"{human_size(usage)} / {human_size(limit)}"
-    return f"{usage} / {limit} {unit}".rstrip()
+        shown = human_size(usage)
+        return shown if limit is None else f"{shown} / {human_size(limit)}"
+    return (f"{usage} {unit}" if limit is None else f"{usage} / {limit} {unit}").rstrip()
+
+
+def _percent(usage: int, limit: int) -> str:
+    """``usage`` as a share of ``limit`` (a dash when the limit is 0 or less)."""
+    return f"{usage / limit:.0%}" if limit > 0 else "—"
 
 
 def _pending_restarts(names: list[str]) -> str:
@@ -378,6 +392,9 @@ def _history(passes: list[Mapping[str, Any]]) -> str:
 def _history_row(run: Mapping[str, Any]) -> str:
     result = _text(run, "result")
     message = _text(run, "message")
+    count = _number(run.get("count"))
+    repeated = f" ×{count}" if count is not None and count > 1 else ""
+    since = f"{count} passes since {_text(run, 'first')}" if repeated else ""
     duration = run.get("duration")
     seconds = (
         f"{duration:.2f} s" if isinstance(duration, int | float) and not isinstance(duration, bool) else ""
@@ -385,7 +402,8 @@ def _history_row(run: Mapping[str, Any]) -> str:
     return (
         f'<tr data-result="{_e(result)}"><td>{_time(_text(run, "time"))}</td>'
         f"<td>{_e(', '.join(_strings(run.get('hosts'))))}</td><td>{_revision(_text(run, 'revision'))}</td>"
-        f"<td>{_e(_text(run, 'trigger'))}</td><td>{_badge(result, RESULT_TONES.get(result, 'warn'))}</td>"
+        f"<td>{_e(_text(run, 'trigger'))}</td>"
+        f"<td>{_badge(result, RESULT_TONES.get(result, 'warn'), result + repeated, since)}</td>"
         f'<td class="wrap">{_actions(_strings(run.get("actions")))}</td><td>{_e(seconds)}</td>'
         f'<td class="wrap" title="{_e(message)}">{_e(_cut(message))}</td></tr>'
     )

@@ -23,6 +23,7 @@ class Trigger(StrEnum):
     DRIFT = "drift"  # a libvirt event on a host's domain
     RESYNC = "resync"
     RETRY = "retry"  # with a host: that host failed with a temporary error; without: the fetch did
+    WINDOW = "window"  # a host's sync window opened (or its deny window closed): its changes may go
 
 
 class Reason(StrEnum):
@@ -36,9 +37,13 @@ class Reason(StrEnum):
     WEBHOOK = "webhook"
     FILES = "files"
     RESYNC = "resync"
+    WINDOW = "sync window"
 
 
 Batch = Sequence[tuple[Trigger, str | None]]
+
+#: The triggers that name one host and reconcile it at the revision already there.
+_HOST_ONLY = (Trigger.DRIFT, Trigger.RETRY, Trigger.WINDOW)
 
 #: The triggers that ask for every host even when the revision did not move, strongest first.
 _EVERY_HOST = {
@@ -68,11 +73,12 @@ class Decision:
 def needs_fetch(batch: Batch, reconciled: str) -> bool:
     """Whether the pass must fetch the source first.
 
-    Only domain events and host retries can do without: they reconcile the revision already there.
+    Only domain events, host retries and sync windows opening can do without: they reconcile the
+    revision already there.
     """
     if not reconciled:
         return True
-    return any(kind not in (Trigger.DRIFT, Trigger.RETRY) or host is None for kind, host in batch)
+    return any(kind not in _HOST_ONLY or host is None for kind, host in batch)
 
 
 def is_idle(batch: Batch, before: str, after: str) -> bool:
@@ -98,14 +104,15 @@ def decide(batch: Batch, before: str, after: str, known: Iterable[str]) -> Decis
 
     ``before`` is the revision last reconciled, ``after`` the one there now (after any fetch). A new
     revision reconciles every host; so do a start, a webhook, a watched change and a resync. Without
-    those, only the hosts with a domain event (drift) or a due retry are reconciled. A host with both
-    an event and a retry is drift: the event is what changed it.
+    those, only the hosts with a domain event (drift), a due retry or a sync window opening are
+    reconciled. A host with both an event and a retry is drift: the event is what changed it.
     """
     moved = after != before
     if is_idle(batch, before, after):
         return Decision(after)
     drifted = {host for kind, host in batch if kind is Trigger.DRIFT and host}
     retried = {host for kind, host in batch if kind is Trigger.RETRY and host}
+    opened = {host for kind, host in batch if kind is Trigger.WINDOW and host}
     every = _every_host_reason(batch, moved)
     tasks: list[HostTask] = []
     for host in dict.fromkeys(known):
@@ -115,6 +122,8 @@ def decide(batch: Batch, before: str, after: str, known: Iterable[str]) -> Decis
             tasks.append(HostTask(host, Reason.DRIFT))
         elif host in retried:
             tasks.append(HostTask(host, Reason.RETRY))
+        elif host in opened:
+            tasks.append(HostTask(host, Reason.WINDOW))
         elif every is not None:
             tasks.append(HostTask(host, every))
     return Decision(after, tuple(tasks))

@@ -1,14 +1,15 @@
 """The GitOps daemon: keep every selected host equal to the newest commit (or a watched directory).
 
 One loop thread decides all work; everything else only *triggers* it through a queue: the git
-poller, the webhook, the directory watcher, libvirt domain events (drift), the periodic resync and
-the retry timers. Bursts of triggers are coalesced into one pass, whose work
-:mod:`~reconciler.daemon.decision` decides. A pass fetches (when asked to), loads the manifests and
-hands each host that needs it to that host's lane (:mod:`~reconciler.daemon.lanes`), which runs
-the same plan/policy/apply as the CLI: never two reconciles of one host at a time, and a slow host
-holds up no other. A refused or failing revision changes nothing and the daemon keeps going. A retryable
-error (the source or a host unreachable for now) is retried with backoff; any other waits for the
-next revision. SIGTERM ends the pass between two actions.
+poller, the webhook, the directory watcher, libvirt domain events (drift), the periodic resync, the
+retry timers and the wake-ups of hosts whose sync window opens (:mod:`~reconciler.daemon.wakeups`).
+Bursts of triggers are coalesced into one pass, whose work :mod:`~reconciler.daemon.decision`
+decides. A pass fetches (when asked to), loads the manifests and hands each host that needs it to
+that host's lane (:mod:`~reconciler.daemon.lanes`), which runs the same plan/policy/apply as the
+CLI: never two reconciles of one host at a time, and a slow host holds up no other. A refused or
+failing revision changes nothing and the daemon keeps going. A retryable error (the source or a
+host unreachable for now) is retried with backoff; any other waits for the next revision. SIGTERM
+ends the pass between two actions.
 
 Nothing in a revision can end the daemon: any error met while loading or reconciling it (a bug's
 ``ValueError``, an ``OverflowError``, a ``RecursionError`` or ``MemoryError`` from a pathological
@@ -30,6 +31,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from reconciler.daemon.snapshots import SnapshotPublisher
 from reconciler.daemon.sources import Source
 from reconciler.daemon.status import HostReport, PassRecord, StatusStore, now, pass_record
 from reconciler.daemon.verdict import HostVerdict, judge
+from reconciler.daemon.wakeups import Wakeups, next_boundary
 from reconciler.daemon.watchers import DomainWatchers, EventsFactory
 from reconciler.engine.apply import ApplySettings, Hooks
 from reconciler.engine.reconcile import Connector, Outcome, ReconcileOptions, reconcile
@@ -99,6 +102,7 @@ class Daemon:
             lambda target: self.trigger(Trigger.RETRY, target),
             lambda attempt: backoff_delay(attempt, base=config.retry_base, cap=config.retry_cap),
         )
+        self.wakeups = Wakeups(lambda host: self.trigger(Trigger.WINDOW, host))
         self.loader = ManifestLoader()
         self.snapshots = SnapshotPublisher(
             config.state_dir / "snapshots",
@@ -182,6 +186,7 @@ class Daemon:
         self.stop.set()
         self.lanes.close(timeout=self.config.shutdown_timeout + LANE_GRACE_SECONDS)
         self.retries.cancel_all()
+        self.wakeups.cancel_all()
         self.watchers.close()
         self.notifier.close(timeout=NOTIFY_GRACE_SECONDS)
         if self._http is not None:
@@ -361,7 +366,7 @@ class Daemon:
         for host in jobs:
             # Listen first: a change made while (or right after) this pass reconciles is not missed.
             self.watchers.listen(manifests.hosts[host])
-        started = time.monotonic()
+        started, moment = time.monotonic(), self.config.clock()
         outcome = reconcile(
             manifests,
             self.connect,
@@ -373,6 +378,7 @@ class Daemon:
                 root=self.source.identity,
                 settings=ApplySettings(shutdown_timeout=self.config.shutdown_timeout),
                 host_parallel=self.config.host_parallel,
+                now=moment,
             ),
             Hooks(stop=self.stop),
             parse_cache=self.domain_cache,
@@ -382,6 +388,8 @@ class Daemon:
             host: self._report_host(manifests, HostTask(host, job.reason), revision, outcome, seconds)
             for host, job in jobs.items()
         }
+        for host, verdict in verdicts.items():
+            self._wake_when_open(manifests, host, verdict, moment)
         self.status.record(pass_record(revision, first.reason.value, verdicts, outcome.results, seconds))
         self.status.save()
         # A move's other host joins only when this daemon keeps it: one told to leave a host alone
@@ -419,18 +427,39 @@ class Daemon:
                 log.warning("%s: snapshot not published: %s", task.host, describe(err))
         return verdict
 
+    def _wake_when_open(
+        self, manifests: ManifestSet, host: str, verdict: HostVerdict, moment: datetime
+    ) -> None:
+        """A deferred host is woken at its next window boundary; any other forgets its wake-up."""
+        windows = manifests.hosts[host].spec.sync_windows
+        boundary = next_boundary(windows, moment) if verdict.result == "deferred" else None
+        if boundary is None:
+            self.wakeups.forget(host)
+            return
+        delay = self.wakeups.at(host, boundary, moment)
+        log.debug("%s: waking in %.0fs, when its sync window may open", host, delay, extra={"host": host})
+
     def _after(self, task: HostTask, revision: str, verdict: HostVerdict) -> None:
-        """Log the host's result and schedule its retry (a retryable error) or forget it (any other)."""
+        """Log the host's result and schedule its retry (a retryable error) or forget it (any other).
+        A verdict that is no news (a refusal or a deferral met again by a resync or drift pass at the
+        same revision) is logged at debug level only: once per host, revision and condition."""
         line = one_line(
             f"{task.host}: {verdict.result} at {revision[:12]} ({task.reason}): {verdict.message}"
         )
         fields = {"host": task.host, "revision": revision, "result": verdict.result}
+        subject = f"verdict {task.host}"
         if verdict.retry:
+            self._said.clear(subject)  # each retry is logged, with its attempt
             attempt, delay = self.retries.failed(task.host)
             log.warning("%s; retry %d in %.1fs", line, attempt, delay, extra=fields)
             return
         self.retries.forget(task.host)
         if verdict.ok:
+            self._said.clear(subject)
+            log.info("%s", line, extra=fields)
+        elif not self._said.new(subject, f"{revision} {verdict.condition}"):
+            log.debug("%s (as before)", line, extra=fields)
+        elif verdict.result in ("deferred", "suspended"):
             log.info("%s", line, extra=fields)
         else:
             log.warning("%s; waiting for a new revision", line, extra=fields)

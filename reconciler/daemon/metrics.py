@@ -144,8 +144,9 @@ class Metrics:
         if verdict.result == "refused":
             self.refusals.labels(host).inc()
         if plan is not None and plan.policy is not None:
+            applied = verdict.result == "applied" or not plan.actions  # else nothing changed yet
             for rule in plan.policy.rules:
-                value = rule.before if verdict.result == "refused" else rule.after
+                value = rule.after if applied else rule.before
                 self.usage.labels(host, rule.rule).set(value)
                 self.limit.labels(host, rule.rule).set(rule.limit)
         if states is not None:

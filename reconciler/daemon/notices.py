@@ -2,18 +2,22 @@
 
 A ``--notify`` value names a :class:`Receiver`: a generic JSON webhook (``https://…``), a
 Slack-compatible incoming webhook (``slack+https://…``, or any ``https://hooks.slack.com/…``), or a
-GitHub commit status (``github:OWNER/REPO?token-file=PATH``). A :class:`Notice` is one event
-(``applied``, ``drift``, ``refused``, ``error``); :class:`NoticeFilter` decides which verdicts
-become notices (never a routine "unchanged" pass, never the same error twice in a row), and
-:func:`request_for` turns a notice into the HTTP request one receiver wants. Secrets never leave
-here in text: a receiver's :attr:`Receiver.name` (logs, metrics) hides a Slack webhook's path and
-any user info or query, and the GitHub token is read from its file only to build a request.
+GitHub commit status (``github:OWNER/REPO?token-file=PATH``); the value itself may come from a file
+(``@FILE``) or an environment variable (``env:NAME``), so a URL holding a secret is not in the
+process's command line. A :class:`Notice` is one event (``applied``, ``drift``, ``refused``,
+``error``, ``deferred``, ``suspended``, and for commit statuses only ``unchanged``);
+:class:`NoticeFilter` decides which verdicts become notices (never a routine "unchanged" pass, never
+the same error twice in a row), and :func:`request_for` turns a notice into the HTTP request one
+receiver wants. Secrets never leave here in text: a receiver's :attr:`Receiver.name` (logs, metrics)
+shows a URL's scheme, host and port only (Slack, Discord, Teams and n8n put the secret in the path),
+and the GitHub token is read from its file only to build a request.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -32,6 +36,7 @@ DESCRIPTION_CHARS = 140  # GitHub refuses a longer status description
 MESSAGE_CHARS = 4000  # a notice's message is cut to this (a manifest error may list hundreds)
 SLACK_SECTION_CHARS = 3000  # Slack's limit for one section block's text
 TOKEN_BYTES = 4096  # a token file larger than this is not a token
+VALUE_BYTES = 8192  # a ``--notify @FILE`` larger than this holds no one URL
 USER_AGENT = f"virt-reconcile/{__version__}"
 _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 _REPOSITORY = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -39,7 +44,8 @@ _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _GITHUB_PARAMS = ("token-file", "api")
 USAGE = (
     "use https://… or http://… (a JSON webhook), slack+https://… (a Slack-compatible webhook) or "
-    "github:OWNER/REPO?token-file=FILE[&api=URL] (a commit status)"
+    "github:OWNER/REPO?token-file=FILE[&api=URL] (a commit status); @FILE or env:NAME reads the "
+    "value from a file or an environment variable"
 )
 
 
@@ -62,14 +68,29 @@ class Event(StrEnum):
     DRIFT = "drift"  # a change made outside git was put back
     REFUSED = "refused"
     ERROR = "error"
+    DEFERRED = "deferred"  # the changes wait for the host's sync window
+    SUSPENDED = "suspended"  # the host's suspend annotation leaves it alone
+    UNCHANGED = "unchanged"  # a new revision that changes nothing here: only a commit status says so
 
 
-_GITHUB_STATE = {Event.APPLIED: "success", Event.DRIFT: "success", Event.REFUSED: "failure"}
+#: The events that mean "not done yet, on purpose": a commit status ``pending``.
+WAITING = (Event.DEFERRED, Event.SUSPENDED)
+_GITHUB_STATE = {
+    Event.APPLIED: "success",
+    Event.DRIFT: "success",
+    Event.UNCHANGED: "success",
+    Event.REFUSED: "failure",
+    Event.DEFERRED: "pending",
+    Event.SUSPENDED: "pending",
+}
 _SLACK_MARK = {
     Event.APPLIED: ":white_check_mark:",
     Event.DRIFT: ":arrows_counterclockwise:",
     Event.REFUSED: ":no_entry:",
     Event.ERROR: ":x:",
+    Event.DEFERRED: ":hourglass_flowing_sand:",
+    Event.SUSPENDED: ":double_vertical_bar:",
+    Event.UNCHANGED: ":white_check_mark:",
 }
 
 
@@ -139,10 +160,35 @@ def parse_receiver(text: str) -> Receiver:
         raise NotifyValueError("the URL's port is not a number from 0 to 65535") from None
     shown_port = f":{port}" if port is not None else ""
     origin = f"{parts.scheme}://{_shown_host(parts.hostname)}{shown_port}"
+    # The path is shown by neither: it is the secret of a Slack, Discord, Teams or n8n webhook.
     if slack or parts.hostname.lower() == SLACK_HOST:
-        return Receiver(ReceiverKind.SLACK, url, f"slack:{origin}")  # the path is the webhook's secret
-    query = "?…" if parts.query else ""
-    return Receiver(ReceiverKind.WEBHOOK, url, f"webhook:{origin}{parts.path}{query}")
+        return Receiver(ReceiverKind.SLACK, url, f"slack:{origin}")
+    return Receiver(ReceiverKind.WEBHOOK, url, f"webhook:{origin}")
+
+
+def notify_value(text: str) -> str:
+    """A ``--notify`` value as given, or read from where it points: ``@FILE`` (the file's one line)
+    or ``env:NAME`` (the environment variable), so a secret URL is not in the command line that
+    ``ps`` and ``/proc/PID/cmdline`` show; :class:`NotifyValueError` naming the file or variable
+    (never what it holds) when it cannot be read or is empty."""
+    if text.startswith("env:"):
+        name = text.removeprefix("env:")
+        value = os.environ.get(name, "").strip()
+        if not value:
+            raise NotifyValueError(f"the environment variable {name!r} is not set or is empty")
+        return value
+    if not text.startswith("@"):
+        return text
+    path = Path(text.removeprefix("@")).expanduser()
+    try:
+        with path.open("rb") as file:
+            data = file.read(VALUE_BYTES + 1)
+    except OSError as err:
+        raise NotifyValueError(f"{path}: {err.strerror or err}") from None
+    value = data.decode("utf-8", "replace").strip()
+    if len(data) > VALUE_BYTES or not value or "\n" in value:
+        raise NotifyValueError(f"{path} does not hold one notification URL (one line)")
+    return value
 
 
 def shown_value(text: str) -> str:
@@ -224,8 +270,10 @@ class NoticeFilter:
 
     ``applied`` and ``drift`` always; ``refused`` and ``error`` unless they repeat the last notice of
     that host (same revision, same message: a retry meeting the same error, a resync meeting the same
-    refusal); ``unchanged`` only when it ends an error or refusal notified before, as ``applied`` (a
-    revert commit that fixes a broken revision changes nothing, yet the alert must clear).
+    refusal); ``deferred`` and ``suspended`` once per revision (a deferral's message names a time
+    that may move); ``unchanged`` only when it ends an error, refusal or wait notified before, as
+    ``applied`` (a revert commit that fixes a broken revision changes nothing, yet the alert must
+    clear). :meth:`first_at` tells a commit status apart: each revision a host reaches gets one.
     """
 
     def __init__(self) -> None:
@@ -234,9 +282,18 @@ class NoticeFilter:
         self._failing: set[str] = set()
         self._every_failing = False  # a revision no host could use, since which ``_cleared`` recovered
         self._cleared: set[str] = set()
+        self._reached: dict[str, str] = {}  # host -> the revision of its last verdict
+
+    def first_at(self, host: str, revision: str) -> bool:
+        """Whether this is ``host``'s first verdict at ``revision`` (and remember it)."""
+        with self._lock:
+            first = self._reached.get(host) != revision
+            self._reached[host] = revision
+            return first
 
     def verdict(self, host: str, revision: str, result: str, drift: bool, message: str) -> Event | None:
-        """The event to send for one host's verdict (``result`` applied/unchanged/refused/error)."""
+        """The event to send for one host's verdict (``result`` applied, unchanged, refused, error,
+        deferred or suspended)."""
         with self._lock:
             if result in ("applied", "unchanged"):
                 was_failing = host in self._failing or (self._every_failing and host not in self._cleared)
@@ -246,10 +303,13 @@ class NoticeFilter:
                 if result == "applied":
                     return Event.DRIFT if drift else Event.APPLIED
                 return Event.APPLIED if was_failing else None
-            if result not in ("refused", "error"):
+            kinds = {"refused": Event.REFUSED, "error": Event.ERROR}
+            kinds |= {event.value: event for event in WAITING}
+            if result not in kinds:
                 return None  # a result this filter does not know is nobody's alert
-            event = Event.REFUSED if result == "refused" else Event.ERROR
-            return event if self._failed(host, (event, revision, message)) else None
+            event = kinds[result]
+            shown = "" if event in WAITING else message
+            return event if self._failed(host, (event, revision, shown)) else None
 
     def revision_failed(self, hosts: Iterable[str], revision: str, message: str) -> bool:
         """Whether to send a revision's error (no host could use it; ``hosts`` () = every host)."""

@@ -33,6 +33,7 @@ from reconciler.daemon.notices import (
     Notifications,
     NotifyValueError,
     Receiver,
+    ReceiverKind,
     Request,
     request_for,
 )
@@ -225,23 +226,31 @@ class Notifier:
         reason: Reason,
         results: Sequence[ActionResult] = (),
     ) -> None:
-        """One host's verdict: queued for every receiver when it is news (never waits)."""
+        """One host's verdict: queued for every receiver when it is news (never waits). A commit
+        status is news at each revision a host reaches, even one that changes nothing there: a
+        commit without a status would look as if it never reached the host."""
         if not self.senders:
             return
         drift = verdict.drift_corrections > 0
+        first = self.filter.first_at(host, revision)
         event = self.filter.verdict(host, revision, verdict.result, drift, verdict.message)
+        actions = tuple(f"{r.action.kind.value} {r.action.domain}" for r in results)
         if event is not None:
-            actions = tuple(f"{r.action.kind.value} {r.action.domain}" for r in results)
             self._queue(Notice(event, host, revision, verdict.message, now(), reason.value, actions))
+        elif first and verdict.result == "unchanged":
+            unchanged = Notice(Event.UNCHANGED, host, revision, verdict.message, now(), reason.value)
+            self._queue(unchanged, only=ReceiverKind.GITHUB)
 
     def revision_failed(self, revision: str, message: str, hosts: Sequence[str] = ()) -> None:
         """A revision no host could use (invalid manifests): an error for every receiver, once."""
         if self.senders and self.filter.revision_failed(hosts, revision, message):
             self._queue(Notice(Event.ERROR, "", revision, message, now()))
 
-    def _queue(self, notice: Notice) -> None:
+    def _queue(self, notice: Notice, only: ReceiverKind | None = None) -> None:
+        """``notice`` for every sender, or only those of the ``only`` kind."""
         for sender in self.senders:
-            sender.put(notice)
+            if only is None or sender.receiver.kind is only:
+                sender.put(notice)
 
     def close(self, timeout: float) -> None:
         """Give the senders up to ``timeout`` seconds to deliver what is queued, then stop them

@@ -5,6 +5,9 @@ Per host: its last result, and each managed domain's sync state and health
 whether it is suspended and why its changes wait. Beside the hosts: the passes running now
 (``inProgress``) and the last :data:`HISTORY` passes, newest first (``history``: what each pass did,
 so the "applied" of a push is not lost when the pass that follows its own events says "unchanged").
+A pass that says again what its hosts' last entry said (the same revision, result and message: a
+resync finding nothing, a retry meeting the same error every minute) is merged into that entry,
+which counts the passes (``count``) from the first (``first``) to the last (``time``).
 
 The loop thread and the host lanes write; HTTP threads read. Every change and every read holds one
 lock, and a reader gets a copy: a document never shows half of an update (one host new, another old).
@@ -42,12 +45,12 @@ class HostStatus:
     """What ``/status`` reports for one host (its collections are never changed once built)."""
 
     revision: str = ""
-    result: str = "pending"  # applied | unchanged | refused | error | pending
+    result: str = "pending"  # applied | unchanged | refused | error | deferred | suspended | pending
     appliedRevision: str = ""
     message: str = ""
     time: str = ""
     domains: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {sync, health, message}
-    policy: list[dict[str, Any]] = field(default_factory=list)  # {rule, unit, usage, limit, ok} per rule
+    policy: list[dict[str, Any]] = field(default_factory=list)  # {rule, unit, usage, planned, limit, ok}
     pendingRestarts: list[str] = field(default_factory=list)
     suspended: bool = False  # the host's suspend annotation: every domain left alone
     deferred: str = ""  # why its changes wait (outside its sync windows), "" when they do not
@@ -86,10 +89,13 @@ class HostReport:
 
 
 def policy_rows(plan: HostPlan | None, *, applied: bool) -> list[dict[str, Any]]:
-    """Each rule's usage against its limit: after the plan when it was applied (or changed
-    nothing), as before when its actions did not run (refused, blocked, deferred, suspended)."""
+    """Each rule's usage against its limit: ``usage`` is the host's now (after the plan when it was
+    applied or changed nothing, as before when its actions did not run: refused, blocked, deferred,
+    suspended), ``planned`` the usage the plan leads to, ``ok`` whether the plan keeps the rule (a
+    rule the policy names among its violations is not ok, whether it refused or only warned)."""
     if plan is None or plan.policy is None:
         return []
+    broken = {rule.rule for rule in plan.policy.violations}
     rows = []
     for rule in plan.policy.rules:
         usage = rule.after if applied or not plan.actions else rule.before
@@ -98,8 +104,9 @@ def policy_rows(plan: HostPlan | None, *, applied: bool) -> list[dict[str, Any]]
                 "rule": rule.rule,
                 "unit": rule.unit,
                 "usage": usage,
+                "planned": rule.after,
                 "limit": rule.limit,
-                "ok": usage <= rule.limit,
+                "ok": rule.rule not in broken,
             }
         )
     return rows
@@ -114,24 +121,32 @@ class PassRecord:
     hosts: list[str]
     revision: str
     trigger: str
-    result: str  # applied | unchanged | refused | error: the worst of its hosts'
+    result: str  # applied | unchanged | refused | error | deferred | suspended: the worst of its hosts'
     actions: list[str] = field(default_factory=list)  # "update web1", "start db (failed)"
     message: str = ""
     duration: float = 0.0  # seconds
+    count: int = 1  # the passes this entry stands for (identical ones in a row are merged)
+    first: str = ""  # when the first of them ended ("" for one pass: ``time``)
 
     def repeats(self, earlier: PassRecord) -> bool:
-        """Whether this pass only says again what ``earlier`` said: both found nothing to do on the
-        same hosts at the same revision (a resync, the echo of a pass's own events)."""
-        same = (self.hosts, self.revision, self.result) == (earlier.hosts, earlier.revision, earlier.result)
-        return same and self.result == "unchanged"
+        """Whether this pass only says again what ``earlier`` said: the same hosts, revision, result
+        and message (a resync finding nothing, a retry meeting the same error)."""
+        mine = (self.hosts, self.revision, self.result, self.message)
+        return mine == (earlier.hosts, earlier.revision, earlier.result, earlier.message)
+
+    def merged(self, earlier: PassRecord) -> PassRecord:
+        """This pass as the newest of ``earlier``'s run of identical passes: counted with them, and
+        since when they have been saying it."""
+        return replace(self, count=earlier.count + self.count, first=earlier.first or earlier.time)
 
 
 #: Worst first: a pass of several hosts (a move) shows the worst of their results.
-RESULT_ORDER = ("error", "refused", "applied", "unchanged")
+RESULT_ORDER = ("error", "refused", "deferred", "suspended", "applied", "unchanged")
 
 
 def worst_result(results: Iterable[str]) -> str:
-    """The worst of the hosts' results (``error`` before ``refused`` before ``applied``)."""
+    """The worst of the hosts' results (``error`` before ``refused``, changes that wait before
+    ``applied``)."""
     found = set(results)
     return next((result for result in RESULT_ORDER if result in found), "unchanged")
 
@@ -267,10 +282,12 @@ class StatusStore:
 
     def _remember(self, entry: PassRecord) -> None:
         """Newest first, at most :data:`HISTORY`; a pass that only repeats its hosts' last entry
-        ("unchanged" again) replaces it, so routine passes do not push out what a push did."""
+        is merged into it (counted, moved to the front), so routine passes and retries meeting the
+        same error do not push out what a push did."""
         earlier = next((old for old in self._history if old.hosts == entry.hosts), None)
         if earlier is not None and entry.repeats(earlier):
             self._history.remove(earlier)
+            entry = entry.merged(earlier)
         self._history.insert(0, entry)
         del self._history[HISTORY:]
 
@@ -346,9 +363,10 @@ def _read_history(saved: Any) -> list[PassRecord]:
     if not isinstance(saved, list):
         return []
     names = {f.name for f in fields(PassRecord)}
+    added = {"count", "first"}  # an entry saved before runs were merged lacks them
     entries = []
     for item in saved[:HISTORY]:
-        if isinstance(item, dict) and set(item) == names:
+        if isinstance(item, dict) and names - added <= set(item) <= names:
             with contextlib.suppress(TypeError, ValueError):
                 entries.append(_checked_record(item))
     return entries
@@ -358,10 +376,13 @@ def _checked_record(item: dict[str, Any]) -> PassRecord:
     """A saved history entry as a record; a ``TypeError`` when a field has the wrong type."""
     text = ("time", "revision", "trigger", "result", "message")
     lists = ("hosts", "actions")
-    if not all(isinstance(item[name], str) for name in text):
+    if not all(isinstance(item[name], str) for name in text) or not isinstance(item.get("first", ""), str):
         raise TypeError("a text field is not text")
     if not all(
         isinstance(item[name], list) and all(isinstance(v, str) for v in item[name]) for name in lists
     ):
         raise TypeError("a list field is not a list of text")
+    count = item.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise TypeError("count is not a whole number of 1 or more")
     return PassRecord(**{**item, "duration": float(item["duration"])})

@@ -3,7 +3,9 @@
 The engine keeps the host errors it met (a host that could not be reached, a failed action) beside
 their text; their class decides between a retry with backoff (``err.retryable``: the host may come
 back by itself) and waiting for a new revision (a refusal, a conflict, a permanent error: retrying
-changes nothing).
+changes nothing). A host whose changes wait on purpose (outside its sync windows, or suspended by
+its annotation) is neither: its result says so (``deferred``, ``suspended``), it does not count as
+matching the revision, and the daemon wakes it when its window opens.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from reconciler.errors import HostError, ReconcilerError
 class HostVerdict:
     """A host's result for ``/status`` and the metrics, and whether to retry it."""
 
-    result: str  # applied | unchanged | refused | error
+    result: str  # applied | unchanged | refused | error | deferred | suspended
     message: str
     retry: bool = False  # a retryable error: try again with backoff
     drift_corrections: int = 0  # actions that put back a change made outside git
@@ -29,8 +31,16 @@ class HostVerdict:
     @property
     def ok(self) -> bool:
         """Whether the host now matches the revision: the one place that says which results are
-        good (``/status``'s ``appliedRevision``, the metrics and the log all ask here)."""
+        good (``/status``'s ``appliedRevision``, the metrics and the log all ask here). A deferred
+        or suspended host is not: its changes were not made."""
         return self.result in ("applied", "unchanged")
+
+    @property
+    def condition(self) -> str:
+        """What a repeat of this verdict must match to be the same news (logged and notified once):
+        the result and its message; a deferral's result alone, since its message names a closing
+        time that moves with a rolling deny window."""
+        return self.result if self.result in ("deferred", "suspended") else f"{self.result}: {self.message}"
 
 
 def judge(
@@ -58,6 +68,11 @@ def judge(
     if plan.refused:
         assert plan.policy is not None
         return HostVerdict("refused", "; ".join(rule.message() for rule in plan.policy.violations))
+    if plan.host_suspended:
+        return HostVerdict("suspended", plan.paused_because)
+    if plan.deferred and plan.actions and not results:
+        waiting = ", ".join(f"{a.kind.value} {a.domain}" for a in plan.actions)
+        return HostVerdict("deferred", f"{len(plan.actions)} action(s) wait ({waiting}): {plan.deferred}")
     if not results:
         return HostVerdict("unchanged", "no changes")
     done = ", ".join(f"{r.action.kind.value} {r.action.domain}" for r in results)

@@ -182,6 +182,10 @@ def test_the_dashboard_shows_the_fleet_and_follows_a_push(browser: WebDriver, da
     tree = snapshot(browser)
     assert result_of(tree, "hv-ams-01") == "applied"
     assert "ci-runner-3" in host(tree, "hv-fra-01").xpath("string(.//pre[@class='message'])")
+    # The rule that refused it: held at 7 of 8, the push would take it to 9.
+    fra = rule_row(tree, "hv-fra-01")
+    assert "7 / 8 vCPUs (88%); planned 9 vCPUs (112%)" in fra.text_content()
+    assert fra.xpath(".//span[@data-state='refused']") and fra.xpath("td/meter/@value") == ["7"]
     assert "20 / 32 vCPUs" in rule_row(tree, "hv-ams-01").text_content()  # api-3 counted
     assert host(tree, "hv-ams-02").xpath(".//ul[contains(@class, 'pending')]/li/code/text()") == [
         "db-replica"

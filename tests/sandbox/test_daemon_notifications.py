@@ -167,7 +167,7 @@ def test_applied_refused_and_drift_reach_every_receiver_once(tmp_path, repo, rec
         r.json["context"] == "virt-reconcile/hv1" and len(r.json["description"]) <= 140 for r in statuses
     )
     assert {r.headers["Authorization"] for r in statuses} == {f"Bearer {TOKEN}"}
-    for name in ("webhook:" + webhook.url + "/events", "slack:" + slack.url, "github:acme/infra"):
+    for name in ("webhook:" + webhook.url, "slack:" + slack.url, "github:acme/infra"):  # no path: a secret
         eventually(
             lambda name=name: (
                 sample(daemon, "virt_reconcile_notifications_total", receiver=name, result="sent") == 4
@@ -225,13 +225,18 @@ def test_a_hung_receiver_delays_no_pass_and_no_other_receiver(tmp_path, repo, re
 def test_the_notify_option_of_the_daemon_command_reaches_its_receiver(tmp_path, repo, receivers):
     webhook = receivers()
     first = repo.commit({"hosts.yaml": host(), "web.yaml": domain_yaml("web", vcpus=1)})
-    args = ("--source", repo.url, "--interval", "1h", "--notify", f"slack+{webhook.url}/services/secret")
+    url_file = tmp_path / "notify-url"  # the secret URL kept out of the command line
+    url_file.write_text(f"slack+{webhook.url}/services/secret\n")
+    args = ("--source", repo.url, "--interval", "1h", "--notify", f"@{url_file}")
     process = DaemonProcess(*args, state_dir=tmp_path / "state").start()
     try:
+        assert process.proc is not None
+        assert b"secret" not in Path(f"/proc/{process.proc.pid}/cmdline").read_bytes()
         process.wait_for("hv1", result="applied", revision=first)
         assert (
             webhook.wait_for(1)[0].json["text"].startswith(f":white_check_mark: hv1: applied at {first[:12]}")
         )
+        assert webhook.requests[0].path == "/services/secret"
         sent = f'virt_reconcile_notifications_total{{receiver="slack:{webhook.url}",result="sent"}} 1.0'
         eventually(lambda: sent in process.get("/metrics")[1].decode(), sent)
         metrics = process.get("/metrics")[1].decode()

@@ -33,9 +33,14 @@ def test_every_trigger_but_events_and_host_retries_fetches(batch):
 
 
 @pytest.mark.parametrize(
-    "batch", [[(Trigger.DRIFT, "hv1")], [(Trigger.RETRY, "hv1"), (Trigger.DRIFT, "hv2")]]
+    "batch",
+    [
+        [(Trigger.DRIFT, "hv1")],
+        [(Trigger.RETRY, "hv1"), (Trigger.DRIFT, "hv2")],
+        [(Trigger.WINDOW, "hv1")],  # a sync window opened: its deferred changes are at this revision
+    ],
 )
-def test_drift_and_a_host_retry_reconcile_the_revision_already_there(batch):
+def test_drift_a_host_retry_and_a_window_opening_reconcile_the_revision_already_there(batch):
     assert not needs_fetch(batch, reconciled="r1")
     assert needs_fetch(batch, reconciled="")  # nothing reconciled yet: fetch first
 
@@ -67,6 +72,14 @@ def test_drift_reconciles_only_the_hosts_it_touched_and_counts_as_drift():
 def test_a_host_retry_is_a_retry_not_drift():
     decision = decide([(Trigger.RETRY, "hv1")], "r1", "r1", HOSTS)
     assert decision.tasks == (HostTask("hv1", Reason.RETRY),)
+
+
+def test_a_window_opening_reconciles_its_host_only_and_says_why():
+    decision = decide([(Trigger.WINDOW, "hv2")], "r1", "r1", HOSTS)
+    assert decision.tasks == (HostTask("hv2", Reason.WINDOW),)
+    assert not is_idle([(Trigger.WINDOW, "hv2")], "r1", "r1")
+    both = [(Trigger.WINDOW, "hv2"), (Trigger.DRIFT, "hv2")]
+    assert tasks(decide(both, "r1", "r1", HOSTS)) == {"hv2": Reason.DRIFT}
 
 
 def test_a_host_with_an_event_and_a_retry_is_drift_and_others_keep_their_reason():

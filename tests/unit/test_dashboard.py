@@ -36,8 +36,11 @@ def host(**fields: Any) -> dict[str, Any]:
     }
 
 
-def rule(name: str, usage: int, limit: int, unit: str = "vCPUs", ok: bool = True) -> dict[str, Any]:
-    return {"rule": name, "unit": unit, "usage": usage, "limit": limit, "ok": ok}
+def rule(
+    name: str, usage: int, limit: int, unit: str = "vCPUs", ok: bool = True, planned: int | None = None
+) -> dict[str, Any]:
+    planned = usage if planned is None else planned
+    return {"rule": name, "unit": unit, "usage": usage, "planned": planned, "limit": limit, "ok": ok}
 
 
 def test_every_value_from_the_document_is_escaped() -> None:
@@ -109,14 +112,42 @@ def test_a_rule_bar_is_amber_near_its_limit_and_red_past_it(usage: int, limit: i
     assert f"{usage} / {limit} vCPUs" in figure
 
 
-def test_a_memory_rule_shows_sizes_and_a_refused_rule_says_so() -> None:
-    rules = [rule("memory.commit", 20 << 30, 63 << 30, unit="bytes", ok=False), rule("cpu.total", 2, 8)]
+def test_a_memory_rule_shows_sizes_and_a_refused_rule_says_so_with_its_planned_usage() -> None:
+    memory_rule = rule("memory.commit", 20 << 30, 63 << 30, unit="bytes", ok=False, planned=70 << 30)
+    rules = [memory_rule, rule("cpu.total", 2, 8, planned=4)]
     tree = page({"hosts": {"hv1": host(result="refused", policy=rules)}})
     [memory] = tree.xpath("//tr[@data-rule='memory.commit']")
-    assert "20GiB / 63GiB (32%)" in memory.text_content()
+    assert "20GiB / 63GiB (32%); planned 70GiB (111%)" in memory.text_content()
     assert memory.get("class") == "level-ok"  # the usage held is within; the plan was what broke it
     assert memory.xpath(".//span[@data-state='refused']/@title")
-    assert tree.xpath("//tr[@data-rule='cpu.total']//span[@data-state='refused']") == []
+    [cpu] = tree.xpath("//tr[@data-rule='cpu.total']")
+    assert cpu.xpath(
+        ".//span[@data-state='refused']"
+    ) == [] and "2 / 8 vCPUs (25%); planned 4 vCPUs (50%)" in (cpu.text_content())
+
+
+def test_a_rule_broken_under_a_warning_policy_says_over_limit_not_refused() -> None:
+    tree = page({"hosts": {"hv1": host(result="applied", policy=[rule("cpu.total", 9, 8, ok=False)])}})
+    [row] = tree.xpath("//tr[@data-rule='cpu.total']")
+    assert row.xpath(".//span[@data-state='refused']") == []
+    assert row.xpath("string(.//span[@data-state='over'])") == "over limit"
+    assert "planned" not in row.text_content()  # applied: planned and usage are the same
+
+
+def test_a_deferred_host_and_merged_history_entries_show_as_such() -> None:
+    repeated = {
+        "time": "t9",
+        "hosts": ["hv1"],
+        "revision": "r",
+        "result": "deferred",
+        "count": 12,
+        "first": "t1",
+    }
+    tree = page({"hosts": {"hv1": host(result="deferred")}, "history": [repeated]})
+    [badge] = tree.xpath("//article[@data-host='hv1']/header/span")
+    assert badge.text == "deferred" and "tone-warn" in badge.get("class")
+    [result] = tree.xpath("//table[@class='history']/tbody/tr/td[5]/span")
+    assert result.text == "deferred ×12" and result.get("title") == "12 passes since t1"
 
 
 def test_domains_show_their_states_with_the_ones_needing_a_look_first() -> None:

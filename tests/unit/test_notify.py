@@ -95,13 +95,16 @@ def applied(message: str = "1 action(s): define web") -> HostVerdict:
 @pytest.mark.parametrize(
     ("value", "kind", "name"),
     [
-        ("https://ci.example.com/hooks/vr", ReceiverKind.WEBHOOK, "webhook:https://ci.example.com/hooks/vr"),
+        ("https://ci.example.com/hooks/s3cret", ReceiverKind.WEBHOOK, "webhook:https://ci.example.com"),
         (
             "https://u:pw@ci.example.com:8443/in?key=s3cret",
             ReceiverKind.WEBHOOK,
-            "webhook:https://ci.example.com:8443/in?…",
+            "webhook:https://ci.example.com:8443",
         ),
-        ("http://[::1]:9000/x", ReceiverKind.WEBHOOK, "webhook:http://[::1]:9000/x"),
+        ("http://[::1]:9000/s3cret", ReceiverKind.WEBHOOK, "webhook:http://[::1]:9000"),
+        # Discord, Teams and n8n put the secret in the path of a generic JSON webhook
+        ("https://discord.com/api/webhooks/1/s3cret", ReceiverKind.WEBHOOK, "webhook:https://discord.com"),
+        ("https://n8n.example.com/webhook/s3cret", ReceiverKind.WEBHOOK, "webhook:https://n8n.example.com"),
         (
             "https://hooks.slack.com/services/T0/B0/s3cret",
             ReceiverKind.SLACK,
@@ -158,6 +161,61 @@ def test_a_bad_notify_value_is_a_usage_error_that_shows_no_secret_path(capsys):
     assert "s3cret" not in err
 
 
+def test_a_notify_value_may_come_from_a_file_or_a_variable_kept_out_of_the_command_line(
+    tmp_path, monkeypatch
+):
+    from reconciler.cli.argtypes import notify_target
+
+    url_file = tmp_path / "slack-url"
+    url_file.write_text("https://hooks.slack.com/services/T0/B0/s3cret\n")
+    slack = notify_target(f"@{url_file}")
+    assert (slack.kind, slack.name, slack.url) == (
+        ReceiverKind.SLACK,
+        "slack:https://hooks.slack.com",
+        "https://hooks.slack.com/services/T0/B0/s3cret",
+    )
+    monkeypatch.setenv("VR_TEST_NOTIFY", "https://discord.com/api/webhooks/1/s3cret")
+    assert notify_target("env:VR_TEST_NOTIFY").name == "webhook:https://discord.com"
+
+
+@pytest.mark.parametrize(
+    ("content", "value", "message"),
+    [
+        (None, "@{dir}/absent", "'@{dir}/absent': {dir}/absent: No such file or directory"),
+        ("", "@{file}", "'@{file}': {file} does not hold one notification URL (one line)"),
+        (
+            "https://a.example/s3cret\nhttps://b.example/s3cret",
+            "@{file}",
+            "'@{file}': {file} does not hold one notification URL (one line)",
+        ),
+        (
+            "https://hooks.slack.com:x/s3cret",
+            "@{file}",
+            "'@{file}': 'https://hooks.slack.com/…': the URL's port",
+        ),
+        (
+            None,
+            "env:VR_TEST_UNSET",
+            "'env:VR_TEST_UNSET': the environment variable 'VR_TEST_UNSET' is not set",
+        ),
+    ],
+)
+def test_a_notify_value_that_cannot_be_read_is_a_usage_error_naming_where_never_what(
+    tmp_path, capsys, monkeypatch, content, value, message
+):
+    monkeypatch.delenv("VR_TEST_UNSET", raising=False)
+    url_file = tmp_path / "url"
+    if content is not None:
+        url_file.write_text(content)
+    value, message = (text.format(dir=tmp_path, file=url_file) for text in (value, message))
+    with pytest.raises(SystemExit) as usage:
+        main(["daemon", "--source", "/tmp", "--notify", value])
+    assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --notify: {message}" in " ".join(err.split()), err
+    assert "s3cret" not in err
+
+
 def test_a_commit_status_needs_a_git_source(tmp_path, capsys):
     token = tmp_path / "token"
     token.write_text(TOKEN)
@@ -207,8 +265,11 @@ def test_a_slack_message_escapes_what_slack_would_read_as_a_link_or_mention():
     [
         (Event.APPLIED, "success"),
         (Event.DRIFT, "success"),
+        (Event.UNCHANGED, "success"),
         (Event.REFUSED, "failure"),
         (Event.ERROR, "error"),
+        (Event.DEFERRED, "pending"),
+        (Event.SUSPENDED, "pending"),
     ],
 )
 def test_a_commit_status_maps_each_event_to_a_state_and_fits_githubs_limits(event, state):
@@ -262,6 +323,41 @@ def test_a_refusal_met_again_by_a_resync_is_not_sent_again_and_drift_always_is()
     assert chosen.verdict("hv1", "r3", "refused", False, "cpu.total") is Event.REFUSED  # a new revision
     assert chosen.verdict("hv1", "r3", "applied", True, "drift corrected") is Event.DRIFT
     assert chosen.verdict("hv1", "r3", "applied", True, "drift corrected") is Event.DRIFT
+
+
+def test_a_deferral_is_sent_once_per_revision_and_its_end_is_sent_as_applied():
+    chosen = NoticeFilter()
+    assert chosen.verdict("hv1", "r1", "applied", False, "define web") is Event.APPLIED
+    assert chosen.verdict("hv1", "r2", "deferred", False, "2 action(s) wait: closes 01:00Z") is Event.DEFERRED
+    assert (
+        chosen.verdict("hv1", "r2", "deferred", False, "2 action(s) wait: closes 01:01Z") is None
+    )  # rolling
+    assert chosen.verdict("hv1", "r3", "deferred", False, "2 action(s) wait: closes 01:01Z") is Event.DEFERRED
+    assert chosen.verdict("hv1", "r3", "applied", False, "define db") is Event.APPLIED  # the window opened
+    assert chosen.verdict("hv1", "r3", "suspended", False, "the host is suspended") is Event.SUSPENDED
+    assert chosen.verdict("hv1", "r3", "suspended", False, "the host is suspended") is None
+    assert chosen.verdict("hv1", "r3", "unchanged", False, "no changes") is Event.APPLIED  # unsuspended
+
+
+def test_every_new_revision_gets_a_commit_status_even_when_it_changes_nothing(receivers, notifiers, tmp_path):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    github, webhook = receivers(status=201), receivers()
+    notifier = notifiers(f"github:acme/infra?token-file={token}&api={github.url}", webhook.url)
+    other = "f" * 40
+    notifier.host_verdict("hv1", SHA, applied(), Reason.REVISION)
+    notifier.host_verdict("hv1", other, HostVerdict("unchanged", "no changes"), Reason.REVISION)
+    notifier.host_verdict("hv1", other, HostVerdict("unchanged", "no changes"), Reason.RESYNC)  # not again
+    notifier.host_verdict("hv2", other, HostVerdict("unchanged", "no changes"), Reason.REVISION)
+    statuses = github.wait_for(3)
+    assert [(r.path.rsplit("/", 1)[1], r.json["state"], r.json["context"]) for r in statuses] == [
+        (SHA, "success", "virt-reconcile/hv1"),
+        (other, "success", "virt-reconcile/hv1"),
+        (other, "success", "virt-reconcile/hv2"),
+    ]
+    assert statuses[1].json["description"] == "unchanged: no changes"
+    eventually(lambda: count(notifier, "sent", 0) == 3 and count(notifier, "sent", 1) == 1)
+    assert webhook.events() == ["applied"]  # the other receivers hear of changes only
 
 
 def test_a_revision_no_host_could_use_is_sent_once_and_cleared_by_each_hosts_next_good_pass():

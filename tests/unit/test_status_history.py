@@ -12,7 +12,7 @@ import pytest
 
 from reconciler.daemon import Trigger
 from reconciler.daemon.status import HISTORY, HostStatus, PassRecord, StatusStore
-from reconciler.errors import RevisionRefusedError
+from reconciler.errors import RevisionRefusedError, TemporaryHostError
 from tests.daemon_helpers import FakeHypervisor, in_process_daemon, settle
 from tests.helpers import domain_yaml, host_yaml
 
@@ -66,6 +66,31 @@ def test_routine_passes_that_find_nothing_do_not_push_out_what_a_push_did(tmp_pa
     ]
 
 
+def test_retries_meeting_the_same_error_are_one_entry_and_do_not_push_out_the_push(tmp_path):
+    daemon, _source, hosts = in_process_daemon(tmp_path, hosts=("hv1", "hv2"))
+    settle(daemon, START)
+    hosts.fail("hv1", TemporaryHostError("hv1", "connection refused"), times=HISTORY + 5)
+    for _ in range(HISTORY + 5):  # a retry a minute for an hour
+        settle(daemon, [(Trigger.RETRY, "hv1")])
+    settle(daemon, [(Trigger.DRIFT, "hv2")])  # another host's pass between two of hv1's
+    settle(daemon, [(Trigger.RETRY, "hv1")])  # hv1 is back
+    entries = [
+        (e["hosts"], e["trigger"], e["result"], e["count"]) for e in daemon.status.document()["history"]
+    ]
+    assert entries[:3] == [
+        (["hv1"], "retry", "unchanged", 1),
+        (["hv2"], "drift", "unchanged", 1),
+        (["hv1"], "retry", "error", HISTORY + 5),
+    ]
+    assert sorted(entries[3:]) == [
+        (["hv1"], "new revision", "applied", 1),
+        (["hv2"], "new revision", "applied", 1),
+    ]
+    errors = daemon.status.document()["history"][2]
+    assert errors["first"] and errors["first"] <= errors["time"]  # ISO times, to the second
+    assert "connection refused" in errors["message"]
+
+
 def test_the_history_keeps_the_last_passes_newest_first(tmp_path):
     store = StatusStore(tmp_path / "status.json")
     for index in range(HISTORY + 10):
@@ -108,7 +133,10 @@ def test_a_status_file_of_the_older_shape_loads_and_bad_history_entries_are_left
     bad = [{**good, "hosts": "hv1"}, {**good, "extra": 1}, {"time": "t"}, "text", {**good, "duration": "x"}]
     path.write_text(json.dumps({"hosts": {"hv1": old}, "history": [*bad, good]}))
     loaded = StatusStore.load(path)
-    assert loaded.document()["history"] == [good] and loaded.host("hv1").result == "applied"
+    merged = {"count": 1, "first": ""}  # an entry saved before identical passes were merged
+    assert loaded.document()["history"] == [good | merged] and loaded.host("hv1").result == "applied"
+    path.write_text(json.dumps({"history": [{**good, "count": 0}, {**good, "count": 3, "first": "t0"}]}))
+    assert StatusStore.load(path).document()["history"] == [good | {"count": 3, "first": "t0"}]
     path.write_text(json.dumps({"hosts": {"hv1": old}, "history": {"not": "a list"}}))
     assert StatusStore.load(path).host("hv1").result == "applied"
 
@@ -165,8 +193,25 @@ def test_a_refused_host_shows_its_refused_domain_and_the_usage_it_stays_at(tmp_p
     assert host["result"] == "refused"
     assert host["domains"]["big"]["sync"] == "refused" and host["domains"]["big"]["health"] == "missing"
     assert host["domains"]["web-hv1"]["sync"] == "synced"
-    total = next(row for row in host["policy"] if row["rule"] == "cpu.total")
-    assert total == {"rule": "cpu.total", "unit": "vCPUs", "usage": 1, "limit": 64, "ok": True}
+    rows = {row["rule"]: row for row in host["policy"]}
+    assert rows["cpu.total"] == {
+        "rule": "cpu.total",
+        "unit": "vCPUs",
+        "usage": 1,  # held: the plan was not applied
+        "planned": 61,  # where the plan would have taken it: within the limit
+        "limit": 64,
+        "ok": True,
+    }
+    # The rule that refused it is not ok, though the usage held is within its limit.
+    assert rows["cpu.perDomain"] | {"unit": None} == {
+        "rule": "cpu.perDomain",
+        "unit": None,
+        "usage": 1,
+        "planned": 60,
+        "limit": 16,
+        "ok": False,
+    }
+    assert [name for name, row in rows.items() if not row["ok"]] == ["cpu.perDomain"]
     assert daemon.status.document()["history"][0]["result"] == "refused"
 
 
@@ -236,6 +281,35 @@ def test_a_source_error_is_logged_once_until_its_reason_changes_or_it_ends(tmp_p
     assert any(r.getMessage() == "source: fetched r1, the source error is over" for r in caplog.records)
     assert sample(daemon, "virt_reconcile_fetch_failures_total") == 4
     assert sample(daemon, "virt_reconcile_revision_ok") == 1
+
+
+def test_a_refusal_is_logged_once_per_host_revision_and_message(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="virt_reconcile")
+    daemon, source, _hosts = in_process_daemon(tmp_path)
+    settle(daemon, START)
+    big = domain_yaml("big", host="hv1", vcpus=60, state="stopped")
+    commit(source, "r2", host_yaml("hv1"), domain_yaml("web-hv1", host="hv1"), big)
+    settle(daemon, [(Trigger.WEBHOOK, None)])
+    settle(daemon, [(Trigger.RESYNC, None)])  # the same refusal: not logged again
+    settle(daemon, [(Trigger.DRIFT, "hv1")])
+    commit(source, "r3", host_yaml("hv1"), domain_yaml("web-hv1", host="hv1"), big)
+    settle(daemon, [(Trigger.WEBHOOK, None)])  # a new revision refused the same way: news
+    settle(daemon, [(Trigger.RESYNC, None)])
+    commit(source, "r4", host_yaml("hv1"), domain_yaml("web-hv1", host="hv1"))
+    settle(daemon, [(Trigger.WEBHOOK, None)])
+    commit(source, "r5", host_yaml("hv1"), domain_yaml("web-hv1", host="hv1"), big)
+    settle(daemon, [(Trigger.WEBHOOK, None)])  # refused again after a good revision
+    refusals = [
+        (r.levelname, r.getMessage().split(":")[0:2])
+        for r in caplog.records
+        if " refused at " in r.getMessage()
+    ]
+    assert [line for line in refusals if line[0] == "WARNING"] == [
+        ("WARNING", ["hv1", " refused at r2 (new revision)"]),
+        ("WARNING", ["hv1", " refused at r3 (new revision)"]),
+        ("WARNING", ["hv1", " refused at r5 (new revision)"]),
+    ]
+    assert sample(daemon, "virt_reconcile_refusals_total", host="hv1") == 6  # each pass still counted
 
 
 def test_an_unknown_host_is_logged_once_per_revision(tmp_path, caplog):
@@ -308,6 +382,16 @@ def test_status_exits_0_only_when_every_host_is_applied_or_unchanged(serve_statu
     assert shown.code == 1 and "source: fetch failed: git: down" in shown.out
 
 
+def test_status_exits_1_when_the_revision_is_invalid_before_any_host_is_known(serve_status):
+    from tests.helpers import cli
+
+    invalid = {"hosts": {}, "reconciledRevision": "r1", "revisionError": "manifests invalid at r1: x.yaml:3"}
+    shown = cli("status", "--url", serve_status(invalid))
+    assert shown.code == 1 and "revision: manifests invalid at r1: x.yaml:3" in shown.out
+    waiting = {"hosts": {"hv1": status_of("deferred"), "hv2": status_of("suspended")}}
+    assert cli("status", "--url", serve_status(waiting)).code == 0  # waiting on purpose: no alarm
+
+
 def test_status_prints_the_domains_needing_attention_the_passes_running_and_the_last_ones(serve_status):
     from tests.helpers import cli
 
@@ -330,6 +414,8 @@ def test_status_prints_the_domains_needing_attention_the_passes_running_and_the_
         }
         for i in range(8)
     ]
+    passes[1] |= {"result": "error", "actions": [], "message": "hv1: connection refused", "count": 60}
+    passes[1] |= {"first": "t0", "trigger": "retry"}
     document = {
         "hosts": {"hv1": status_of("applied", domains=domains, deferred="outside the sync windows")},
         "inProgress": [{"hosts": ["hv2"], "revision": "abc", "trigger": "drift", "started": "t9"}],
@@ -345,4 +431,5 @@ def test_status_prints_the_domains_needing_attention_the_passes_running_and_the_
     assert not any(" web " in line for line in lines)
     assert "in progress: hv2 at abc (drift) since t9" in lines
     assert "  t0  hv1  applied  rev0 (webhook, 0.2s): update vm0" in lines
+    assert "  t1  hv1  error ×60 since t0  rev1 (retry, 0.2s): hv1: connection refused" in lines
     assert not any("rev5" in line for line in lines)  # five passes shown

@@ -2,9 +2,10 @@
 
 Per host: its result, then every domain that is not ``synced`` (orphans, pending restarts, refusals,
 errors, suspended ones, changes waiting) with why; then the passes running now and what the last
-passes did. The exit code is 0 when every host is applied, unchanged (or not reported yet), and 1
-when any is refused or in error, or the source cannot be fetched: a script or a monitoring check
-can act on it.
+passes did. The exit code is 0 when every host is applied, unchanged, deferred by its sync windows,
+suspended (or not reported yet), and 1 when any is refused or in error, when the source cannot be
+fetched, or when the revision last taken up could not be applied (its manifests invalid: with no
+host known yet, that is the only sign): a script or a monitoring check can act on it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from reconciler.report import Printer
 from reconciler.report import escape_markup as escape
 
 COLORS: dict[str | None, str] = {"applied": "green", "unchanged": "green", "refused": "red", "error": "red"}
+COLORS |= {"deferred": "yellow", "suspended": "dim"}
 #: Each sync state that needs a line, its mark and colour (``synced`` needs none).
 MARKS = {
     "error": ("✗", "red"),
@@ -36,7 +38,8 @@ HISTORY_LINES = 5  # the last passes shown
 
 def run(args: argparse.Namespace) -> int:
     """Print the source's problem, each host with its domains needing attention, the passes in
-    progress and the last passes; exit 1 when a host is refused or in error, or the source fails."""
+    progress and the last passes; exit 1 when a host is refused or in error, the source fails, or
+    the revision could not be applied."""
     document = fetch(args.url)
     out = Printer(sys.stdout)
     source = document.get("source", {})
@@ -49,7 +52,11 @@ def run(args: argparse.Namespace) -> int:
         _print_host(out, name, host)
     _print_in_progress(out, document.get("inProgress", []))
     _print_history(out, document.get("history", [])[:HISTORY_LINES])
-    failing = source.get("message") or any(host.get("result") in BAD_RESULTS for host in hosts.values())
+    failing = (
+        source.get("message")
+        or document.get("revisionError")
+        or any(host.get("result") in BAD_RESULTS for host in hosts.values())
+    )
     return EXIT_ERROR if failing else EXIT_OK
 
 
@@ -107,9 +114,11 @@ def _print_history(out: Printer, history: list[dict[str, Any]]) -> None:
         color = COLORS.get(entry.get("result"), "yellow")
         hosts = ", ".join(entry.get("hosts", [])) or "every host"
         did = ", ".join(entry.get("actions", [])) or entry.get("message", "")
+        count = entry.get("count", 1)
+        repeated = f" ×{count} since {entry.get('first', '')}" if isinstance(count, int) and count > 1 else ""
         out.print(
             f"  [dim]{escape(entry.get('time', ''))}[/dim]  {escape(hosts)}  "
-            f"[{color}]{escape(entry.get('result', '?'))}[/{color}]  "
+            f"[{color}]{escape(entry.get('result', '?'))}[/{color}]{escape(repeated)}  "
             f"{escape((entry.get('revision') or '')[:12])} ({escape(entry.get('trigger', ''))}, "
             f"{float(entry.get('duration', 0)):.1f}s): {escape(did)}"
         )
