@@ -173,3 +173,27 @@ def test_manual_leaves_every_stop_alone_always_restarts_any_and_halted_stops_it(
     wait(lambda: not guest.dom.isActive(), "halted stops it")
     guest.dom.create()  # started by hand: stopped again
     wait(lambda: not guest.dom.isActive(), "halted keeps it off")
+
+
+def test_rerun_on_failure_keeps_a_guest_destroyed_on_purpose_off_once_libvirt_forgot_why(e2e: E2E):
+    """libvirt keeps a shut-off reason in memory only: after a libvirtd restart or a host reboot it
+    reads unknown. Undefining and defining the same XML makes it forget just so, without restarting
+    the libvirtd other tests share; the reason recorded in the ownership keeps the guest off."""
+    e2e.manifests(web=e2e.guest(runStrategy="rerunOnFailure"))
+    assert e2e.cli("apply").code == 0
+    web = e2e.domain("web")
+    web.destroy()  # an operator pulls the plug on purpose
+    applied = e2e.cli("apply")
+    assert applied.code == 0 and "No changes" in applied.out, applied.out  # a record, not a change
+    persistent = web.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+    assert 'offOnPurpose="destroyed"' in persistent
+
+    web.undefine()
+    web = e2e.conn.defineXML(persistent)
+    assert web.state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN]
+    assert e2e.cli("apply").code == 0
+    assert not web.isActive(), "a guest destroyed on purpose stays off after libvirt forgot why"
+
+    web.create()  # started by hand: the record goes
+    assert e2e.cli("apply").code == 0
+    assert "offOnPurpose" not in web.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)

@@ -108,6 +108,50 @@ def test_a_never_started_domain_is_started_by_rerun_on_failure(tmp_path: Path, h
     assert started(apply(tmp_path, host)) == ["web"]
 
 
+def forgotten(host: libvirt.virConnect, name: str) -> libvirt.virDomain:
+    """``name`` as libvirt holds it after a libvirtd restart or a host reboot: the same persistent
+    definition, shut off for a reason it no longer knows (undefined and defined again, which a
+    shared libvirtd need not be restarted for)."""
+    dom = host.lookupByName(name)
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+    dom.undefine()
+    dom = host.defineXML(xml)
+    assert dom.state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN]
+    return dom
+
+
+def test_rerun_on_failure_keeps_off_what_it_saw_stopped_on_purpose_once_libvirt_forgot_why(
+    tmp_path: Path, host: libvirt.virConnect
+):
+    manifests(tmp_path, web={"runStrategy": "rerunOnFailure"}, db={"runStrategy": "rerunOnFailure"})
+    apply(tmp_path, host)
+    for name in ("web", "db"):
+        host.lookupByName(name).destroy()  # an operator pulls the plug on both
+    before = host.lookupByName("db").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    seen = apply(tmp_path, host)  # a pass sees the destroys: recorded, nothing changed or started
+    assert started(seen) == [] and not seen.plan.has_changes and not seen.failed
+    after = host.lookupByName("db").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert after == before.replace('host="hv1"/>', 'host="hv1" offOnPurpose="destroyed"/>')  # that alone
+
+    forgotten(host, "web")
+    forgotten(host, "db")
+    manifests(
+        tmp_path, web={"runStrategy": "rerunOnFailure"}, db={"runStrategy": "rerunOnFailure", "vcpus": 2}
+    )
+    outcome = apply(tmp_path, host)
+    assert started(outcome) == [], "both were stopped on purpose: libvirt forgetting it changes nothing"
+    assert [r.action.kind.value for r in outcome.results["hv1"]] == ["update"]  # db's redefine keeps it
+    assert 'offOnPurpose="destroyed"' in host.lookupByName("db").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    web = host.lookupByName("web")
+    web.create()  # started by hand: the record goes
+    assert started(apply(tmp_path, host)) == []
+    assert "offOnPurpose" not in web.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    web.destroy()
+    forgotten(host, "web")  # forgotten before any pass saw why: nothing says it was meant
+    assert started(apply(tmp_path, host)) == ["web"]
+
+
 # ---------------------------------------------------------------------------------- suspended
 
 

@@ -5,6 +5,7 @@ run): an update applied to a running domain waits for its restart, every later p
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -197,3 +198,36 @@ def test_a_failed_restart_begins_no_other_while_others_finish(sandbox):
     results = restart_all(sandbox, watched, settings, together=2, failing="a1", failed=failed)
     assert sorted((r.action.domain, r.ok) for r in results) == [("a1", False), ("a2", True)]
     assert pending(sandbox, code=2) == {"hv1": ["a3", "a4"]}
+
+
+def running_id(sandbox: Any, name: str) -> int:
+    """The instance id the sandbox's state file gives running ``name``."""
+    found = re.search(rf"<sandbox:running [^>]*domain=\"{name}\" instance='(\d+)'", sandbox.state.read_text())
+    assert found is not None, f"{name} does not run"
+    return int(found.group(1))
+
+
+def test_ids_that_repeat_after_a_reboot_keep_no_restart_pending(sandbox):
+    lowered_while_running(sandbox, "web")
+    marked = running_id(sandbox, "web")
+    assert f'restartInstance="{marked}"' in sandbox.view()["web"].xml
+    assert re.search(r"domain=\"web\" instance='\d+' definition=\"[0-9a-f]{16}\"", sandbox.state.read_text())
+    [host] = load_manifests(sandbox.root).hosts.values()
+    with libvirt_host.connect(host, write=True) as hypervisor:
+        assert hypervisor.stop("web", 5.0) is StopOutcome.SHUTDOWN
+    # The host reboots: ids start over, and web is started again with the id the mark recorded.
+    text = sandbox.state.read_text()
+    sandbox.state.write_text(re.sub(r"(<sandbox:instances [^>]*next=)'\d+'", rf"\g<1>'{marked}'", text))
+    with libvirt_host.connect(host, write=True) as hypervisor:
+        hypervisor.start("web")
+    assert running_id(sandbox, "web") == marked
+    assert pending(sandbox) == {"hv1": []}, "web runs its new definition: nothing waits"
+    assert sandbox.view()["web"].vcpus == 1
+
+
+def test_max_unavailable_is_not_capped_by_parallel(sandbox):
+    lowered_while_running(sandbox, *NAMES)
+    watched: list[Watched] = []
+    results = restart_all(sandbox, watched, ApplySettings(workers=1, max_unavailable=2), together=2)
+    assert sorted(r.action.domain for r in results if r.ok) == list(NAMES)
+    assert watched[0].most == 2

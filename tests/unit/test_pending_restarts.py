@@ -1,6 +1,7 @@
 """Pending restarts (pure): a redefine of a running domain that needs a restart marks its ownership
-with the running instance; later plans report the domain as waiting while that instance runs, and
-``restart_pending`` turns each into a restart action, shown by every plan format."""
+with the running instance; later plans report the domain as waiting while what runs was started
+from an older definition (its live XML's ownership, not its domain id, which repeats after a
+reboot), and ``restart_pending`` turns each into a restart action, shown by every plan format."""
 
 from __future__ import annotations
 
@@ -15,8 +16,15 @@ from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.engine.plan import DesiredHost, HostPlan, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
 from reconciler.engine.pruning import DeletionRules
-from reconciler.libvirtxml.ownership import OWNER_NS, read_owner, write_owner
+from reconciler.libvirtxml.ownership import (
+    OWNER_NS,
+    definition_key,
+    read_owner,
+    running_definition,
+    write_owner,
+)
 from reconciler.libvirtxml.parse import parse_domain
+from reconciler.libvirtxml.render import render_domain
 from reconciler.offline.snapshot import SnapshotHypervisor, snapshot_host
 from reconciler.report import Printer, plan_document, render_markdown, render_text, summary_line
 from reconciler.spec.models import Capacity, Domain, Overcommit, Owner
@@ -227,3 +235,66 @@ def test_every_plan_format_shows_the_restart():
     assert isinstance(actions, list)
     assert [(a["action"], a["domain"], a["reason"]) for a in actions] == [("restart", "web", "vcpus 2 → 1")]
     assert json.dumps(document)  # JSON-ready
+
+
+# ------------------------------------------------------------- what runs, told without the domain id
+
+
+def started_from(observed: DomainObservation, definition_xml: str) -> DomainObservation:
+    """``observed`` as the adapter reports it when its live XML is ``definition_xml``'s definition."""
+    return replace(observed, running_definition=running_definition(definition_xml))
+
+
+def test_after_a_reboot_the_same_id_running_the_marked_definition_is_no_pending_restart():
+    # The host rebooted (or libvirtd restarted): autostart started web from its marked definition,
+    # and handed it the very id the mark recorded. The id alone would still read as waiting.
+    observed, lowered = waiting_web()
+    assert observed.instance == RUNNING_ID
+    rebooted = started_from(observed, observed.xml)
+    assert plan([lowered], [rebooted]).pending_restarts == ()
+    assert plan([lowered], [rebooted], restart_pending=True).actions == ()
+
+
+def test_a_live_definition_older_than_the_mark_is_pending_whatever_the_id():
+    before = running(vcpus=2)
+    observed, lowered = waiting_web()
+    for instance in (RUNNING_ID, RUNNING_ID + 40, 1):
+        still = started_from(replace(observed, instance=instance), before.xml)
+        assert plan([lowered], [still]).restart_waits == {"web": "vcpus 2 → 1"}, instance
+
+
+def test_a_domain_adopted_while_it_ran_has_no_owner_in_its_live_xml_and_waits():
+    observed, lowered = waiting_web()
+    unowned = render_domain("web", domain_model("web", vcpus=2).spec, None)
+    assert plan([lowered], [started_from(observed, unowned)]).pending_restarts == ("web",)
+    assert running_definition(unowned) == ""
+
+
+def test_the_definition_key_ignores_the_id_and_metadata_only_writes():
+    marked = OWNER.model_copy(update={"restart_instance": 7, "restart_waits": "vcpus 2 → 1"})
+    key = definition_key(marked)
+    for same in (
+        {"restart_instance": 1},
+        {"off_on_purpose": "destroyed"},
+        {"pending": True, "pending_until": "2030-01-01T00:00:00Z"},
+    ):
+        assert definition_key(marked.model_copy(update=same)) == key, same
+    for other in ({"spec_hash": "h2"}, {"revision": "r2"}, {"restart_waits": "vcpus 2 → 3"}):
+        assert definition_key(marked.model_copy(update=other)) != key, other
+    assert definition_key(None) == ""
+
+
+def test_a_snapshot_keeps_what_runs_and_its_fingerprint_moves_with_it():
+    from reconciler.offline.snapshot import SnapshotHost, fingerprint
+
+    observed, lowered = waiting_web()
+    before = running(vcpus=2)
+    waiting = started_from(observed, before.xml)
+    live = HostObservation(cpus=8, memory=16 * GiB, domains=(waiting,))
+    recorded = snapshot_host("test:///", live).model_dump_json(by_alias=True)
+    assert '"runningDefinition":"' in recorded
+    offline = SnapshotHypervisor("hv1", SnapshotHost.model_validate_json(recorded)).observe()
+    assert offline == live
+    assert build_host_plan(desired_host([lowered]), offline).pending_restarts == ("web",)
+    restarted = HostObservation(cpus=8, memory=16 * GiB, domains=(started_from(observed, observed.xml),))
+    assert fingerprint(restarted) != fingerprint(live)  # the same id, another definition running

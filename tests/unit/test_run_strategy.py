@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
-from reconciler.engine.plan import DesiredHost, HostPlan, build_host_plan
+from reconciler.engine.plan import DesiredHost, HostPlan, Plan, build_host_plan
 from reconciler.engine.runstrategy import ON_PURPOSE, wanted_state
 from reconciler.errors import ManifestError
+from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.manifests import load_manifests
 from reconciler.spec.models import DomainSpec, Owner
 from tests.helpers import domain_model, host_yaml, observed_domain, write
@@ -178,3 +179,65 @@ def test_a_crashed_but_still_active_domain_is_not_started_twice():
     seen = observed_domain("web", OWNER, active=True)
     crashed = DomainObservation(seen.name, seen.xml, True, False, "crashed", "panicked", 3)
     assert kinds(plan([crashed], runStrategy="rerunOnFailure")) == []
+
+
+# ------------------------------------------------------------------------ off on purpose, recorded
+
+
+def recorded(off_on_purpose: str, reason: str, *, active: bool = False, **spec: object) -> DomainObservation:
+    """A managed domain whose ownership records it was seen off on purpose (``offOnPurpose``)."""
+    owner = OWNER.model_copy(update={"off_on_purpose": off_on_purpose})
+    seen = observed_domain("web", owner, active=active, **spec)
+    state = "running" if active else "shutoff"
+    return DomainObservation(seen.name, seen.xml, active, False, state, reason, 7 if active else -1)
+
+
+def test_rerun_on_failure_records_a_stop_on_purpose_in_the_ownership_without_a_change():
+    for reason in sorted(ON_PURPOSE):
+        host = plan([off(reason=reason)], runStrategy="rerunOnFailure")
+        assert kinds(host) == [] and not Plan(hosts={"hv1": host}).has_changes
+        assert {name: owner.off_on_purpose for name, owner in host.metadata_writes.items()} == {"web": reason}
+        assert host.metadata_writes["web"] == OWNER.model_copy(update={"off_on_purpose": reason})
+    assert plan([off(reason="shutdown")]).metadata_writes == {}  # always: nothing to remember
+    assert plan([recorded("shutdown", "shutdown")], runStrategy="rerunOnFailure").metadata_writes == {}
+
+
+def test_after_libvirtd_forgot_why_the_record_keeps_the_domain_off():
+    # libvirtd restarted or the host rebooted: the reason reads unknown (or none at all).
+    for reason in ("unknown", ""):
+        assert kinds(plan([recorded("destroyed", reason)], runStrategy="rerunOnFailure")) == [], reason
+        assert kinds(plan([off(reason=reason)], runStrategy="rerunOnFailure")) == ["start"], reason
+    kept = plan([recorded("destroyed", "unknown")], runStrategy="rerunOnFailure")
+    assert kept.metadata_writes == {}
+    assert kinds(plan([recorded("destroyed", "unknown")], runStrategy="always")) == ["start"]
+
+
+def test_a_failure_seen_since_or_a_run_clears_the_record():
+    crashed = plan([recorded("shutdown", "crashed")], runStrategy="rerunOnFailure")
+    assert kinds(crashed) == ["start"]
+    assert crashed.metadata_writes["web"].off_on_purpose == ""
+    back = plan([recorded("shutdown", "", active=True)], runStrategy="rerunOnFailure")
+    assert kinds(back) == [] and back.metadata_writes["web"] == OWNER
+
+
+def test_a_redefine_of_a_domain_off_on_purpose_carries_the_record_in_its_xml():
+    host = plan([recorded("destroyed", "unknown", vcpus=1)], vcpus=2, runStrategy="rerunOnFailure")
+    assert kinds(host) == ["update"] and host.metadata_writes == {}
+    owner = parse_domain(host.actions[0].xml or "").owner
+    assert owner is not None and owner.off_on_purpose == "destroyed"
+    seen = plan([off(reason="shutdown", vcpus=1)], vcpus=2, runStrategy="rerunOnFailure")
+    written = parse_domain(seen.actions[0].xml or "").owner
+    assert seen.metadata_writes == {} and written is not None and written.off_on_purpose == "shutdown"
+
+
+def test_the_record_survives_the_xml():
+    from lxml import etree
+
+    from reconciler.libvirtxml.ownership import owner_metadata, read_owner, write_owner
+
+    marked = OWNER.model_copy(update={"off_on_purpose": "destroyed"})
+    root = etree.fromstring(b"<domain><name>a</name></domain>")
+    write_owner(root, marked)
+    assert read_owner(root.find("metadata")) == marked
+    assert 'offOnPurpose="destroyed"' in owner_metadata(marked)
+    assert "offOnPurpose" not in owner_metadata(OWNER)

@@ -1,12 +1,17 @@
 """libvirt's lifecycle states and reasons by name, as observations carry them (drift correction
-tells a guest that shut itself down from a crash or a destroy by hand)."""
+tells a guest that shut itself down from a crash or a destroy by hand), and which definition a
+running domain was started from (pending restarts)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import libvirt
+
+from reconciler.errors import DomainXMLError
+from reconciler.libvirtxml.ownership import RESTART_MARK_ATTRIBUTE, running_definition
 
 #: libvirt's lifecycle states by name.
 _STATE_NAMES = {
@@ -53,3 +58,20 @@ def _reason_name(state: int, reason: int) -> str:
     if state == libvirt.VIR_DOMAIN_CRASHED:
         return "panicked" if reason == libvirt.VIR_DOMAIN_CRASHED_PANICKED else "unknown"
     return ""
+
+
+def running_definition_of(
+    persistent_xml: str, read_live: Callable[[], str | None], kept: str | None = None
+) -> str | None:
+    """The ownership key of the definition a running domain was started from, read from its live
+    XML (``read_live``: one more call; ``kept`` instead when the caller kept it) only when its
+    persistent XML carries a restart mark, which is rare; None otherwise, or when the domain went
+    away meanwhile. Domain ids cannot tell it: they repeat after a libvirtd restart or a reboot."""
+    if RESTART_MARK_ATTRIBUTE not in persistent_xml:
+        return None
+    if kept is not None:
+        return kept
+    live = read_live()
+    with contextlib.suppress(DomainXMLError):
+        return running_definition(live) if live is not None else None
+    return None
