@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Build the e2e tier's tiny guest into DIR, once: Debian's cloud kernel and an initramfs holding
 # busybox-static and the virtio modules, loaded in the order the balloon needs. The guest prints
-# VR-GUEST-READY on the serial console every second once its modules are in, and powers off on the
-# ACPI power button (graceful shutdown) unless its command line has vr.ignore_acpi.
+# VR-GUEST-READY on the serial console every second once its modules are in, then the size of each
+# virtio disk as "VR-DISK vda SECTORS" (512-byte sectors, from /sys/block), so a test sees a disk
+# grown live; it powers off on the ACPI power button (graceful shutdown) unless its command line
+# has vr.ignore_acpi.
 # DIR defaults to $VR_E2E_GUEST, else /var/lib/libvirt/images/virt-reconcile-e2e (the path
 # tests/e2e/conftest.py reads): QEMU runs as libvirt-qemu, which must be able to enter every folder
 # on the way, and a clone under /root or any mode-700 folder is closed to it. Re-running only
-# repairs the modes.
+# repairs the modes, unless the guest was built by an older version of this script (its
+# guest-version file): then it is built again.
 set -euo pipefail
 dir=${1:-${VR_E2E_GUEST:-/var/lib/libvirt/images/virt-reconcile-e2e}}
-if [ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ]; then
+version=2  # raise it when the guest changes (2: virtio_blk, disk sizes on the console)
+if [ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ] && [ "$(cat "$dir/guest-version" 2>/dev/null)" = "$version" ]; then
   chmod 755 "$dir" && chmod 644 "$dir/vmlinuz" "$dir/initrd.img"
   exit 0
 fi
@@ -26,7 +30,7 @@ dpkg -x "$work"/linux-image-*.deb "$work/root"
 modules=$(echo "$work"/root/lib/modules/*/kernel)
 mkdir -p "$work/initrd"/{bin,dev,proc,sys,lib/modules}
 cp /bin/busybox "$work/initrd/bin/busybox"
-order="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon evdev button"
+order="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_balloon virtio_blk evdev button"
 for module in $order; do
   found=$(find "$modules" -name "$module.ko*" | head -n 1)
   [ -n "$found" ] || { echo "build-guest: module $module not in $package" >&2; exit 1; }
@@ -48,7 +52,13 @@ if ! grep -q vr.ignore_acpi /proc/cmdline; then
     fi
   done
 fi
-while true; do echo VR-GUEST-READY; sleep 1; done
+while true; do
+  echo VR-GUEST-READY
+  for disk in /sys/block/vd*; do
+    [ -e "\$disk/size" ] && echo "VR-DISK \${disk##*/} \$(cat "\$disk/size")"
+  done
+  sleep 1
+done
 INIT
 chmod 755 "$work/initrd/init"
 mkdir -p "$dir"
@@ -58,4 +68,5 @@ cp "$work"/root/boot/vmlinuz-* "$dir/vmlinuz.tmp"
 mv "$dir/initrd.img.tmp" "$dir/initrd.img"
 mv "$dir/vmlinuz.tmp" "$dir/vmlinuz"
 chmod 644 "$dir/vmlinuz" "$dir/initrd.img"
+echo "$version" > "$dir/guest-version"
 echo "build-guest: $dir/vmlinuz and $dir/initrd.img from $package"

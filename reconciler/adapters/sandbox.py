@@ -69,6 +69,32 @@ class SandboxDomain:
     active: bool
     autostart: bool
     instance: int = -1  # the running instance's id (InstanceIds), -1 when off or not known
+    definition: str | None = None  # what it runs, when restart-marked (InstanceIds.definition)
+
+
+@dataclass(frozen=True)
+class SandboxPool:
+    """One storage pool to persist: its ``<pool>`` element (its ``<volume>`` elements inside, where
+    the test driver reads them from), whether it runs, whether it autostarts."""
+
+    name: str
+    xml: str
+    active: bool
+    autostart: bool
+
+
+#: Beside the pools, in our namespace: the test driver starts every pool it loads, and keeps no
+#: autostart flag for pools in this format.
+_POOL_MARKS = ("pool-inactive", "pool-autostart")
+
+
+def pool_marks(node_xml: str) -> tuple[set[str], set[str]]:
+    """The pools a sandbox node file keeps inactive, and those it keeps autostarted."""
+    root = etree.fromstring(node_xml.encode(), _CHECKING_PARSER)
+    inactive, autostart = (
+        {el.get("pool", "") for el in root.iterfind(f"{{{SANDBOX_NS}}}{tag}")} for tag in _POOL_MARKS
+    )
+    return inactive, autostart
 
 
 class InstanceIds:
@@ -77,11 +103,16 @@ class InstanceIds:
     The test driver numbers running domains 1, 2, ... at every load, so its own ids would make a
     restarted domain the same instance as before. Here an id is given at each start from a counter
     that never goes back, and kept while the domain runs (one running when the file was seeded by
-    hand gets the next id when first asked).
+    hand gets the next id when first asked). A reload also makes the test driver forget the live
+    definition a domain was started from, so its ownership key (``definition_key``) is kept too,
+    for restart-marked domains: a real libvirtd keeps it across its own restarts.
     """
 
-    def __init__(self, ids: dict[str, int] | None = None, next_id: int = 1) -> None:
+    def __init__(
+        self, ids: dict[str, int] | None = None, next_id: int = 1, definitions: dict[str, str] | None = None
+    ) -> None:
         self._ids = dict(ids or {})
+        self._definitions = dict(definitions or {})  # as loaded; dropped at the domain's next start
         self.next_id = max(next_id, max(self._ids.values(), default=0) + 1)
         self._lock = threading.Lock()  # starts run side by side
 
@@ -95,9 +126,15 @@ class InstanceIds:
             return self._ids[name]
 
     def started(self, name: str) -> None:
-        """``name`` was started: a new instance, with a new id."""
+        """``name`` was started: a new instance, with a new id, running its persistent definition."""
         with self._lock:
             self._take(name)
+            self._definitions.pop(name, None)
+
+    def definition(self, name: str) -> str | None:
+        """What running ``name`` was started from, as the file kept it; None: not kept, or
+        started since the load (the test driver's live XML tells then)."""
+        return self._definitions.get(name)
 
     def _take(self, name: str) -> None:
         self._ids[name] = self.next_id
@@ -151,25 +188,38 @@ def _autostart_in(root: etree._Element) -> set[str]:
 
 def _instances_in(root: etree._Element) -> InstanceIds:
     """The instance ids under a parsed ``<node>`` (a value that is not a number is left out)."""
+    running = list(root.iterfind(f"{{{SANDBOX_NS}}}running"))
     ids = {
         el.get("domain", ""): int(el.get("instance", ""))
-        for el in root.iterfind(f"{{{SANDBOX_NS}}}running")
+        for el in running
         if el.get("instance", "").isdigit()
+    }
+    definitions = {
+        el.get("domain", ""): el.get("definition", "") for el in running if "definition" in el.attrib
     }
     counter = root.find(f"{{{SANDBOX_NS}}}instances")
     text = counter.get("next", "") if counter is not None else ""
-    return InstanceIds(ids, int(text) if text.isdigit() else 1)
+    return InstanceIds(ids, int(text) if text.isdigit() else 1, definitions)
 
 
-def compose_node_xml(previous: str, domains: list[SandboxDomain], next_instance: int = 1) -> str:
+def compose_node_xml(
+    previous: str,
+    domains: list[SandboxDomain],
+    next_instance: int = 1,
+    pools: list[SandboxPool] | None = None,
+) -> str:
     """The node file for ``domains``, keeping everything else of ``previous`` (cpu, memory, networks);
     ``next_instance`` is the id the next start takes (see :class:`InstanceIds`).
 
     Domains are spliced in as text: libvirt's own XML goes in unchanged, and saving thousands of
-    domains costs no XML parsing.
+    domains costs no XML parsing. ``pools`` (None: those of ``previous`` kept as they are) replace
+    the storage pools, with their volumes and flags.
     """
     root = etree.fromstring(previous.encode(), etree.XMLParser(remove_blank_text=True))
     ours = [element for tag in _OUR_ELEMENTS for element in root.findall(f"{{{SANDBOX_NS}}}{tag}")]
+    if pools is not None:
+        marks = [f"{{{SANDBOX_NS}}}{mark}" for mark in _POOL_MARKS]
+        ours += [element for tag in ("pool", *marks) for element in root.findall(tag)]
     for element in root.findall("domain") + ours:
         root.remove(element)
     etree.indent(root, space="  ")
@@ -177,7 +227,7 @@ def compose_node_xml(previous: str, domains: list[SandboxDomain], next_instance:
     head, _, tail = skeleton.rpartition("</node>")
     if not _:
         head, tail = skeleton.removesuffix("/>") + ">", ""  # an empty <node/>
-    parts = [head.rstrip(), "\n"]
+    parts = [head.rstrip(), "\n", *(_pool_text(pool) for pool in pools or ())]
     for domain in domains:
         body, _, _rest = domain.xml.rstrip().rpartition("</domain>")
         state = RUNNING if domain.active else SHUTOFF
@@ -189,7 +239,9 @@ def compose_node_xml(previous: str, domains: list[SandboxDomain], next_instance:
     )
     parts.extend(
         f"<sandbox:running xmlns:sandbox='{SANDBOX_NS}' domain={quoteattr(_domain_name(d.xml))} "
-        f"instance='{d.instance}'/>\n"
+        f"instance='{d.instance}'"
+        + ("" if d.definition is None else f" definition={quoteattr(d.definition)}")
+        + "/>\n"
         for d in domains
         if d.active and d.instance >= 0
     )
@@ -197,6 +249,14 @@ def compose_node_xml(previous: str, domains: list[SandboxDomain], next_instance:
         parts.append(f"<sandbox:instances xmlns:sandbox='{SANDBOX_NS}' next='{next_instance}'/>\n")
     parts.append("</node>" + tail.rstrip() + "\n")
     return "".join(parts)
+
+
+def _pool_text(pool: SandboxPool) -> str:
+    """A pool's element, then the marks the test driver would not keep (inactive, autostart)."""
+    marks = [tag for tag, on in zip(_POOL_MARKS, (not pool.active, pool.autostart), strict=True) if on]
+    name = quoteattr(pool.name)
+    flags = "".join(f"<sandbox:{tag} xmlns:sandbox='{SANDBOX_NS}' pool={name}/>\n" for tag in marks)
+    return f"{pool.xml.rstrip()}\n{flags}"
 
 
 def reported_xmls(node_xml: str) -> list[str]:

@@ -62,7 +62,8 @@ def _apply(apply: argparse.ArgumentParser) -> None:
         type=positive_count,
         default=1,
         metavar="N",
-        help="with --restart-pending: domains of a host restarting at once (default: 1)",
+        help="with --restart-pending: domains of a host restarting at once (default: 1), "
+        "whatever --parallel says",
     )
     apply.add_argument(
         "--parallel",
@@ -157,8 +158,9 @@ def _daemon(daemon: argparse.ArgumentParser) -> None:
     copy, publish = "copy each host's snapshot here after a reconcile", "run CMD with a fresh snapshot's path"
     daemon.add_argument("--snapshot-to", metavar="DIR", help=copy)
     daemon.add_argument("--snapshot-command", metavar="CMD", help=f"{publish} (e.g. an upload)")
-    notify = "on applied/refused/error/drift: POST to https://… (JSON), slack+https://… (Slack)"
-    kinds = f"{notify}, or a commit status: github:OWNER/REPO?token-file=FILE[&api=URL] (repeatable)"
+    notify = "on applied/refused/error/drift/deferred: POST to https://… (JSON), slack+https://… (Slack)"
+    kinds = f"{notify}, or a commit status: github:OWNER/REPO?token-file=FILE[&api=URL]; @FILE or "
+    kinds += "env:NAME reads the value from a file or a variable, out of the command line (repeatable)"
     daemon.add_argument("--notify", action="append", type=argtypes.notify_target, metavar="URL", help=kinds)
     _with_revision_checks(daemon)
     with_uri_rules(daemon)

@@ -5,7 +5,7 @@ Both the planner and the policy read these; neither imports the other's module f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 from reconciler.engine.diff import Change
@@ -82,6 +82,15 @@ class VolumeChange:
     allocation: int = 0  # what the pool must have free now for it (storage.free): a clone its whole size
     source: str = ""  # the base image it is made from ("" for an empty volume)
     mode: str = ""  # backing | clone ("" for an empty volume)
+    format: str = ""  # the volume's image format (qcow2, raw): what a create makes, what a resize keeps
+
+
+@dataclass(frozen=True)
+class SeedUpload:
+    """What a reseed writes: a cloud-init seed image, known to people only by its digest."""
+
+    digest: str
+    image: bytes = field(repr=False)  # holds the user-data: never in a plan, a log or a repr
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,7 @@ class Action:
     stop_first: bool = False
     peer: str = ""  # a move: the other host
     volume: VolumeChange | None = None  # a volume action: the volume and its sizes
+    seed: SeedUpload | None = None  # a reseed: the image it uploads into ``volume`` (never shown or saved)
 
     @property
     def moves_in(self) -> bool:

@@ -38,7 +38,8 @@ DEFAULT_WORKERS = 8
 @dataclass(frozen=True)
 class ApplySettings:
     """How actions are carried out: the graceful-shutdown timeout (s), the actions in flight, and
-    the domains of a host restarting at once (``--max-unavailable``)."""
+    the domains of a host restarting at once (``--max-unavailable``, which ``workers`` does not cap:
+    restarts are waits on guests, not work on the host)."""
 
     shutdown_timeout: float = 60.0
     workers: int = DEFAULT_WORKERS
@@ -305,7 +306,7 @@ def run_actions(
             break
         workers = settings.workers
         if group[0].kind is ActionKind.RESTART:  # a rolling restart: a few at a time, none after a failure
-            workers = min(workers, settings.max_unavailable)
+            workers = settings.max_unavailable  # its own limit: --parallel does not cap it
         if len(group) > 1 and workers > 1:
             with ThreadPoolExecutor(max_workers=min(workers, len(group))) as pool:
                 outcomes = list(pool.map(lambda action: _unless_stopped(run, action, hooks, halted), group))
@@ -374,6 +375,14 @@ def _execute(hypervisor: Hypervisor, action: Action, shutdown_timeout: float) ->
             outcome = hypervisor.stop(name, shutdown_timeout)
             hypervisor.start(name)  # returns once it runs again: the next restart may begin
             return "started again" if outcome is StopOutcome.ALREADY else f"{outcome.value}, started again"
+        case (
+            ActionKind.POOL
+            | ActionKind.CREATE_VOLUME
+            | ActionKind.RESIZE_VOLUME
+            | ActionKind.DELETE_VOLUME
+            | ActionKind.RESEED
+        ):
+            return _storage(hypervisor, action)
         case ActionKind.MOVE if action.xml is not None:
             return _define(hypervisor, action)
         case ActionKind.UNDEFINE | ActionKind.MOVE:
@@ -385,6 +394,32 @@ def _execute(hypervisor: Hypervisor, action: Action, shutdown_timeout: float) ->
                 return "undefined"
             return f"{outcome.value}, then undefined"
     raise AssertionError(f"unknown action {action.kind}")  # pragma: no cover - closed enum
+
+
+def _reseed(hypervisor: Hypervisor, action: Action) -> str:
+    """Upload a cloud-init seed; for a domain already defined, record its digest (a new domain's
+    definition, sent next, records it itself)."""
+    assert action.volume is not None and action.seed is not None
+    done = hypervisor.upload_volume(action.volume, action.seed.image)
+    if action.phase is not Phase.CREATE_VOLUME:
+        hypervisor.record_seed(action.domain, action.seed.digest)
+        done += "; read at the next boot"
+    return done
+
+
+def _storage(hypervisor: Hypervisor, action: Action) -> str:
+    """A pool made to run; a disk's volume created, grown (live when the domain runs) or deleted;
+    a cloud-init seed written."""
+    if action.kind is ActionKind.POOL:
+        return hypervisor.ensure_pool(action.domain, action.xml, action.autostart)
+    if action.kind is ActionKind.RESEED:
+        return _reseed(hypervisor, action)
+    assert action.volume is not None
+    if action.kind is ActionKind.CREATE_VOLUME:
+        return hypervisor.create_volume(action.volume)
+    if action.kind is ActionKind.RESIZE_VOLUME:
+        return hypervisor.resize_volume(action.domain, action.volume)
+    return hypervisor.delete_volume(action.volume)
 
 
 def _define(hypervisor: Hypervisor, action: Action) -> str:

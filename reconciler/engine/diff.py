@@ -59,6 +59,14 @@ def normalise(desired: DomainSpec, observed: DomainSpec) -> DomainSpec:
         if nic.mac is None and index < len(observed.interfaces):
             interfaces[index] = nic.model_copy(update={"mac": observed.interfaces[index].mac})
     update["interfaces"] = tuple(interfaces)
+    # Consoles left out of the manifest are left as they are; a seed's files are input, not state
+    # (their content is compared by digest: engine.seeds).
+    if desired.graphics is None:
+        update["graphics"] = observed.graphics
+    if desired.serial is None:
+        update["serial"] = observed.serial
+    if desired.cloud_init is not None:
+        update["cloud_init"] = desired.cloud_init.placement()
     return desired.model_copy(update=update)
 
 
@@ -80,9 +88,37 @@ def flatten(spec: DomainSpec) -> dict[str, Any]:
 
 
 def _put(flat: dict[str, Any], prefix: str, fields: dict[str, Any]) -> None:
-    """Add a nested object's fields to ``flat`` as ``prefix.field``."""
+    """Add a nested object's fields to ``flat`` as ``prefix.field``, and theirs as ``prefix.field.sub``
+    (a disk's ``volume.size``)."""
     for sub, item in fields.items():
-        flat[f"{prefix}.{sub}"] = item
+        if isinstance(item, dict):
+            _put(flat, f"{prefix}.{sub}", item)
+        else:
+            flat[f"{prefix}.{sub}"] = item
+
+
+def restarts_nothing(change: Change) -> bool:
+    """Whether a redefine carrying ``change`` takes effect without a restart: it only rewrites our
+    ownership metadata (deletion protection, which volumes go with the domain)."""
+    return change.top_field in NO_RESTART_FIELDS or change.field.endswith(".deleteVolumes")
+
+
+def with_volume_details(current: DomainSpec, desired: DomainSpec) -> DomainSpec:
+    """``current`` (read back from libvirt: volumes named, never sized) with the size and base image
+    of the desired disk on the same target copied onto each volume disk, so the domain diff sees
+    only what a definition holds; ``engine.volumes`` plans the volumes themselves."""
+    wanted = {disk.target: disk.volume for disk in desired.disks if disk.volume is not None}
+    if not wanted or all(disk.volume is None for disk in current.disks):
+        return current
+    disks = []
+    for disk in current.disks:
+        model = wanted.get(disk.target)
+        if disk.volume is not None and model is not None:
+            details = {"size": model.size, "from_": model.from_}
+            disks.append(disk.model_copy(update={"volume": disk.volume.model_copy(update=details)}))
+        else:
+            disks.append(disk)
+    return current.model_copy(update={"disks": tuple(disks)})
 
 
 def spec_changes(observed: DomainSpec | None, desired: DomainSpec) -> tuple[Change, ...]:

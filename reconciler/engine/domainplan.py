@@ -12,12 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from reconciler.engine.actions import Action, ActionKind, Conflict, Held, Orphan, Phase
-from reconciler.engine.diff import LIVE_FIELDS, NO_RESTART_FIELDS, Change, normalise, spec_changes
+from reconciler.engine.diff import (
+    LIVE_FIELDS,
+    Change,
+    normalise,
+    restarts_nothing,
+    spec_changes,
+    with_volume_details,
+)
 from reconciler.engine.hypervisor import DomainObservation
 from reconciler.engine.ownership import owner_to_write
 from reconciler.engine.runstrategy import settle
 from reconciler.engine.usage import Usage
+from reconciler.libvirtxml.consoles import as_defined
 from reconciler.libvirtxml.merge import merge_domain
+from reconciler.libvirtxml.ownership import definition_key
 from reconciler.libvirtxml.parse import ParsedDomain
 from reconciler.libvirtxml.render import render_domain
 from reconciler.spec.models import Domain, DomainSpec, Owner
@@ -40,6 +49,8 @@ class PlanDraft:
     waiting: dict[str, str] = field(default_factory=dict)
     #: The same once this plan's updates are applied: what ``apply --restart-pending`` restarts.
     restarts: dict[str, str] = field(default_factory=dict)
+    #: Ownership to rewrite without a redefine (a metadata write): the off-on-purpose record.
+    metadata_writes: dict[str, Owner] = field(default_factory=dict)
 
 
 def _default_off(change: Change) -> bool:
@@ -53,7 +64,7 @@ def plan_define(
     """Define a domain the host lacks (the target half of a move when ``moved_from`` names its old
     host), and start it when the manifest wants it running. A moved domain keeps what its old
     definition held beyond the manifest (uuid, MACs, firmware, devices): ``source_xml`` merged."""
-    spec = domain.spec
+    spec = domain.spec if source_xml else as_defined(domain.spec)  # what a new definition reads back as
     xml = merge_domain(source_xml, spec, owner) if source_xml else render_domain(domain.name, spec, owner)
     plan.actions.append(
         Action(
@@ -107,9 +118,12 @@ def plan_change(
     parsed: ParsedDomain,
 ) -> None:
     """The actions that take one managed domain from what libvirt holds to what its manifest says."""
-    settled = settle(parsed.spec, normalise(domain.spec, parsed.spec), live)  # runStrategy decides the state
+    recorded_off = parsed.owner.off_on_purpose if parsed.owner else ""
+    observed = with_volume_details(parsed.spec, domain.spec)  # volume sizes: compared by engine.volumes
+    settled = settle(observed, normalise(domain.spec, parsed.spec), live, recorded_off)  # runStrategy
     current, desired = settled.current, settled.desired
     host, name = plan.host, domain.name
+    _record_off(plan, name, parsed.owner, settled.off_on_purpose)
     stays_running = live.active and desired.state == "running"
     waiting = waiting_restart(parsed.owner, live) if stays_running else None
     if waiting is not None:
@@ -134,8 +148,11 @@ def plan_change(
     if balloon:
         plan.actions.append(_balloon(plan, name, current=current, desired=desired, live=live, change=balloon))
     if redefine or autostart:
-        needs = [c for c in redefine if c.top_field not in NO_RESTART_FIELDS] if stays_running else []
-        written = owner.model_copy(update=_restart_mark(plan, name, live, waiting, needs))
+        needs = [c for c in redefine if not restarts_nothing(c)] if stays_running else []
+        marks = _restart_mark(plan, name, live, waiting, needs) | {"off_on_purpose": settled.off_on_purpose}
+        written = owner.model_copy(update=marks)
+        if redefine:
+            plan.metadata_writes.pop(name, None)  # the redefine writes the record itself
         update = _Update(
             current=current,
             desired=desired,
@@ -152,6 +169,13 @@ def plan_change(
         plan.actions.append(start)
 
 
+def _record_off(plan: PlanDraft, name: str, found: Owner | None, off_on_purpose: str) -> None:
+    """A metadata write of the domain's off-on-purpose record when it changes (a redefine of the
+    same plan writes it instead): seen off on purpose now, or running again."""
+    if found is not None and found.off_on_purpose != off_on_purpose:
+        plan.metadata_writes[name] = found.model_copy(update={"off_on_purpose": off_on_purpose})
+
+
 #: The most of ``restartWaits`` kept in a domain's metadata (a long list of device changes is cut).
 MAX_WAITS_TEXT = 1000
 _WAITS_SEPARATOR, _ARROW = "; ", " → "
@@ -159,10 +183,17 @@ _WAITS_SEPARATOR, _ARROW = "; ", " → "
 
 def waiting_restart(owner: Owner | None, live: DomainObservation) -> str | None:
     """What a running domain's definition still waits for (its restart mark's text), or None when
-    no restart is pending: no mark, or the instance that ran when it was written has ended."""
+    no restart is pending: no mark, or the running instance was started from the marked definition.
+
+    What runs is told by the ownership of the live definition (``running_definition``), not by the
+    domain id: ids repeat after a libvirtd restart or a host reboot. Only without it (an older
+    snapshot) is the id compared with the one the mark recorded."""
     if owner is None or owner.restart_instance < 0 or not live.active:
         return None
-    if live.instance != owner.restart_instance:
+    if live.running_definition is not None:
+        if live.running_definition == definition_key(owner):
+            return None  # started from the marked definition (a reboot inside the guest is no start)
+    elif live.instance != owner.restart_instance:
         return None  # shut down and started since (a reboot inside the guest keeps the instance)
     return owner.restart_waits or "a redefinition"
 

@@ -136,7 +136,8 @@ def _kept_disks(
             except DomainXMLError:
                 continue
             for disk in disks:
-                kept.setdefault(disk.path, (domain.name, host))
+                if disk.path is not None:  # a pool's volume is its host's alone
+                    kept.setdefault(disk.path, (domain.name, host))
     return kept
 
 

@@ -10,7 +10,12 @@ from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from reconciler.spec.models import Owner
+
+if TYPE_CHECKING:
+    from reconciler.engine.actions import VolumeChange
 
 
 @dataclass(frozen=True)
@@ -20,8 +25,11 @@ class DomainObservation:
     ``state`` and ``reason`` are libvirt's lifecycle state and why it is in it, by name ("shutoff"
     because of "shutdown", "destroyed", "crashed" ...; "" when not known), so drift correction can
     tell a guest that shut itself down from a crash or a destroy by hand. ``instance`` is the
-    running instance's domain id (-1 when it is off): it changes at every start, so a definition
-    written while the domain ran is known to be waiting for a restart while the id stays.
+    running instance's domain id (-1 when it is off). A start takes a new id, but ids are not
+    unique over time: QEMU's next id restarts from the highest running one when libvirtd restarts,
+    and from 1 after a host reboot. So ``running_definition`` tells what runs: for a running domain
+    whose persistent XML carries a restart mark, the ``definition_key`` of its live XML (the
+    definition it was started from); None when not read (no mark, not running, an older snapshot).
     """
 
     name: str
@@ -31,6 +39,7 @@ class DomainObservation:
     state: str = ""
     reason: str = ""
     instance: int = -1
+    running_definition: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,8 @@ class Hypervisor(Protocol):
         ...
 
     def observe(self) -> HostObservation:
-        """Capacity plus every domain with its persistent XML, in O(1) calls + one XML read per domain."""
+        """Capacity plus every domain with its persistent XML, in O(1) calls + one XML read per domain
+        (and a live XML read per running domain with a restart mark: ``running_definition``)."""
         ...
 
     def environment(self, paths: Collection[str]) -> HostEnvironment:
@@ -162,4 +172,39 @@ class Hypervisor(Protocol):
 
     def set_autostart(self, name: str, autostart: bool) -> None:
         """Start the domain with the host, or not."""
+        ...
+
+    def create_volume(self, volume: VolumeChange) -> str:
+        """Make a volume in its pool: empty, a qcow2 overlay on ``volume.source`` (``backing``) or a
+        copy of it (``clone``); one already there as asked is left alone. Return what was done."""
+        ...
+
+    def resize_volume(self, domain: str, volume: VolumeChange) -> str:
+        """Grow a volume to ``volume.capacity``: through the running ``domain`` (the guest sees the
+        new size at once) when it runs on it, else in its pool. Return what was done."""
+        ...
+
+    def delete_volume(self, volume: VolumeChange) -> str:
+        """Delete a volume from its pool (one already gone is no error). Return what was done."""
+        ...
+
+    def upload_volume(self, volume: VolumeChange, image: bytes) -> str:
+        """Write ``image`` as the whole content of a volume of ``volume.capacity`` bytes (made, or
+        made again at that size, first) through libvirt's upload stream. Return what was done."""
+        ...
+
+    def record_seed(self, name: str, digest: str) -> None:
+        """Record in a domain's ownership metadata the digest of the seed just uploaded for it: a
+        metadata write of the persistent definition, nothing redefined."""
+        ...
+
+    def ensure_pool(self, name: str, xml: str | None, autostart: bool | None) -> str:
+        """Make storage pool ``name`` run as a ``pool`` action says: define it from ``xml`` when given,
+        start it when inactive (building it first only when it cannot start as it is, and never over
+        a device holding data), set its autostart (None: keep); return what was done."""
+        ...
+
+    def set_owner(self, name: str, owner: Owner) -> None:
+        """Rewrite a domain's ownership element in its persistent definition only: a metadata write,
+        no redefine (the off-on-purpose mark of ``HostPlan.metadata_writes``)."""
         ...

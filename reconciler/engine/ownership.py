@@ -53,7 +53,12 @@ def _within(inner: str, outer: str) -> bool:
 
 def owner_to_write(found: Owner | None, wanted: Owner) -> Owner:
     """The ownership a redefine writes: what the plan wants, but keeping the recorded root when the
-    plan loaded only part of that tree (a single file or a subfolder)."""
-    if found is None or relation(found.root, wanted.root) is not Relation.PART:
+    plan loaded only part of that tree (a single file or a subfolder), and the digest of the seed
+    last uploaded (a reseed records its own, once its upload is done)."""
+    if found is None:
+        return wanted
+    if found.seed != wanted.seed:
+        wanted = wanted.model_copy(update={"seed": found.seed})
+    if relation(found.root, wanted.root) is not Relation.PART:
         return wanted
     return wanted.model_copy(update={"root": found.root})

@@ -17,14 +17,19 @@ from reconciler.engine.domainplan import PlanDraft, plan_change, plan_define, pl
 from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation
 from reconciler.engine.ownership import Relation, relation
 from reconciler.engine.policy import HostPolicy, PolicyReport
+from reconciler.engine.pools import plan_pools
 from reconciler.engine.preflight import Preflight, preflight
 from reconciler.engine.pruning import DeletionRules, Seen, check_mass_deletion, plan_orphans
+from reconciler.engine.seeds import plan_seeds
 from reconciler.engine.usage import Usage
+from reconciler.engine.volumes import PoolView, disk_identity, plan_storage, pools_in_view
 from reconciler.errors import DomainXMLError, HostError
 from reconciler.libvirtxml.ownership import OWNER_NS
 from reconciler.libvirtxml.parse import ParsedDomain, parse_domain, read_usage
 from reconciler.spec.annotations import SUSPEND
+from reconciler.spec.cloudinit import Seed
 from reconciler.spec.models import Domain, Owner
+from reconciler.spec.storage import Pool
 
 if TYPE_CHECKING:
     from reconciler.engine.fleet import Fleet
@@ -56,6 +61,9 @@ class HostPlan:
     suspended: tuple[str, ...] = ()  # managed domains left alone: a suspend annotation (theirs or the host's)
     deferred: str = ""  # why this plan's actions wait (outside the host's sync windows); "" when they do not
     host_suspended: bool = False  # the host's own suspend annotation: nothing is done on it
+    #: Ownership records an apply rewrites without a redefine, by domain (rerunOnFailure's
+    #: off-on-purpose record): bookkeeping, not a change; written even when the host is blocked.
+    metadata_writes: Mapping[str, Owner] = field(default_factory=dict)
 
     @classmethod
     def failed(cls, host: str, uri: str, error: HostError) -> HostPlan:
@@ -125,6 +133,8 @@ class DesiredHost:
     suspended: frozenset[str] = frozenset()  # domains a suspend annotation leaves alone (any host's)
     host_suspended: bool = False  # the host's suspend annotation: every domain on it is left alone
     deferred: str = ""  # why changes wait now (the host's sync windows); "" when they may be applied
+    pools: Mapping[str, Pool] = field(default_factory=dict)  # the storage pools it must have (engine.pools)
+    seeds: Mapping[str, Seed] = field(default_factory=dict)  # each cloudInit domain's seed (engine.seeds)
 
 
 def build_host_plan(
@@ -150,14 +160,21 @@ def build_host_plan(
             _plan_domain(plan, domain, desired, seen.get(name), fleet)
     unsuspended = {name: found for name, found in seen.items() if name not in alone}
     plan_orphans(plan, unsuspended, desired.domains, desired.deletion, fleet)
+    storage = pools_in_view(observed, desired.pools)
+    plan_storage(plan, desired.domains, seen, storage, alone)  # volumes created, grown, deleted
+    plan_seeds(plan, desired.domains, desired.seeds, seen, storage, alone)  # cloud-init seeds uploaded
     active = {name: domain for name, domain in desired.domains.items() if name not in alone}
-    _check_disks_in_use(plan, replace(desired, domains=active) if alone else desired, seen, fleet)
+    _check_disks_in_use(plan, replace(desired, domains=active) if alone else desired, seen, fleet, storage)
     check_mass_deletion(plan, seen, desired.deletion)
     if desired.restart_pending:
         plan_restarts(plan)
+    pools = plan_pools(desired.name, desired.pools, observed.pools)
+    plan.actions.extend(pools.actions)
+    plan.errors.extend(pools.errors)
     checked = _preflight(plan, desired.domains, environment)
     plan.actions.sort(key=lambda action: action.phase)
     policy = desired.policy
+    verdict = policy.judge(observed, plan.before, plan.actions) if policy is not None else None
     return HostPlan(
         host=desired.name,
         uri=desired.uri,
@@ -167,15 +184,16 @@ def build_host_plan(
         errors=tuple(plan.errors),
         held=tuple(plan.held),
         warnings=checked.warnings,
-        unchecked=checked.unchecked,
+        unchecked=checked.unchecked + (verdict.unchecked if verdict is not None else ()),
         before=plan.before,
-        policy=policy.judge(observed, plan.before, plan.actions) if policy is not None else None,
+        policy=verdict,
         observed=observed,
         suspended=tuple(sorted(alone)),
         host_suspended=desired.host_suspended,
         deferred=desired.deferred,
         pending_restarts=() if desired.restart_pending else tuple(plan.waiting),
         restart_waits={} if desired.restart_pending else plan.waiting,
+        metadata_writes=plan.metadata_writes,
     )
 
 
@@ -294,12 +312,14 @@ def _plan_arrival(plan: PlanDraft, domain: Domain, owner: Owner, fleet: Fleet | 
     plan_define(plan, domain, owner)
 
 
-def _check_disks_in_use(plan: PlanDraft, desired: DesiredHost, seen: Seen, fleet: Fleet | None) -> None:
+def _check_disks_in_use(
+    plan: PlanDraft, desired: DesiredHost, seen: Seen, fleet: Fleet | None, pools: Mapping[str, PoolView]
+) -> None:
     """One disk, one domain: a disk the manifests give a domain here must not belong to another
     domain that keeps it: one staying on the host unwanted (unmanaged, an orphan kept, a renamed
     domain's old self), one that keeps running here until a restart, or one kept on another host
-    (shared storage)."""
-    held = _disks_held(plan, desired, seen)
+    (shared storage). A volume is its file in its pool, so a path disk on that file is the same disk."""
+    held = _disks_held(plan, desired, seen, pools)
     elsewhere = {
         path: f"{user!r} on {host}"
         for path, (user, host) in (fleet.kept_disks.items() if fleet is not None else ())
@@ -307,22 +327,27 @@ def _check_disks_in_use(plan: PlanDraft, desired: DesiredHost, seen: Seen, fleet
     }
     for name, domain in desired.domains.items():
         for index, disk in enumerate(domain.spec.disks):
-            user = held.get(disk.path)
+            used = disk_identity(disk, pools)
+            user = held.get(used)
+            where = f"spec.disks[{index}].{'path' if disk.volume is None else 'volume'} {disk.source}"
             if user is not None and user != name:
                 why = _why_it_stays(user, seen, plan, desired)
                 plan.errors.append(
-                    f"domain {name!r}: spec.disks[{index}].path {disk.path} is the disk of {user!r}, "
+                    f"domain {name!r}: {where} is the disk of {user!r}, "
                     f"which keeps it ({why}): one disk image, one domain"
                 )
-            elif disk.path in elsewhere:
+            elif disk.path is not None and disk.path in elsewhere:  # a pool's volume stays on its host
                 plan.errors.append(
-                    f"domain {name!r}: spec.disks[{index}].path {disk.path} is the disk of "
+                    f"domain {name!r}: {where} is the disk of "
                     f"{elsewhere[disk.path]}, which stays there: one disk image, one domain"
                 )
 
 
-def _disks_held(plan: PlanDraft, desired: DesiredHost, seen: Seen) -> dict[str, str]:
-    """Each disk path on this host and the domain that will still hold it after the plan."""
+def _disks_held(
+    plan: PlanDraft, desired: DesiredHost, seen: Seen, pools: Mapping[str, PoolView]
+) -> dict[str, str]:
+    """Each disk on this host (its path, or its volume's path) and the domain that will still hold
+    it after the plan."""
     leaving = {action.domain for action in plan.actions if action.releases}
     stopping = {a.domain for a in plan.actions if a.kind is ActionKind.STOP}
     held: dict[str, str] = {}
@@ -331,7 +356,7 @@ def _disks_held(plan: PlanDraft, desired: DesiredHost, seen: Seen) -> dict[str, 
             continue
         if name not in desired.domains or (live.active and name not in stopping):
             for disk in parsed.spec.disks:  # unwanted and staying, or running on them until a restart
-                held.setdefault(disk.path, name)
+                held.setdefault(disk_identity(disk, pools), name)
     return held
 
 

@@ -6,6 +6,9 @@ For a host with ``C`` CPUs, memory ``M`` and ``R`` reserved, evaluated on the st
 * ``cpu.perDomain``   vCPUs of each domain    <= maxVcpusPerDomain (default C)
 * ``memory.commit``   sum of maximum memory   <= (M - R) x memory.ratio
 * ``memory.balloon``  sum of current memory of running domains <= (M - R) + swap + KSM savings
+* ``storage.commit[P]`` sum of the virtual sizes of every volume in pool P <= its capacity x ratio
+* ``storage.free[P]``   what pool P has allocated, plus what the plan's new volumes and growth
+  allocate at once <= what it has allocated + what it has available now
 
 Every domain counts, managed or not; shut-off ones only while ``cpu.countInactive`` (for cpu.total
 and memory.commit alike, as docs/design.md §4.2 counts memory.commit "like cpu.total"). A plan is refused
@@ -14,17 +17,22 @@ usage on an overloaded host is always allowed.
 
 The host state after each action is simulated with :func:`step`, which also gives the peak usage
 reached while the plan is applied in order (it never exceeds the larger of before and after).
+
+The storage rules are judged for each pool a Pool manifest names on the host (every volume in it
+counts, whoever uses it): the plan's volume actions (``Action.volume``) change what it holds. A pool
+that does not run yet (this plan defines or starts it) has no capacity libvirt can report: its rules
+are *unchecked* (:attr:`PolicyReport.unchecked` says so) and judged by the next plan, once it runs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from reconciler.engine.actions import Action, ActionKind
-from reconciler.engine.hypervisor import HostObservation
+from reconciler.engine.hypervisor import HostObservation, PoolObservation
 from reconciler.engine.usage import HostState, Usage
 from reconciler.spec.hostpolicy import Capacity, Overcommit
 from reconciler.spec.sizes import human_size
@@ -55,10 +63,12 @@ def host_facts(capacity: Capacity, *, cpus: int, memory: int, swap: int | None, 
 
 @dataclass(frozen=True)
 class HostPolicy:
-    """A host's overcommit policy and the capacity its manifest sets (overriding what is observed)."""
+    """A host's overcommit policy and the capacity its manifest sets (overriding what is observed),
+    and the storage overcommit ratio of each pool its Pool manifests name."""
 
     capacity: Capacity
     overcommit: Overcommit
+    pools: Mapping[str, float] = field(default_factory=dict)
 
     def judge(self, observed: HostObservation, before: HostState, actions: Iterable[Action]) -> PolicyReport:
         """Every rule on the state ``actions`` leave, with the facts observed on the host."""
@@ -69,7 +79,12 @@ class HostPolicy:
             swap=observed.swap,
             ksm_saved=observed.ksm_saved,
         )
-        return evaluate(self.overcommit, facts, before, actions)
+        actions = list(actions)
+        report = evaluate(self.overcommit, facts, before, actions)
+        if not self.pools:
+            return report
+        rules, unchecked = storage_rules(observed.pools, self.pools, actions)
+        return replace(report, rules=report.rules + tuple(rules), unchecked=tuple(unchecked))
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,7 @@ class PolicyReport:
 
     enforcement: str
     rules: tuple[RuleResult, ...]
+    unchecked: tuple[str, ...] = ()  # rules that could not be judged, and why (a pool not running yet)
 
     @property
     def violations(self) -> tuple[RuleResult, ...]:
@@ -286,3 +302,104 @@ def _top_contributors(
     return tuple(sorted(((n, d) for n, d in deltas if d > 0), key=lambda item: (-item[1], item[0])))[
         :TOP_CONTRIBUTORS
     ]
+
+
+# --------------------------------------------------------------------------------------- storage
+
+
+def storage_rules(
+    pools: Sequence[PoolObservation], ratios: Mapping[str, float], actions: Sequence[Action]
+) -> tuple[list[RuleResult], list[str]]:
+    """``storage.commit[P]`` and ``storage.free[P]`` for each pool of ``ratios`` (the Pool manifests
+    of the host), with what could not be judged: a pool that is missing or not running."""
+    seen = {pool.name: pool for pool in pools}
+    results: list[RuleResult] = []
+    unchecked: list[str] = []
+    for name, ratio in ratios.items():
+        pool = seen.get(name)
+        if pool is None or not pool.active:
+            why = "does not exist yet" if pool is None else "is not running"
+            unchecked.append(
+                f"storage.commit[{name}], storage.free[{name}]: not checked: the pool {why} (this plan "
+                "makes it run), so libvirt reports no capacity for it; the next plan checks it"
+            )
+            continue
+        mine = [a for a in actions if a.volume is not None and a.volume.pool == name]
+        results += [_storage_commit(pool, ratio, mine), _storage_free(pool, mine)]
+    return results, unchecked
+
+
+def _storage_commit(pool: PoolObservation, ratio: float, actions: Sequence[Action]) -> RuleResult:
+    """The virtual sizes of every volume of the pool against its capacity times its ratio."""
+    before = sum(volume.capacity for volume in pool.volumes)
+    total = peak = before
+    added: dict[str, int] = {}
+    for action in actions:
+        assert action.volume is not None
+        delta = _virtual_delta(action)
+        total += delta
+        peak = max(peak, total)
+        added[action.domain] = added.get(action.domain, 0) + delta
+    value = math.floor(Decimal(pool.capacity) * Decimal(str(ratio)))
+    arithmetic = f"{human_size(pool.capacity)} pool capacity × {ratio:g} = {human_size(value)}"
+    return _storage_result(f"storage.commit[{pool.name}]", (before, total, peak), (value, arithmetic), added)
+
+
+def _virtual_delta(action: Action) -> int:
+    """How much a volume action changes the virtual sizes a pool promises."""
+    volume = action.volume
+    assert volume is not None
+    match action.kind:
+        case ActionKind.CREATE_VOLUME:
+            return volume.capacity
+        case ActionKind.RESIZE_VOLUME:
+            return volume.capacity - volume.previous
+        case ActionKind.DELETE_VOLUME:
+            return -volume.previous
+        case ActionKind.RESEED:  # a cloud-init seed made, or made again at its new size
+            return volume.capacity - volume.previous
+    return 0
+
+
+#: Volume actions that take pool space at once (their ``allocation``).
+_ALLOCATING = frozenset({ActionKind.CREATE_VOLUME, ActionKind.RESIZE_VOLUME, ActionKind.RESEED})
+
+
+def _storage_free(pool: PoolObservation, actions: Sequence[Action]) -> RuleResult:
+    """What the plan's new volumes and growth allocate at once against what the pool has free now
+    (a deletion's space is not counted on: the check is on the space there is)."""
+    before = pool.allocation
+    added: dict[str, int] = {}
+    for action in actions:
+        assert action.volume is not None
+        if action.kind in _ALLOCATING and action.volume.allocation:
+            added[action.domain] = added.get(action.domain, 0) + action.volume.allocation
+    after = before + sum(added.values())
+    value = pool.allocation + pool.available
+    arithmetic = (
+        f"{human_size(pool.allocation)} allocated + {human_size(pool.available)} available = "
+        f"{human_size(value)}"
+    )
+    return _storage_result(f"storage.free[{pool.name}]", (before, after, after), (value, arithmetic), added)
+
+
+def _storage_result(
+    rule: str, usage: tuple[int, int, int], bound: tuple[int, str], added: Mapping[str, int]
+) -> RuleResult:
+    """A storage rule's result from its usage (before, after, peak) and its limit (value, arithmetic);
+    refused by the same test as the others: over the limit afterwards, and raised by the plan."""
+    before, after, peak = usage
+    value, arithmetic = bound
+    raised = after > value and after > before
+    contributors = sorted(((n, d) for n, d in added.items() if d > 0), key=lambda item: (-item[1], item[0]))
+    return RuleResult(
+        rule=rule,
+        unit="bytes",
+        before=before,
+        after=after,
+        peak=peak,
+        limit=value,
+        arithmetic=arithmetic,
+        raised=raised,
+        contributors=tuple(contributors[:TOP_CONTRIBUTORS]) if raised else (),
+    )

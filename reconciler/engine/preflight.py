@@ -52,8 +52,16 @@ class _Findings:
 
 
 def domain_paths(spec: DomainSpec) -> list[tuple[str, str, bool]]:
-    """Each file a domain uses on its host: (field, path, whether QEMU writes it)."""
-    found = [(f"spec.disks[{i}].path", disk.path, True) for i, disk in enumerate(spec.disks)]
+    """Each file a domain uses on its host: (field, path, whether QEMU writes it). A volume is made
+    by the plan, in its pool (``engine.volumes`` checks the pool and the base image are there); the
+    base image of an overlay is a file QEMU reads for as long as the overlay lives."""
+    found = []
+    for i, disk in enumerate(spec.disks):
+        source = disk.volume.from_ if disk.volume is not None else None
+        if disk.path is not None:
+            found.append((f"spec.disks[{i}].path", disk.path, True))
+        elif source is not None and source.mode == "backing":
+            found.append((f"spec.disks[{i}].volume.from.path", source.path, False))
     found += [
         (f"spec.boot.{key}", path, False) for key in ("kernel", "initrd") if (path := getattr(spec.boot, key))
     ]

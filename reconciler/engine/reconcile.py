@@ -26,16 +26,17 @@ from reconciler.engine.apply import (
     apply_fleet,
 )
 from reconciler.engine.fleet import plan_fleet
-from reconciler.engine.hypervisor import HostObservation
+from reconciler.engine.hypervisor import HostObservation, Hypervisor
 from reconciler.engine.plan import DesiredHost, HostPlan, Plan
 from reconciler.engine.policy import HostPolicy
 from reconciler.engine.pruning import DeletionRules
 from reconciler.engine.sessions import DEFAULT_HOST_PARALLEL, Connector, HostSessions
+from reconciler.engine.volumes import volumes_deleted_with
 from reconciler.errors import HostError, SelectionError
 from reconciler.files.content_cache import ContentCache
 from reconciler.libvirtxml.parse import cached_parses
 from reconciler.spec.labels import Selector
-from reconciler.spec.manifests import ManifestSet
+from reconciler.spec.manifests import DomainKey, ManifestSet
 from reconciler.spec.models import Domain, Owner
 from reconciler.spec.syncwindows import deferral
 
@@ -113,6 +114,9 @@ def owner_of(manifests: ManifestSet, host: str, options: ReconcileOptions) -> Ca
             root=options.root,
             host=host,
             deletion_protection=spec.deletion_protection,
+            delete_volumes=volumes_deleted_with(spec),
+            seed=seed.digest if (seed := manifests.seeds.get(DomainKey(host, name))) is not None else "",
+            graphics_password_file=(spec.graphics.password_file or "") if spec.graphics else "",
         )
 
     return owner
@@ -140,13 +144,20 @@ def desired_hosts(manifests: ManifestSet, options: ReconcileOptions) -> dict[str
             domains=manifests.domains[name],
             owner_of=owner_of(manifests, name, options),
             deletion=rules,
-            policy=HostPolicy(spec.capacity, spec.overcommit),
+            policy=HostPolicy(spec.capacity, spec.overcommit, _pool_ratios(manifests, name)),
             suspended=_suspended_on(manifests.domains[name], annotated),
             host_suspended=host.suspended,
             deferred="" if options.ignore_sync_windows else deferral(spec.sync_windows, moment),
             restart_pending=options.restart_pending,
+            pools=manifests.pools.get(name, {}),
+            seeds={key.name: seed for key, seed in manifests.seeds.items() if key.host == name},
         )
     return desired
+
+
+def _pool_ratios(manifests: ManifestSet, host: str) -> dict[str, float]:
+    """The storage overcommit ratio of each pool a host's manifests name (storage.commit)."""
+    return {name: pool.spec.overcommit.ratio for name, pool in manifests.pools.get(host, {}).items()}
 
 
 def _suspended_on(domains: Mapping[str, Domain], annotated: set[str]) -> frozenset[str]:
@@ -190,11 +201,29 @@ def reconcile(
         if options.apply:
             outcome.cancelled = not _approved(outcome.plan, hooks)
             if not outcome.cancelled:
+                _write_metadata(sessions.hypervisors, outcome.plan.hosts, outcome.host_errors)
                 outcome.results = apply_fleet(
                     sessions.hypervisors, outcome.plan.hosts, options.settings, hooks, each_host=sessions.each
                 )
     outcome.host_errors.update(sessions.late_errors)
     return outcome
+
+
+def _write_metadata(
+    hypervisors: Mapping[str, Hypervisor], plans: Mapping[str, HostPlan], errors: dict[str, HostError]
+) -> None:
+    """Each plan's ownership records rewritten without a redefine (``HostPlan.metadata_writes``),
+    even on a blocked host: they record what was seen (a guest shut off on purpose), change nothing
+    that runs, and would be lost if libvirtd restarted before the host may be changed again."""
+    for name, plan in plans.items():
+        hypervisor = hypervisors.get(name)
+        if hypervisor is None:
+            continue
+        try:
+            for domain, owner in plan.metadata_writes.items():
+                hypervisor.set_owner(domain, owner)
+        except HostError as err:
+            errors[name] = err
 
 
 def _may_receive_a_move(

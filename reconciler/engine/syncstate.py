@@ -158,10 +158,12 @@ class _Facts:
     def of(cls, plan: HostPlan, results: Sequence[ActionResult]) -> _Facts:
         actions: dict[str, list[Action]] = defaultdict(list)
         for action in plan.actions:
-            actions[action.domain].append(action)
+            if action.kind is not ActionKind.POOL:  # a pool action names a pool, not a domain
+                actions[action.domain].append(action)
         done: dict[str, list[ActionResult]] = defaultdict(list)
         for result in results:
-            done[result.action.domain].append(result)
+            if result.action.kind is not ActionKind.POOL:
+                done[result.action.domain].append(result)
         return cls(
             plan,
             {live.name: live for live in (plan.observed.domains if plan.observed is not None else ())},

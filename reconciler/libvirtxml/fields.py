@@ -12,8 +12,10 @@ from lxml import etree
 
 from reconciler.errors import DomainXMLError
 from reconciler.libvirtxml.tree import text
-from reconciler.spec.models import BUS_TARGET_PREFIX, Disk, Interface
+from reconciler.spec.disks import Disk
+from reconciler.spec.models import BUS_TARGET_PREFIX, Interface
 from reconciler.spec.sizes import KIB, parse_libvirt_size
+from reconciler.spec.storage import FROM_DEFINITION
 
 _PREFIX_BUS = {"vd": "virtio", "hd": "ide", "sd": "scsi"}
 
@@ -44,21 +46,30 @@ def current_memory_of(element: etree._Element | None, memory: int) -> int:
 
 
 def disks_of(elements: Iterable[etree._Element]) -> list[tuple[etree._Element, Disk]]:
-    """Disks the model describes: file or block disks (not cdroms, floppies, network disks)."""
+    """Disks the model describes: file, block or pool volume disks (not cdroms, floppies, network disks)."""
     found = []
     for element in elements:
-        if element.get("device", "disk") == "disk" and element.get("type", "file") in ("file", "block"):
+        if element.get("device", "disk") == "disk" and element.get("type", "file") in _DISK_TYPES:
             disk = _disk_of(element)
             if disk is not None:
                 found.append((element, disk))
     return found
 
 
+_DISK_TYPES = ("file", "block", "volume")
+
+
 def _disk_of(element: etree._Element) -> Disk | None:
     source, target = element.find("source"), element.find("target")
-    path = (source.get("file") or source.get("dev")) if source is not None else None
-    if not path or not path.startswith("/") or target is None or not target.get("dev"):
+    if source is None or target is None or not target.get("dev"):
         return None
+    if element.get("type") == "volume":
+        where: dict[str, object] = {"volume": _volume_of(source)}
+    else:
+        path = source.get("file") or source.get("dev")
+        where = {"path": path}
+        if not path or not path.startswith("/"):
+            return None
     dev = target.get("dev", "")
     bus = target.get("bus") or _PREFIX_BUS.get(dev[:2])
     if bus not in BUS_TARGET_PREFIX:
@@ -66,9 +77,15 @@ def _disk_of(element: etree._Element) -> Disk | None:
     driver = element.find("driver")
     fmt = (driver.get("type") if driver is not None else None) or "raw"
     try:
-        return Disk.model_validate({"path": path, "format": fmt, "bus": bus, "target": dev})
+        fields = {**where, "format": fmt, "bus": bus, "target": dev}
+        return Disk.model_validate(fields, context=FROM_DEFINITION)
     except ValueError:
         return None  # something the model cannot express: left alone like any unmodelled device
+
+
+def _volume_of(source: etree._Element) -> dict[str, str | None]:
+    """A ``<source pool= volume=>`` as the model's volume: named, not sized (the pool knows its size)."""
+    return {"pool": source.get("pool"), "name": source.get("volume")}
 
 
 def interfaces_of(elements: Iterable[etree._Element]) -> list[tuple[etree._Element, Interface]]:

@@ -1,8 +1,9 @@
 """Merge a spec into an existing domain definition, keeping every element the manifest does not model.
 
 :func:`merge_domain` changes only the modelled fields (type, arch, machine, memory, vCPUs, direct
-kernel boot, disks, NICs, balloon, our owner metadata) and keeps every other element exactly as it
-was: graphics, channels, controllers, addresses, uuid, MACs, ``<cputune>``, ``<seclabel>``,
+kernel boot, disks, NICs, balloon, the seed cdrom, the first VNC/SPICE graphics and the pty serial
+console when the manifest sets them, our owner metadata) and keeps every other element exactly as it
+was: other graphics, channels, controllers, addresses, uuid, MACs, ``<cputune>``, ``<seclabel>``,
 ``qemu:commandline``, other tools' ``<metadata>``.
 
 Each step writes only when the value it would read back differs from the desired one, so merging
@@ -17,6 +18,7 @@ from lxml import etree
 
 from reconciler.errors import DomainXMLError
 from reconciler.libvirtxml.fields import current_memory_of
+from reconciler.libvirtxml.merge_consoles import merge_consoles
 from reconciler.libvirtxml.merge_devices import merge_balloon, merge_disks, merge_interfaces
 from reconciler.libvirtxml.ownership import write_owner
 from reconciler.libvirtxml.parse import ParsedDomain, parse_domain
@@ -144,4 +146,5 @@ _STEPS: tuple[MergeStep, ...] = (
     merge_disks,
     merge_interfaces,
     merge_balloon,
+    merge_consoles,
 )

@@ -11,9 +11,10 @@ from lxml import etree
 
 from reconciler.libvirtxml.fields import disks_of, interfaces_of
 from reconciler.libvirtxml.parse import ParsedDomain
-from reconciler.libvirtxml.render import new_disk, new_interface
+from reconciler.libvirtxml.render import disk_type, new_disk, new_interface
 from reconciler.libvirtxml.tree import add_after, add_first, add_last, drop, ensure, last, remove
-from reconciler.spec.models import Disk, DomainSpec, Interface
+from reconciler.spec.disks import Disk
+from reconciler.spec.models import DomainSpec, Interface
 
 
 def merge_disks(root: etree._Element, spec: DomainSpec, current: ParsedDomain) -> None:
@@ -45,12 +46,16 @@ def merge_disks(root: etree._Element, spec: DomainSpec, current: ParsedDomain) -
 
 
 def _update_disk(element: etree._Element, disk: Disk, old: Disk) -> None:
-    if disk.path != old.path:
-        block = disk.path.startswith("/dev/")
-        element.set("type", "block" if block else "file")
+    if (disk.path, _volume_name(disk)) != (old.path, _volume_name(old)):
+        kind = disk_type(disk)
+        element.set("type", kind)
         source = ensure(element, "source")
-        drop(source, "file", "dev")
-        source.set("dev" if block else "file", disk.path)
+        drop(source, "file", "dev", "pool", "volume")
+        if disk.volume is not None:
+            source.set("pool", disk.volume.pool)
+            source.set("volume", disk.volume.name)
+        else:
+            source.set("dev" if kind == "block" else "file", disk.path or "")
     if disk.format != old.format:
         driver = element.find("driver")
         if driver is None:
@@ -61,6 +66,11 @@ def _update_disk(element: etree._Element, disk: Disk, old: Disk) -> None:
         address = element.find("address")
         if address is not None:
             remove(address)  # an address of the old bus's kind; libvirt assigns a new one
+
+
+def _volume_name(disk: Disk) -> tuple[str, str] | None:
+    """The volume a disk names (its size and base image are the pool's business, not the XML's)."""
+    return (disk.volume.pool, disk.volume.name) if disk.volume is not None else None
 
 
 def merge_interfaces(root: etree._Element, spec: DomainSpec, current: ParsedDomain) -> None:

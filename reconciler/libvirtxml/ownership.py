@@ -7,6 +7,9 @@ beside whatever other tools put there, which is never touched.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from lxml import etree
 
 from reconciler.libvirtxml.tree import add_last, domain_root, insert_after
@@ -30,6 +33,10 @@ _ATTRIBUTES = (
     ("pending_until", "pendingUntil"),
     ("restart_instance", "restartInstance"),
     ("restart_waits", "restartWaits"),
+    ("off_on_purpose", "offOnPurpose"),
+    ("delete_volumes", "deleteVolumes"),
+    ("seed", "seed"),
+    ("graphics_password_file", "graphicsPasswordFile"),
 )
 #: The longest domain id read back from ``restartInstance`` (libvirt's ids are C ints).
 _MAX_ID_DIGITS = 10
@@ -69,6 +76,30 @@ def read_owner(metadata: etree._Element | None) -> Owner | None:
         else:
             values[field] = text or ""
     return Owner.model_validate(values)
+
+
+#: Owner fields no definition is told by: the restart mark's domain id (ids repeat after a libvirtd
+#: restart or a reboot) and what metadata-only writes change (import's pending mark, offOnPurpose,
+#: a reseed's seed digest).
+_NOT_THE_DEFINITION = frozenset({"restart_instance", "pending", "pending_until", "off_on_purpose", "seed"})
+#: The attribute a restart mark sets: its text in a domain's XML makes the mark worth parsing.
+RESTART_MARK_ATTRIBUTE = "restartInstance="
+
+
+def definition_key(owner: Owner | None) -> str:
+    """A short digest of what a redefine wrote into an ownership element (revision, spec hash, the
+    restart mark's text ...): a running instance whose live XML gives the key of the persistent XML
+    runs that definition. "" for no ownership (a domain started before it was adopted)."""
+    if owner is None:
+        return ""
+    written = owner.model_dump(mode="json", exclude=set(_NOT_THE_DEFINITION))
+    return hashlib.sha256(json.dumps(written, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def running_definition(live_xml: str) -> str:
+    """The :func:`definition_key` of a running domain's live XML (libvirt's ``XMLDesc(0)``), which
+    keeps the ownership of the definition the instance was started from."""
+    return definition_key(read_owner(domain_root(live_xml).find("metadata")))
 
 
 def write_owner(root: etree._Element, owner: Owner) -> None:

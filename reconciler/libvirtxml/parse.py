@@ -20,6 +20,7 @@ from lxml import etree
 
 from reconciler.errors import DomainXMLError
 from reconciler.files.content_cache import CacheRound, ContentCache, content_digest
+from reconciler.libvirtxml.consoles import console_fields
 from reconciler.libvirtxml.fields import (
     balloon_of,
     current_memory_of,
@@ -31,7 +32,9 @@ from reconciler.libvirtxml.fields import (
 )
 from reconciler.libvirtxml.ownership import read_owner
 from reconciler.libvirtxml.tree import domain_root, first_children, text
+from reconciler.spec.disks import Disk
 from reconciler.spec.models import Boot, DomainSpec, Owner
+from reconciler.spec.storage import FROM_DEFINITION
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def _from_cache_entry(entry: Any) -> ParsedDomain:
     return ParsedDomain(
         name=name,
         uuid=uuid,
-        spec=DomainSpec.model_validate_json(spec),
+        spec=DomainSpec.model_validate_json(spec, context=FROM_DEFINITION),
         owner=Owner.model_validate_json(owner) if owner is not None else None,
     )
 
@@ -174,11 +177,25 @@ def _parse(xml: str) -> ParsedDomain:
     owner = read_owner(top.get("metadata"))
     fields = _spec_fields(root, top, name)
     fields["deletionProtection"] = owner is not None and owner.deletion_protection
+    fields.update(console_fields(top.get("devices", ()), name, owner))
+    if owner is not None and owner.delete_volumes:
+        fields["disks"] = _marked_for_deletion(fields["disks"], owner.volumes_to_delete())
     try:
-        spec = DomainSpec.model_validate(fields)
+        spec = DomainSpec.model_validate(fields, context=FROM_DEFINITION)
     except (ValueError, TypeError) as err:
         raise DomainXMLError(f"domain {name!r}: {err}") from err
     return ParsedDomain(name=name, uuid=text(top.get("uuid")), spec=spec, owner=owner)
+
+
+def _marked_for_deletion(disks: tuple[Disk, ...], doomed: frozenset[str]) -> tuple[Disk, ...]:
+    """The disks with ``deleteVolumes`` set on those whose volume the ownership says goes with the
+    domain (libvirt's disk element has no room for it)."""
+    return tuple(
+        disk.model_copy(update={"delete_volumes": True})
+        if disk.volume is not None and disk.volume.key in doomed
+        else disk
+        for disk in disks
+    )
 
 
 def _spec_fields(root: etree._Element, top: dict[str, etree._Element], name: str) -> dict[str, Any]:

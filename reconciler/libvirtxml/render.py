@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from lxml import etree
 
+from reconciler.libvirtxml.consoles import console_xml
 from reconciler.libvirtxml.ownership import owner_xml
 from reconciler.libvirtxml.xmltext import escaped, quoted
-from reconciler.spec.models import Disk, DomainSpec, Interface, Owner
+from reconciler.spec.disks import Disk
+from reconciler.spec.models import DomainSpec, Interface, Owner
 from reconciler.spec.sizes import KIB
 
 _X86 = ("x86_64", "i686")
@@ -48,9 +50,8 @@ def render_domain(name: str, spec: DomainSpec, owner: Owner | None) -> str:
     lines.append("  <devices>")
     lines += [disk_xml(disk) for disk in spec.disks]
     lines += [interface_xml(nic) for nic in spec.interfaces]
+    lines += console_xml(name, spec)  # the seed cdrom, graphics, serial console
     lines += [
-        "    <serial type='pty'/>",
-        "    <console type='pty'/>",
         f"    <memballoon model={quoted(spec.balloon)}/>",
         "  </devices>",
         "</domain>",
@@ -59,14 +60,26 @@ def render_domain(name: str, spec: DomainSpec, owner: Owner | None) -> str:
 
 
 def disk_xml(disk: Disk) -> str:
-    """One ``<disk>`` line of a new domain's ``<devices>``."""
-    block = disk.path.startswith("/dev/")
-    source = f"<source {'dev' if block else 'file'}={quoted(disk.path)}/>"
+    """One ``<disk>`` line of a new domain's ``<devices>``: a file, a block device, or a volume of a
+    pool named by pool and volume (libvirt finds its path when the domain starts, and the name reads
+    back as the manifest wrote it)."""
+    kind = disk_type(disk)
+    if disk.volume is not None:
+        source = f"<source pool={quoted(disk.volume.pool)} volume={quoted(disk.volume.name)}/>"
+    else:
+        source = f"<source {'dev' if kind == 'block' else 'file'}={quoted(disk.path or '')}/>"
     return (
-        f"    <disk type='{'block' if block else 'file'}' device='disk'>"
+        f"    <disk type='{kind}' device='disk'>"
         f"<driver name='qemu' type={quoted(disk.format)}/>{source}"
         f"<target dev={quoted(disk.target or '')} bus={quoted(disk.bus)}/></disk>"
     )
+
+
+def disk_type(disk: Disk) -> str:
+    """libvirt's disk type: ``volume`` for a pool's volume, ``block`` under /dev, else ``file``."""
+    if disk.volume is not None:
+        return "volume"
+    return "block" if (disk.path or "").startswith("/dev/") else "file"
 
 
 def interface_xml(nic: Interface) -> str:

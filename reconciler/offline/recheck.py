@@ -25,14 +25,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.engine.actions import Action, ActionKind, Phase
-from reconciler.engine.diff import flatten, spec_changes
+from reconciler.engine.diff import flatten, spec_changes, with_volume_details
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
 from reconciler.errors import DomainXMLError, SavedPlanError
 from reconciler.libvirtxml.merge import merge_domain
 from reconciler.libvirtxml.parse import ParsedDomain, parse_domain
+from reconciler.libvirtxml.pools import read_pool_xml
 from reconciler.libvirtxml.render import render_domain
+from reconciler.spec.cloudinit import seed_volume_name
 from reconciler.spec.models import DomainSpec
-from reconciler.spec.sizes import parse_size
+from reconciler.spec.sizes import format_size, parse_size
 
 PHASES: Mapping[ActionKind, frozenset[Phase]] = {
     ActionKind.UNDEFINE: frozenset({Phase.UNDEFINE}),
@@ -41,6 +43,10 @@ PHASES: Mapping[ActionKind, frozenset[Phase]] = {
     ActionKind.UPDATE: frozenset({Phase.UPDATE_SHRINK, Phase.UPDATE_GROW}),
     ActionKind.DEFINE: frozenset({Phase.DEFINE}),
     ActionKind.START: frozenset({Phase.START}),
+    ActionKind.CREATE_VOLUME: frozenset({Phase.CREATE_VOLUME}),
+    ActionKind.RESIZE_VOLUME: frozenset({Phase.VOLUME_GROW}),
+    ActionKind.DELETE_VOLUME: frozenset({Phase.DELETE_VOLUME}),
+    ActionKind.POOL: frozenset({Phase.POOL}),
 }
 _SHOWN_ELSEWHERE = frozenset({"state", "runStrategy"})  # start and stop show them; no XML carries them
 
@@ -54,6 +60,9 @@ class _Host:
     defined: set[str] = field(default_factory=set)  # by this plan
     specs: dict[str, DomainSpec] = field(default_factory=dict)  # after this plan's updates so far
     ballooned: dict[str, set[str]] = field(default_factory=dict)  # fields shown by balloon actions
+    pools: dict[str, dict[str, int]] = field(default_factory=dict)  # volume capacities by pool
+    undefined: dict[str, ParsedDomain] = field(default_factory=dict)  # by this plan
+    volumes: dict[str, set[str]] = field(default_factory=dict)  # pool/name a domain's disks will use
 
     def managed(self, name: str) -> tuple[DomainObservation, ParsedDomain]:
         """The observed domain ``name``, refused unless it carries our ownership metadata."""
@@ -72,9 +81,13 @@ def recheck_actions(host: str, observed: HostObservation, actions: Sequence[Acti
     """The actions to run on ``host``, each checked against ``observed``; :class:`SavedPlanError` lists
     every action that does not hold up."""
     state = _Host(host, {live.name: (live, _parse_observed(live)) for live in observed.domains})
+    state.pools = {pool.name: {v.name: v.capacity for v in pool.volumes} for pool in observed.pools}
     for action in actions:
         if action.kind is ActionKind.BALLOON:
             state.ballooned.setdefault(action.domain, set()).update(c.field for c in action.changes)
+        if action.spec is not None:
+            named = {d.volume.key for d in action.spec.disks if d.volume is not None}
+            state.volumes.setdefault(action.domain, set()).update(named)
     checked, problems = [], []
     phase = min(Phase)
     for action in actions:
@@ -115,6 +128,7 @@ def _check_define(host: _Host, action: Action) -> Action:
     if action.xml is None or action.spec is None:
         raise SavedPlanError("it has no XML or no spec")
     parsed = _parse_sent(action, action.xml, state="stopped", autostart=bool(action.autostart))
+    parsed = replace(parsed, spec=with_volume_details(parsed.spec, action.spec))  # sizes: in the pool
     _agree(action.spec, parsed.spec, ignore=_SHOWN_ELSEWHERE)
     if render_domain(name, action.spec, parsed.owner) != action.xml:
         raise SavedPlanError(
@@ -138,13 +152,14 @@ def _check_update(host: _Host, action: Action) -> Action:
         raise SavedPlanError("it has XML but no spec")
     autostart = live.autostart if action.autostart is None else action.autostart
     parsed = _parse_sent(action, action.xml, state=current.spec.state, autostart=autostart)
+    parsed = replace(parsed, spec=with_volume_details(parsed.spec, action.spec))  # sizes: in the pool
     _agree(action.spec, parsed.spec, ignore=_SHOWN_ELSEWHERE | {"autostart"})
     if merge_domain(live.xml, action.spec, parsed.owner) != action.xml:
         raise SavedPlanError(
             "its XML is not the host's definition with the plan's fields changed: it holds more than the "
             "plan shows and checks"
         )
-    before = host.specs.get(name, current.spec)
+    before = host.specs.get(name, with_volume_details(current.spec, action.spec))
     differing = {c.field for c in spec_changes(before, parsed.spec)} - _SHOWN_ELSEWHERE - {"autostart"}
     _check_shown(action, flatten(parsed.spec), required=differing, shown_elsewhere=host.ballooned.get(name))
     host.specs[name] = parsed.spec
@@ -182,7 +197,66 @@ def _check_undefine(host: _Host, action: Action) -> Action:
         raise SavedPlanError("the domain is protected from deletion")
     if owner.host and owner.host != host.name:
         raise SavedPlanError(f"the domain was defined through host entry {owner.host!r}, not {host.name!r}")
+    host.undefined[action.domain] = parsed
     del host.seen[action.domain]
+    return action
+
+
+def _check_volume(host: _Host, action: Action) -> Action:
+    """A volume action: a volume of the domain's disks, its sizes as the pool has them now, and for a
+    delete the volume of a domain this plan undefined whose ownership says it goes with it."""
+    volume = action.volume
+    if volume is None:
+        raise SavedPlanError("it names no volume")
+    key = f"{volume.pool}/{volume.name}"
+    pool = host.pools.get(volume.pool)
+    found = pool.get(volume.name) if pool is not None else None
+    if action.kind is ActionKind.DELETE_VOLUME:
+        gone = host.undefined.get(action.domain)
+        owner = gone.owner if gone is not None else None
+        seed = gone.spec.cloud_init if gone is not None else None  # its cloud-init seed goes along too
+        seeded = seed is not None and gone is not None and key == f"{seed.pool}/{seed_volume_name(gone.name)}"
+        if not seeded and (owner is None or key not in owner.volumes_to_delete()):
+            raise SavedPlanError(f"{key} is not a volume this plan undefines with deleteVolumes: true")
+        if found is None or found != volume.previous:
+            raise SavedPlanError(f"{key} is not in its pool as the plan saw it")
+        return action
+    _live, parsed = host.managed(action.domain) if action.domain in host.seen else (None, None)
+    used = host.volumes.get(action.domain, set()) | (
+        {d.volume.key for d in parsed.spec.disks if d.volume is not None} if parsed is not None else set()
+    )
+    if key not in used:
+        raise SavedPlanError(f"{key} is not a volume of the domain's disks")
+    if action.kind is ActionKind.CREATE_VOLUME and found is not None:
+        raise SavedPlanError(f"{key} exists already: the plan is older than the host")
+    if action.kind is ActionKind.RESIZE_VOLUME and (found != volume.previous or volume.capacity <= found):
+        raise SavedPlanError(f"{key} is not {volume.previous} bytes, or would not grow: the plan is stale")
+    shown = {(c.before, c.after) for c in action.changes}
+    size = (
+        format_size(volume.previous) if action.kind is ActionKind.RESIZE_VOLUME else None,
+        format_size(volume.capacity),
+    )
+    if shown != {size}:
+        raise SavedPlanError(f"it shows {sorted(shown, key=str)} but changes {key} {size[0]} → {size[1]}")
+    return action
+
+
+def _check_pool(host: _Host, action: Action) -> Action:
+    """A pool action: a define of a pool the host lacks, whose XML is the dir or logical pool its
+    changes show; or a start or autostart of a pool the host has (never a redefine)."""
+    exists = action.domain in host.pools
+    if action.xml is None:
+        if not exists:
+            raise SavedPlanError("the pool is not on the host: nothing to start")
+        return action
+    if exists:
+        raise SavedPlanError("the pool exists already: a define would replace its definition")
+    facts = read_pool_xml(action.xml)
+    shown = {change.field: change.after for change in action.changes}
+    if (facts.name, facts.type, facts.target) != (action.domain, shown.get("type"), shown.get("path")):
+        raise SavedPlanError("its XML is not the pool its changes show")
+    if facts.type not in ("dir", "logical"):
+        raise SavedPlanError(f"a {facts.type} pool is not one a Pool manifest makes")
     return action
 
 
@@ -193,6 +267,10 @@ _CHECKS: Mapping[ActionKind, Callable[[_Host, Action], Action]] = {
     ActionKind.START: _check_target,
     ActionKind.STOP: _check_target,
     ActionKind.UNDEFINE: _check_undefine,
+    ActionKind.CREATE_VOLUME: _check_volume,
+    ActionKind.RESIZE_VOLUME: _check_volume,
+    ActionKind.DELETE_VOLUME: _check_volume,
+    ActionKind.POOL: _check_pool,
 }
 
 

@@ -19,11 +19,11 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.engine.actions import Action, ActionKind, Conflict, Phase
+from reconciler.engine.actions import Action, ActionKind, Conflict, Phase, VolumeChange
 from reconciler.engine.apply import DEFAULT_SETTINGS, NO_HOOKS, ApplySettings, Hooks, apply_host_plan
 from reconciler.engine.diff import Change
 from reconciler.engine.hypervisor import HostObservation
@@ -38,6 +38,7 @@ from reconciler.offline.snapshot import fingerprint
 from reconciler.report import plan_document
 from reconciler.spec.hostpolicy import Capacity, Overcommit
 from reconciler.spec.models import DomainSpec, Host, HostSpec, Owner, Timeouts
+from reconciler.spec.storage import PoolOvercommit
 
 KIND = "virt-reconcile/saved-plan"
 FORMAT_VERSION = 2  # 2: apply phases renumbered for storage
@@ -56,6 +57,7 @@ class SavedHost:
     conflicts: tuple[Conflict, ...] = ()  # what blocked the host when planned: it stays blocked
     errors: tuple[str, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)  # a plan saved before timeouts: the defaults
+    pools: dict[str, float] = field(default_factory=dict)  # each Pool's storage.commit ratio
 
     def host(self, name: str) -> Host:
         """The Host entry to connect to and judge the policy with, as the plan was made against."""
@@ -98,6 +100,7 @@ def _action(action: Action) -> dict[str, Any]:
         "configMemory": action.config_memory,
         "liveMemory": action.live_memory,
         "stopFirst": action.stop_first,
+        "volume": asdict(action.volume) if action.volume is not None else None,
     }
 
 
@@ -116,7 +119,22 @@ def _load_action(data: dict[str, Any]) -> Action:
         config_memory=data["configMemory"],
         live_memory=data["liveMemory"],
         stop_first=bool(data["stopFirst"]),
+        volume=_load_volume(data.get("volume")),
     )
+
+
+def _load_volume(data: Any) -> VolumeChange | None:
+    """A volume action's volume; a document that holds something else is not a saved plan."""
+    if data is None:
+        return None
+    types = {f.name: int if f.type == "int" else str for f in fields(VolumeChange)}
+    if not (
+        isinstance(data, dict)
+        and set(data) == set(types)
+        and all(type(data[name]) is kind for name, kind in types.items())  # a bool is no size
+    ):
+        raise SavedPlanError("a volume action's volume is not what a saved plan holds")
+    return VolumeChange(**data)
 
 
 def host_fingerprint(uri: str, observed: HostObservation) -> str:
@@ -168,9 +186,11 @@ def save_plan(
     *,
     specs: Mapping[str, HostSpec],
     key: SigningKey,
+    pools: Mapping[str, Mapping[str, float]] | None = None,
 ) -> None:
     """Write and sign ``plan`` with everything ``apply --plan`` needs (each host's address, policy
-    and timeouts from ``specs``), for every host of ``specs`` that could be observed. A plan with a
+    and timeouts from ``specs``, each Pool's ratio from ``pools``), for every host of ``specs`` that
+    could be observed. A plan with a
     move is refused: a move spans two hosts and must be re-derived from the manifests (plain
     ``apply``), not replayed."""
     moves = sorted({a.domain for a in plan.actions if a.kind is ActionKind.MOVE})
@@ -179,6 +199,12 @@ def save_plan(
             f"{path}: not saved: the plan moves {', '.join(moves)} between hosts, which a saved plan "
             "cannot carry; apply it with plain `apply`"
         )
+    seeded = sorted({a.domain for a in plan.actions if a.kind is ActionKind.RESEED})
+    if seeded:  # the seed image holds the user-data (passwords, keys): it never goes into a file
+        raise SavedPlanError(
+            f"{path}: not saved: the plan uploads the cloud-init seeds of {', '.join(seeded)}, whose "
+            "content a saved plan never carries; apply it with plain `apply`"
+        )
     hosts = {
         name: {
             "uri": host.uri,
@@ -186,6 +212,7 @@ def save_plan(
             "capacity": specs[name].capacity.model_dump(mode="json", by_alias=True),
             "overcommit": specs[name].overcommit.model_dump(mode="json", by_alias=True),
             "timeouts": specs[name].timeouts.model_dump(mode="json", by_alias=True),
+            "poolRatios": dict((pools or {}).get(name, {})),
             "actions": [_action(action) for action in host.actions],
             "conflicts": [[conflict.domain, conflict.reason] for conflict in host.conflicts],
             "errors": list(host.errors),
@@ -232,6 +259,7 @@ def load_plan(path: Path, key: Callable[[], SigningKey]) -> SavedPlan:
                 capacity=Capacity.model_validate(host["capacity"]),
                 overcommit=Overcommit.model_validate(host["overcommit"]),
                 timeouts=Timeouts.model_validate(host.get("timeouts", {})),
+                pools={str(pool): _ratio(ratio) for pool, ratio in host.get("poolRatios", {}).items()},
                 actions=[_load_action(action) for action in host["actions"]],
                 conflicts=tuple(Conflict(name, domain, reason) for domain, reason in host["conflicts"]),
                 errors=tuple(str(error) for error in host["errors"]),
@@ -240,6 +268,11 @@ def load_plan(path: Path, key: Callable[[], SigningKey]) -> SavedPlan:
     except (ValueError, KeyError, TypeError) as err:
         raise SavedPlanError(f"{path}: not a saved virt-reconcile plan: {err}") from err
     return SavedPlan(revision=str(document.get("revision", "")), hosts=hosts, source=path)
+
+
+def _ratio(value: Any) -> float:
+    """A pool's saved storage.commit ratio, held to what a Pool manifest may say."""
+    return PoolOvercommit.model_validate({"ratio": value}).ratio
 
 
 def _read_document(path: Path) -> dict[str, Any]:
@@ -320,7 +353,7 @@ def _recheck(name: str, entry: SavedHost, observed: HostObservation) -> HostPlan
         return None
     actions = recheck_actions(name, observed, entry.actions)
     current = build_host_plan(DesiredHost(name, entry.uri, {}, _no_owner), observed)
-    policy = HostPolicy(entry.capacity, entry.overcommit)
+    policy = HostPolicy(entry.capacity, entry.overcommit, entry.pools)
     return replace(
         current,
         actions=actions,

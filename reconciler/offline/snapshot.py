@@ -2,9 +2,10 @@
 
 A snapshot holds, per host, what the policy measures (CPUs, memory, swap, KSM savings) and every
 domain exactly as observed: its persistent XML, run state (with libvirt's lifecycle state, its
-reason and the running instance's id) and autostart flag, plus the parsed model and ownership for
-people and other tools to read. Planning against a snapshot uses the very same
-observation a live plan would, so the two plans are equal for the same state.
+reason, the running instance's id and, when restart-marked, what it runs) and autostart flag,
+plus the parsed model and ownership for people and other tools to read. Planning against a
+snapshot uses the very same observation a live plan would, so the two plans are equal for the
+same state.
 
 It may also hold the host's environment for the pre-flight checks (networks, bridges, the files
 that were asked about). A snapshot without one (taken before it was recorded) still loads: its
@@ -23,17 +24,21 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from reconciler.engine.actions import VolumeChange
 from reconciler.engine.hypervisor import (
     DomainObservation,
     HostEnvironment,
     HostObservation,
     NetworkFact,
     PathFact,
+    PoolObservation,
     StopOutcome,
+    VolumeObservation,
 )
 from reconciler.errors import DomainXMLError, PermanentHostError, SnapshotError
 from reconciler.libvirtxml.parse import parse_domain
 from reconciler.spec.models import DomainSpec, Owner
+from reconciler.spec.storage import FROM_DEFINITION
 
 FORMAT_VERSION = 1
 
@@ -54,7 +59,14 @@ class SnapshotDomain(_Model):
         default="", description="why it is in that state (shut off: shutdown, destroyed, crashed ...)"
     )
     instance: int = Field(
-        default=-1, description="the running instance's domain id (it changes at every start); -1 when off"
+        default=-1,
+        description="the running instance's domain id (a start takes a new one, but ids repeat after a "
+        "libvirtd restart or a host reboot); -1 when off",
+    )
+    running_definition: str | None = Field(
+        default=None,
+        description="for a running domain with a restart mark: the ownership key of the definition it "
+        "was started from (its live XML), to tell a pending restart; null when not read",
     )
     managed: bool = Field(description="carries virt-reconcile's ownership metadata")
     owner: Owner | None = Field(
@@ -95,6 +107,32 @@ class SnapshotEnvironment(_Model):
     unchecked: list[str] = Field(default_factory=list, description="what could not be checked, and why")
 
 
+class SnapshotVolume(_Model):
+    """One volume of a storage pool (sizes in bytes)."""
+
+    name: str = Field(description="the volume's name in its pool")
+    path: str = Field(description="its path on the host")
+    capacity: int = Field(description="bytes: the virtual size the guest sees")
+    allocation: int = Field(description="bytes it takes in the pool")
+    format: str = Field(default="", description="qcow2, raw ...; '' when libvirt did not say")
+    backing: str = Field(default="", description="the backing file of an overlay; '' for none")
+
+
+class SnapshotPool(_Model):
+    """One storage pool of the host (sizes in bytes; 0 when it is not active)."""
+
+    name: str = Field(description="the pool's libvirt name")
+    type: str = Field(description="dir, logical ...")
+    target: str = Field(description="the folder (dir) or /dev/VG (logical) its volumes live in")
+    active: bool = Field(description="whether it runs")
+    autostart: bool = Field(description="whether it starts with the host")
+    capacity: int = Field(description="bytes")
+    allocation: int = Field(description="bytes")
+    available: int = Field(description="bytes")
+    volumes: list[SnapshotVolume] = Field(default_factory=list, description="every volume of the pool")
+    xml: str = Field(default="", description="the pool's persistent XML")
+
+
 class SnapshotHost(_Model):
     """One host as observed."""
 
@@ -106,6 +144,9 @@ class SnapshotHost(_Model):
     domains: list[SnapshotDomain] = Field(description="every domain defined on the host, managed or not")
     environment: SnapshotEnvironment | None = Field(
         default=None, description="for the pre-flight checks; null in snapshots taken before it was recorded"
+    )
+    pools: list[SnapshotPool] = Field(
+        default_factory=list, description="every storage pool with its volumes; empty in older snapshots"
     )
 
 
@@ -141,6 +182,7 @@ def snapshot_host(
                 state=domain.state,
                 reason=domain.reason,
                 instance=domain.instance,
+                running_definition=domain.running_definition,
                 managed=owner is not None,
                 owner=owner,
                 spec=spec,
@@ -154,6 +196,21 @@ def snapshot_host(
         ksm_saved=observed.ksm_saved,
         domains=domains,
         environment=None if environment is None else snapshot_environment(environment),
+        pools=[
+            SnapshotPool(
+                name=p.name,
+                type=p.type,
+                target=p.target,
+                active=p.active,
+                autostart=p.autostart,
+                capacity=p.capacity,
+                allocation=p.allocation,
+                available=p.available,
+                volumes=[SnapshotVolume(**vars(volume)) for volume in p.volumes],
+                xml=p.xml,
+            )
+            for p in observed.pools
+        ],
     )
 
 
@@ -211,22 +268,45 @@ def observation(host: SnapshotHost) -> HostObservation:
         swap=host.swap,
         ksm_saved=host.ksm_saved,
         domains=tuple(
-            DomainObservation(d.name, d.xml, d.active, d.autostart, d.state, d.reason, d.instance)
+            DomainObservation(
+                d.name, d.xml, d.active, d.autostart, d.state, d.reason, d.instance, d.running_definition
+            )
             for d in host.domains
+        ),
+        pools=tuple(
+            PoolObservation(
+                p.name,
+                p.type,
+                p.target,
+                p.active,
+                p.autostart,
+                p.capacity,
+                p.allocation,
+                p.available,
+                tuple(VolumeObservation(**v.model_dump()) for v in p.volumes),
+                p.xml,
+            )
+            for p in host.pools
         ),
     )
 
 
 def fingerprint(observed: HostObservation) -> str:
     """A digest of everything a plan was made from: any change to a domain or its state moves it,
-    a restart too (the running instance a redefine's restart mark names)."""
+    a restart too (a new instance id, or for a restart-marked domain a new running definition)."""
     digest = hashlib.sha256()
     for domain in sorted(observed.domains, key=lambda d: d.name):
         record: list[object] = [domain.name, domain.active, domain.autostart, domain.xml]
         if domain.active and domain.instance >= 0:
             record.append(domain.instance)
+        if domain.running_definition is not None:
+            record.append(domain.running_definition)
         digest.update(json.dumps(record).encode() + b"\n")
     digest.update(json.dumps([observed.cpus, observed.memory, observed.swap]).encode())
+    for pool in sorted(observed.pools, key=lambda p: p.name):  # what pools are and promise, not their fill
+        volumes = sorted((v.name, v.capacity) for v in pool.volumes)
+        record = [pool.name, pool.type, pool.target, pool.active, pool.autostart, pool.capacity, volumes]
+        digest.update(json.dumps(record).encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -238,7 +318,8 @@ def load_snapshots(path: Path) -> dict[str, SnapshotHost]:
     hosts: dict[str, SnapshotHost] = {}
     for file in files:
         try:
-            hosts.update(Snapshot.model_validate_json(file.read_bytes()).hosts)
+            # a recorded spec is read from libvirt's definition: its volumes carry no size
+            hosts.update(Snapshot.model_validate_json(file.read_bytes(), context=FROM_DEFINITION).hosts)
         except (OSError, ValueError) as err:
             raise SnapshotError(f"{file}: not a virt-reconcile snapshot: {err}") from err
     return hosts
@@ -290,3 +371,31 @@ class SnapshotHypervisor:
     def set_autostart(self, name: str, autostart: bool) -> None:
         """Refused."""
         self._refuse(name, autostart)
+
+    def set_owner(self, name: str, owner: Owner) -> None:
+        """Refused."""
+        self._refuse(name, owner)
+
+    def ensure_pool(self, name: str, xml: str | None, autostart: bool | None) -> str:
+        """Refused."""
+        return self._refuse(name, xml, autostart)  # type: ignore[no-any-return]
+
+    def create_volume(self, volume: VolumeChange) -> str:
+        """Refused."""
+        return self._refuse(volume)  # type: ignore[no-any-return]
+
+    def resize_volume(self, domain: str, volume: VolumeChange) -> str:
+        """Refused."""
+        return self._refuse(domain, volume)  # type: ignore[no-any-return]
+
+    def delete_volume(self, volume: VolumeChange) -> str:
+        """Refused."""
+        return self._refuse(volume)  # type: ignore[no-any-return]
+
+    def upload_volume(self, volume: VolumeChange, image: bytes) -> str:
+        """Refused."""
+        return self._refuse(volume)  # type: ignore[no-any-return]
+
+    def record_seed(self, name: str, digest: str) -> None:
+        """Refused."""
+        self._refuse(name, digest)

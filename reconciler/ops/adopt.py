@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,13 +30,14 @@ from typing import Any, Protocol
 import yaml
 from lxml import etree
 
-from reconciler.engine.hypervisor import DomainObservation, HostObservation
+from reconciler.engine.hypervisor import DomainObservation, HostObservation, PoolObservation
 from reconciler.errors import AdoptionError, DomainXMLError, HostError
 from reconciler.files.atomic import fsync_directory, write_atomically
 from reconciler.libvirtxml.ownership import OWNER_NS, marked_pending
 from reconciler.libvirtxml.parse import parse_domain
 from reconciler.ops.staging import PRIVATE, Staging, staged
 from reconciler.spec.models import API_VERSION, DomainSpec, Owner
+from reconciler.spec.sizes import KIB
 
 CHUNK = 1024 * 1024
 _ZERO = bytes(CHUNK)
@@ -77,8 +78,11 @@ def _select(observed: HostObservation, names: Sequence[str]) -> list[DomainObser
 # -------------------------------------------------------------------------------------- import
 
 
-def manifest_document(host: str, domain: DomainObservation) -> dict[str, Any]:
-    """The Domain manifest that describes ``domain`` exactly as libvirt holds it."""
+def manifest_document(
+    host: str, domain: DomainObservation, pools: Sequence[PoolObservation] = ()
+) -> dict[str, Any]:
+    """The Domain manifest that describes ``domain`` exactly as libvirt holds it; a disk on a pool's
+    volume gets the volume's size from ``pools`` (a definition names a volume, never its size)."""
     parsed = parse_domain(
         domain.xml, state="running" if domain.active else "stopped", autostart=domain.autostart
     )
@@ -86,8 +90,26 @@ def manifest_document(host: str, domain: DomainObservation) -> dict[str, Any]:
         "apiVersion": API_VERSION,
         "kind": "Domain",
         "metadata": {"name": parsed.name, "host": host},
-        "spec": parsed.spec.model_dump(mode="json", by_alias=True),
+        "spec": _sized_volumes(parsed.spec, pools).model_dump(mode="json", by_alias=True),
     }
+
+
+def _sized_volumes(spec: DomainSpec, pools: Sequence[PoolObservation]) -> DomainSpec:
+    """``spec`` with each volume disk's size as its pool reports it; DomainXMLError for a volume
+    the host's pools do not hold (its size cannot be known, so no manifest can say it)."""
+    sizes = {(pool.name, volume.name): volume.capacity for pool in pools for volume in pool.volumes}
+    disks = []
+    for disk in spec.disks:
+        volume = disk.volume
+        if volume is None:
+            disks.append(disk)
+            continue
+        size = sizes.get((volume.pool, volume.name))
+        if size is None:
+            raise DomainXMLError(f"its disk {disk.target} is volume {volume.key}, not in its pool")
+        whole = -(-size // KIB) * KIB  # a manifest's sizes are whole KiB
+        disks.append(disk.model_copy(update={"volume": volume.model_copy(update={"size": whole})}))
+    return spec.model_copy(update={"disks": tuple(disks)})
 
 
 @dataclass(frozen=True)
@@ -170,7 +192,7 @@ def _import_documents(
             report.refused.append(f"{domain.name}: already managed (use --force to import it again)")
             continue
         try:
-            documents.append((domain, manifest_document(request.host, domain)))
+            documents.append((domain, manifest_document(request.host, domain, observed.pools)))
         except DomainXMLError as err:
             report.refused.append(f"{domain.name}: cannot be modelled: {err}")
     return documents
@@ -179,12 +201,15 @@ def _import_documents(
 # -------------------------------------------------------------------------------------- backup
 
 
-def _disk_paths(xml: str) -> list[str]:
+def _disk_paths(xml: str, volumes: Mapping[tuple[str, str], str]) -> list[str]:
+    """The image of each disk: its file or device, or a pool volume's path (from ``volumes``)."""
     root = etree.fromstring(xml.encode())
     paths = []
     for disk in root.iterfind("devices/disk"):
         source = disk.find("source")
         path = source.get("file") or source.get("dev") if source is not None else None
+        if source is not None and disk.get("type") == "volume":
+            path = volumes.get((source.get("pool", ""), source.get("volume", "")))
         if path and path.startswith("/"):
             paths.append(path)
     return paths
@@ -259,7 +284,9 @@ def backup_domains(
     Every domain is staged before any is moved into ``out``; with ``force`` only the files of the
     domains backed up are replaced (and their image copies no longer listed removed).
     """
-    chosen = _select(hypervisor.observe(), request.names)
+    observed = hypervisor.observe()
+    chosen = _select(observed, request.names)
+    volumes = {(pool.name, vol.name): vol.path for pool in observed.pools for vol in pool.volumes}
     if request.with_images and not request.local:
         raise AdoptionError(f"--with-images needs the host to be this machine; {request.host} is remote")
     report = Report()
@@ -270,7 +297,7 @@ def backup_domains(
             if xml is None:
                 report.refused.append(f"{domain.name}: undefined while the backup ran")
                 continue
-            _stage_backup(staging, request, domain, xml, progress)
+            _stage_backup(staging, request, domain, (xml, _disk_paths(xml, volumes)), progress)
             written.append(domain.name)
         for name in written:
             _drop_old_copies(request.out / name, staging.folder / name)
@@ -280,13 +307,18 @@ def backup_domains(
 
 
 def _stage_backup(
-    staging: Staging, request: BackupRequest, domain: DomainObservation, xml: str, progress: Progress | None
+    staging: Staging,
+    request: BackupRequest,
+    domain: DomainObservation,
+    disks: tuple[str, list[str]],
+    progress: Progress | None,
 ) -> None:
-    """Write one domain's backup entry into the staging folder."""
+    """Write one domain's backup entry (its XML, its disks' images) into the staging folder."""
+    xml, paths = disks
     folder = staging.folder / domain.name
     folder.mkdir(mode=PRIVATE)
     write_atomically(folder / "domain.xml", xml, mode=0o600)
-    images = [image_record(path, local=request.local) for path in _disk_paths(xml)]
+    images = [image_record(path, local=request.local) for path in paths]
     for number, image in enumerate(images):
         if request.with_images and image["present"] and image["size"] is not None:
             copy = folder / "images" / f"{number}-{Path(image['path']).name}"

@@ -9,23 +9,30 @@ from typing import Any
 from reconciler.files.atomic import write_atomically
 from reconciler.offline.snapshot import Snapshot
 from reconciler.spec.models import Domain, Host
+from reconciler.spec.storage import Pool
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def schemas() -> dict[str, dict[str, Any]]:
-    """File name -> schema: one per kind, plus ``manifest.schema.json`` accepting either kind."""
+    """File name -> schema: one per kind, plus ``manifest.schema.json`` accepting any kind."""
     host = Host.model_json_schema(by_alias=True)
     domain = Domain.model_json_schema(by_alias=True)
+    pool = Pool.model_json_schema(by_alias=True)
     combined = {
         "$schema": SCHEMA_DIALECT,
         "title": "virt-reconcile manifest",
-        "description": "A Host or a Domain document; a file may hold many, separated by ---.",
-        "anyOf": [{"$ref": "host.schema.json"}, {"$ref": "domain.schema.json"}],
+        "description": "A Host, a Domain or a Pool document; a file may hold many, separated by ---.",
+        "anyOf": [
+            {"$ref": "host.schema.json"},
+            {"$ref": "domain.schema.json"},
+            {"$ref": "pool.schema.json"},
+        ],
     }
     return {
         "host.schema.json": {"$schema": SCHEMA_DIALECT, **host},
         "domain.schema.json": {"$schema": SCHEMA_DIALECT, **domain},
+        "pool.schema.json": {"$schema": SCHEMA_DIALECT, **pool},
         "manifest.schema.json": combined,
         "snapshot.schema.json": {"$schema": SCHEMA_DIALECT, **Snapshot.model_json_schema(by_alias=True)},
     }

@@ -3,14 +3,17 @@
 The document is a contract: ``formatVersion``, a ``summary``, per host its orphans, conflicts,
 errors, policy and ``pendingRestarts`` (running domains whose definition waits for a restart, with
 what waits in ``restartWaits``), and a flat ``actions`` list where every action has ``action``, ``host``,
-``domain``, ``changes`` (``{field, before, after}``), ``restart`` and ``reason``.
+``domain``, ``changes`` (``{field, before, after}``), ``restart`` and ``reason`` (a ``pool`` action
+names its pool in ``pool``, its ``domain`` null; a volume action has its ``volume``, sizes in bytes).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
+from reconciler.engine.actions import ActionKind
 from reconciler.engine.plan import Plan
 from reconciler.engine.policy import PolicyReport
 from reconciler.engine.syncstate import domain_states
@@ -57,7 +60,8 @@ def plan_document(plan: Plan) -> dict[str, Any]:
             {
                 "action": action.kind.value,
                 "host": action.host,
-                "domain": action.domain,
+                "domain": None if action.kind is ActionKind.POOL else action.domain,
+                "pool": action.domain if action.kind is ActionKind.POOL else None,  # a pool action's pool
                 "peer": action.peer or None,
                 "direction": ("in" if action.moves_in else "out") if action.kind.value == "move" else None,
                 "changes": [
@@ -66,6 +70,8 @@ def plan_document(plan: Plan) -> dict[str, Any]:
                 ],
                 "restart": action.restart,
                 "reason": action.reason,
+                # a volume action's volume, sizes in bytes: {pool, name, capacity, previous, ...}
+                "volume": asdict(action.volume) if action.volume is not None else None,
             }
             for action in plan.actions
         ],

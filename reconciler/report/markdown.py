@@ -14,7 +14,7 @@ from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.plan import HostPlan, Plan
 from reconciler.report.escaping import md_code, md_fence, md_text
 from reconciler.report.printer import Printer
-from reconciler.report.summary import define_lines, show_value, summary_line
+from reconciler.report.summary import define_lines, show_value, summary_line, volume_line
 from reconciler.report.text import render_text
 
 MARKDOWN_MARKER = "<!-- virt-reconcile-plan -->"
@@ -29,6 +29,8 @@ def _markdown_changes(action: Action) -> str:
         return ""
     if action.kind is ActionKind.RESTART:
         return md_text(action.reason)  # what waited for it
+    if action.volume is not None:
+        return md_text(volume_line(action))
     parts = [f"{c.field}: {show_value(c.before)} → {show_value(c.after)}" for c in action.changes]
     if action.reason:
         parts.append(f"({action.reason})")
@@ -55,6 +57,7 @@ def _markdown_policy(host: HostPlan) -> list[str]:
         before, after = md_text(rule.show(rule.before)), md_text(rule.show(rule.after))
         lines.append(f"| {md_text(rule.rule)} | {before} | {after} | {md_text(rule.arithmetic)} | {mark} |")
     lines.append("")
+    lines += [f"> {_WARN} {md_text(note)}" for note in report.unchecked]
     lines += [f"> {_FAIL} {md_text(rule.message())}" for rule in report.violations if report.refused]
     lines += [f"> {_WARN} {md_text(rule.message())}" for rule in report.violations if not report.refused]
     return lines

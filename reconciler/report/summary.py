@@ -8,6 +8,7 @@ from typing import Any
 
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.plan import Plan
+from reconciler.spec.sizes import format_size
 
 ORDER = (
     ActionKind.DEFINE,
@@ -17,6 +18,18 @@ ORDER = (
     ActionKind.STOP,
     ActionKind.UNDEFINE,
 )
+
+
+#: How the summary line counts the kinds beyond :data:`ORDER`, shown only when some are planned.
+_EXTRA_LABELS = {
+    ActionKind.MOVE: "to move",
+    ActionKind.RESTART: "to restart",
+    ActionKind.POOL: "pool(s) to ensure",
+    ActionKind.CREATE_VOLUME: "volume(s) to create",
+    ActionKind.RESIZE_VOLUME: "volume(s) to grow",
+    ActionKind.DELETE_VOLUME: "volume(s) to delete",
+    ActionKind.RESEED: "seed(s) to rewrite",
+}
 
 
 def show_value(value: Any) -> str:
@@ -39,10 +52,28 @@ def define_lines(action: Action) -> list[str]:
     return [" ".join(scalars)] + [f"{group}: {' '.join(items)}" for group, items in groups.items()]
 
 
+def volume_line(action: Action) -> str:
+    """A volume action in one line: ``volume images/web-root: 20GiB → 30GiB (live: ...)``."""
+    volume = action.volume
+    if volume is None:
+        return ""
+    name = f"volume {volume.pool}/{volume.name}"
+    why = f" ({action.reason})" if action.reason else ""
+    if action.kind is ActionKind.CREATE_VOLUME:
+        return f"{name}: {format_size(volume.capacity)}, {action.reason}"
+    if action.kind is ActionKind.RESIZE_VOLUME:
+        return f"{name}: {format_size(volume.previous)} → {format_size(volume.capacity)}{why}"
+    if action.kind is ActionKind.RESEED:  # the seed's digest, never its content
+        seed = action.changes[0] if action.changes else None
+        before, after = (seed.before or "none", seed.after or "none") if seed else ("?", "?")
+        return f"{name}: cloud-init seed {before} → {after}{why}"
+    return f"{name} ({format_size(volume.previous)}) deleted{why}"
+
+
 def summary(plan: Plan) -> dict[str, int]:
     """Counts per action kind (a move once), plus orphans kept, domains held, conflicts, errors and
     domains waiting for a restart."""
-    counts = {kind.value: 0 for kind in (*ORDER, ActionKind.MOVE, ActionKind.RESTART)}
+    counts = {kind.value: 0 for kind in (*ORDER, *_EXTRA_LABELS)}
     for action in plan.actions:
         if action.kind is not ActionKind.MOVE or action.moves_in:  # a move counts once
             counts[action.kind.value] += 1
@@ -80,7 +111,7 @@ def summary_line(plan: Plan) -> str:
         head = "No changes planned." if troubled else "No changes: every host matches the manifests."
         return head + (f" {', '.join(extras)}." if extras else "")
     parts = ", ".join(f"{counts[kind.value]} to {kind.value}" for kind in ORDER)
-    for kind in (ActionKind.MOVE, ActionKind.RESTART):
+    for kind, label in _EXTRA_LABELS.items():
         if counts[kind.value]:
-            parts += f", {counts[kind.value]} to {kind.value}"
+            parts += f", {counts[kind.value]} {label}"
     return f"Plan: {parts}." + (f" {', '.join(extras)}." if extras else "")

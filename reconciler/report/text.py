@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.report.escaping import escape_markup
-from reconciler.report.summary import define_lines, show_value, summary_line
+from reconciler.report.summary import define_lines, show_value, summary_line, volume_line
 
 if TYPE_CHECKING:
     from reconciler.engine.apply import ActionResult
@@ -24,6 +24,11 @@ _STYLE = {
     ActionKind.UNDEFINE: "red",
     ActionKind.MOVE: "blue",
     ActionKind.RESTART: "cyan",
+    ActionKind.POOL: "green",
+    ActionKind.CREATE_VOLUME: "green",
+    ActionKind.RESIZE_VOLUME: "yellow",
+    ActionKind.DELETE_VOLUME: "red",
+    ActionKind.RESEED: "yellow",
 }
 
 
@@ -38,6 +43,7 @@ def action_title(action: Action) -> str:
         ActionKind.BALLOON,
         ActionKind.MOVE,
         ActionKind.RESTART,
+        ActionKind.POOL,
     ):
         notes.append(action.reason)
     if action.stop_first:
@@ -72,6 +78,9 @@ def _print_action(console: Printer, action: Action) -> None:
     if action.kind is ActionKind.DEFINE or action.moves_in:
         for line in define_lines(action):
             console.print(f"      {escape_markup(line)}")
+        return
+    if action.volume is not None:
+        console.print(f"      {escape_markup(volume_line(action))}")
         return
     for change in action.changes:
         before, after = escape_markup(show_value(change.before)), escape_markup(show_value(change.after))
@@ -121,6 +130,8 @@ def _print_untouched(console: Printer, host: HostPlan) -> None:
 def _print_policy(console: Printer, report: PolicyReport) -> None:
     """Every rule's usage in one line, then each violation: a refusal, or a warning under ``warn``."""
     console.print(f"  [dim]policy:[/dim] {policy_line(report)}")
+    for note in report.unchecked:
+        console.print(f"  [dim]policy: {escape_markup(note)}[/dim]")
     for rule in report.violations:
         if report.refused:
             console.print(f"  [red]✗ refused by policy[/red]: {escape_markup(rule.message())}")

@@ -35,20 +35,23 @@ def shared_disks(domains: Iterable[tuple[str, Domain, Placed]]) -> list[Problem]
     problems = []
     for host, domain, placed in domains:
         for index, disk in enumerate(domain.spec.disks):
-            owner = first.setdefault(disk.path, (host, domain.name, placed, index))
+            # A path may be shared storage, seen by every host; a volume lives in its host's pool.
+            key = disk.path if disk.volume is None else f"{host}\0{disk.volume.key}"
+            owner = first.setdefault(key or "", (host, domain.name, placed, index))
             if owner[:2] == (host, domain.name) and owner[3] == index:
                 continue
-            line = placed.line_of(("spec", "disks", index, "path"))
-            field = f"spec.disks[{index}].path"
+            part = "path" if disk.volume is None else "volume"
+            line = placed.line_of(("spec", "disks", index, part))
+            field = f"spec.disks[{index}].{part}"
             if owner[:2] != (host, domain.name):
-                where = f"{owner[2].file}:{owner[2].line_of(('spec', 'disks', owner[3], 'path'))}"
+                where = f"{owner[2].file}:{owner[2].line_of(('spec', 'disks', owner[3], part))}"
                 message = (
-                    f"{disk.path} is already the disk of domain {owner[1]!r} on host {owner[0]!r} "
+                    f"{disk.source} is already the disk of domain {owner[1]!r} on host {owner[0]!r} "
                     f"({where}): one disk image, one domain"
                 )
                 problems.append(Problem(placed.file, line, field, message))
             else:
-                problems.append(Problem(placed.file, line, field, f"{disk.path} is named twice"))
+                problems.append(Problem(placed.file, line, field, f"{disk.source} is named twice"))
     return problems
 
 

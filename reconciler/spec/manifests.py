@@ -1,4 +1,4 @@
-"""Load manifests: every ``*.yaml``/``*.yml`` below a path -> validated Host and Domain models.
+"""Load manifests: every ``*.yaml``/``*.yml`` below a path -> validated Host, Domain and Pool models.
 
 All problems in the tree are collected and raised together as one :class:`ManifestError`, each
 naming the file, the line and the field, so an operator fixes a pull request in one round.
@@ -20,9 +20,12 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ManifestError, Problem
 from reconciler.files.content_cache import ContentCache, content_digest
+from reconciler.spec.cloudinit import Seed, is_user_data, load_seed, referenced_files
 from reconciler.spec.crosschecks import Placed, shared_disks, shared_hypervisors
 from reconciler.spec.hosturi import DEFAULT_URI_RULES, UriRules
 from reconciler.spec.models import API_VERSION, Domain, Host
+from reconciler.spec.poolrefs import pool_problem, unknown_pools
+from reconciler.spec.storage import Pool
 from reconciler.spec.untrusted import FORBIDDEN, Loc, bad_strings, dotted, printable, read_manifest
 
 # PyYAML and ``yamltree`` are imported by the functions that parse, when a file must be: the files
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
 #: Mixed into each cache key: a file cached by code that checked less is read (and checked) again.
 _CHECKS = b"virt-reconcile manifest checks 2\n"
 
-KINDS: dict[str, type[BaseModel]] = {"Host": Host, "Domain": Domain}
+KINDS: dict[str, type[BaseModel]] = {"Host": Host, "Domain": Domain, "Pool": Pool}
 
 
 @dataclass(frozen=True)
@@ -59,18 +62,28 @@ class DomainKey:
     name: str
 
 
-SourceKey = HostKey | DomainKey
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    """Key of a Pool document in :attr:`ManifestSet.sources`: the host it lives on and its name."""
+
+    host: str
+    name: str
+
+
+SourceKey = HostKey | DomainKey | PoolKey
 
 
 @dataclass
 class ManifestSet:
-    """The validated manifests: hosts by name and, per host, its domains by name."""
+    """The validated manifests: hosts by name and, per host, its domains and its pools by name."""
 
     root: Path
     whole_tree: bool = True  # loaded from a folder; False for a single file (it never prunes)
     hosts: dict[str, Host] = field(default_factory=dict)
     domains: dict[str, dict[str, Domain]] = field(default_factory=dict)
     sources: dict[SourceKey, Source] = field(default_factory=dict)
+    pools: dict[str, dict[str, Pool]] = field(default_factory=dict)
+    seeds: dict[DomainKey, Seed] = field(default_factory=dict)  # cloud-init seeds, read from their files
 
     def host_source(self, name: str) -> Source:
         """The file and line of a host's document."""
@@ -79,6 +92,14 @@ class ManifestSet:
     def domain_source(self, host: str, name: str) -> Source:
         """The file and line of a domain's document."""
         return self.sources[DomainKey(host, name)]
+
+    def pool_source(self, host: str, name: str) -> Source:
+        """The file and line of a pool's document."""
+        return self.sources[PoolKey(host, name)]
+
+    def volume_pool_problem(self, host: str, pool: str) -> str | None:
+        """Why a disk's ``volume.pool`` cannot be used on ``host`` (no Pool of that name there), or None."""
+        return pool_problem(self.pools, host, pool)
 
 
 @dataclass
@@ -168,6 +189,10 @@ def load_manifests(
     loaded = _load_tree(root, problems, cache)
     if cache is not None:
         cache.finish()
+    seed_files = referenced_files((m.spec.cloud_init, d.file) for m, d in loaded if isinstance(m, Domain))
+    if seed_files:  # cloud-init files (user-data.yaml...) in the tree are not manifests
+        problems[:] = [problem for problem in problems if problem.file not in seed_files]
+        loaded = [(model, doc) for model, doc in loaded if doc.file not in seed_files]
     if not loaded and not problems:
         problems.append(Problem(str(root), None, None, "no manifests (*.yaml, *.yml) found"))
     manifests = _assemble(loaded, base, problems, uri_rules)
@@ -187,7 +212,7 @@ def _load_tree(
             problems.append(Problem(printable(display), None, None, "a control character in the file name"))
             continue
         read = read_manifest(file, display, problems)
-        if read is not None:
+        if read is not None and not is_user_data(read[0]):  # cloud-init user-data.yaml is no manifest
             loaded.extend(_load_file(*read, display, problems, cache))
     return loaded
 
@@ -195,24 +220,27 @@ def _load_tree(
 def _assemble(
     loaded: list[tuple[BaseModel, _Document]], base: Path, problems: list[Problem], rules: UriRules
 ) -> ManifestSet:
-    """Index the documents by name: every host first, so a domain may name a host from any file."""
+    """Index the documents by name: every host first, so a domain or a pool may name a host from any
+    file, then every pool, so a domain's volume may name a pool from any file."""
     manifests = ManifestSet(root=base.resolve())
-    domain_docs: list[tuple[Domain, _Document]] = []
+    others: list[tuple[Domain | Pool, _Document]] = []
     hosts: list[tuple[Host, Placed]] = []
     for model, doc in loaded:
         if isinstance(model, Host):
             added = _add_host(manifests, model, doc, problems, rules)
             if added is not None:
                 hosts.append((added, Placed(doc.file, doc.line_of)))
-        elif isinstance(model, Domain):
-            domain_docs.append((model, doc))
+        elif isinstance(model, Domain | Pool):
+            others.append((model, doc))
     placed = []
-    for domain, doc in domain_docs:
-        host = _add_domain(manifests, domain, doc, problems)
-        if host is not None:
-            placed.append((host, domain, Placed(doc.file, doc.line_of)))
+    for model, doc in sorted(others, key=lambda item: isinstance(item[0], Domain)):  # pools first
+        host = _add_placed(manifests, model, doc, problems)
+        if host is not None and isinstance(model, Domain):
+            placed.append((host, model, Placed(doc.file, doc.line_of)))
+            problems += _seed_files(manifests, host, model, doc)
     problems += shared_hypervisors(hosts)
     problems += shared_disks(placed)
+    problems += unknown_pools(manifests.pools, placed)
     return manifests
 
 
@@ -389,38 +417,59 @@ def _add_host(
         host = host.model_copy(update={"spec": host.spec.model_copy(update={"uri": uri.text})})
     manifests.hosts[name] = host
     manifests.domains.setdefault(name, {})
+    manifests.pools.setdefault(name, {})
     manifests.sources[HostKey(name)] = Source(doc.file, doc.line)
     return host
 
 
-def _add_domain(
-    manifests: ManifestSet, domain: Domain, doc: _Document, problems: list[Problem]
+def _add_placed(
+    manifests: ManifestSet, model: Domain | Pool, doc: _Document, problems: list[Problem]
 ) -> str | None:
-    """Add a domain to its host (whose name it returns); an unknown host or a second domain of that
-    name is a problem."""
-    host = _host_of(manifests, domain, doc, problems)
+    """Add a domain or a pool to its host (whose name it returns); an unknown host, or a second
+    domain (pool) of that name on the host, is a problem."""
+    host = _host_of(manifests, model.metadata.host, doc, problems)
     if host is None:
         return None
-    name = domain.name
-    if name in manifests.domains[host]:
-        first = manifests.domain_source(host, name)
-        problems.append(
-            Problem(
-                doc.file,
-                doc.line_of(("metadata", "name")),
-                "metadata.name",
-                f"domain {name!r} on host {host!r} is already defined at {first.file}:{first.line}",
-            )
-        )
+    key = DomainKey(host, model.name) if isinstance(model, Domain) else PoolKey(host, model.name)
+    first = manifests.sources.get(key)
+    if first is not None:
+        kind = type(model).__name__.lower()
+        why = f"{kind} {model.name!r} on host {host!r} is already defined at {first.file}:{first.line}"
+        problems.append(Problem(doc.file, doc.line_of(("metadata", "name")), "metadata.name", why))
         return None
-    manifests.domains[host][name] = domain
-    manifests.sources[DomainKey(host, name)] = Source(doc.file, doc.line)
+    if isinstance(model, Domain):
+        manifests.domains[host][model.name] = model
+    else:
+        manifests.pools[host][model.name] = model
+    manifests.sources[key] = Source(doc.file, doc.line)
     return host
 
 
-def _host_of(manifests: ManifestSet, domain: Domain, doc: _Document, problems: list[Problem]) -> str | None:
-    """The host a domain lives on: the one it names, else the only one; None (and a problem) if neither."""
-    host = domain.metadata.host
+def _seed_files(manifests: ManifestSet, host: str, domain: Domain, doc: _Document) -> list[Problem]:
+    """Read the files of a domain's cloud-init seed (every load: they are not part of the manifest
+    the cache keys on); a problem for each file that cannot be used, or a pool no Pool makes."""
+    cloud_init = domain.spec.cloud_init
+    if cloud_init is None:
+        return []
+    folder = (manifests.root / doc.file).parent
+    seed, found = load_seed(domain.name, cloud_init, folder, manifests.root)
+    problems = [
+        Problem(doc.file, doc.line_of(("spec", "cloudInit", *loc)), dotted(("spec", "cloudInit", *loc)), why)
+        for loc, why in found
+    ]
+    volume_pools = {disk.volume.pool for disk in domain.spec.disks if disk.volume is not None}
+    unknown = manifests.volume_pool_problem(host, cloud_init.pool) if cloud_init.pool else None
+    if unknown is not None and cloud_init.pool not in volume_pools:  # a volume's pool is reported once
+        loc = ("spec", "cloudInit", "pool")
+        problems.append(Problem(doc.file, doc.line_of(loc), dotted(loc), unknown))
+    if seed is not None:
+        manifests.seeds[DomainKey(host, domain.name)] = seed
+    return problems
+
+
+def _host_of(manifests: ManifestSet, host: str | None, doc: _Document, problems: list[Problem]) -> str | None:
+    """The host a domain or pool lives on: ``host`` (the one it names), else the only one; None (and
+    a problem) if neither."""
     if host is None:
         if len(manifests.hosts) == 1:
             return next(iter(manifests.hosts))

@@ -18,6 +18,9 @@ from pydantic import (
 )
 
 from reconciler.spec.annotations import Annotations, suspended
+from reconciler.spec.cloudinit import CloudInit
+from reconciler.spec.consoles import Graphics
+from reconciler.spec.disks import Disk
 from reconciler.spec.fieldtypes import Count, Duration, Flag, Model, Name, Size
 from reconciler.spec.hostpolicy import Capacity, Overcommit
 from reconciler.spec.hosturi import HostURI
@@ -27,7 +30,6 @@ from reconciler.spec.syncwindows import SyncWindow
 
 API_VERSION = "virt-reconcile/v1"
 MAC_PATTERN = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
-TARGET_PATTERN = r"^[a-z]{2,3}[a-z]{1,3}$"
 
 #: How drift in a domain's run state is corrected (see DomainSpec.run_strategy).
 RunStrategy = Literal["always", "rerunOnFailure", "manual", "halted"]
@@ -154,31 +156,6 @@ class Host(Model):
 # ------------------------------------------------------------------------------------- Domain
 
 
-class Disk(Model):
-    """A disk image attached to the domain (file, or block device when the path is under /dev)."""
-
-    path: Annotated[str, Field(min_length=1)] = Field(
-        description="Absolute path of the image on the host; under /dev it is attached as a block device.",
-    )
-    format: Annotated[str, Field(pattern=r"^[a-z0-9]+$")] = Field(
-        default="qcow2", description="Image format as QEMU names it (qcow2, raw, ...); default qcow2."
-    )
-    bus: Literal["virtio", "sata", "scsi", "ide", "usb"] = Field(
-        default="virtio", description="Bus the guest sees the disk on; default virtio."
-    )
-    target: Annotated[str, Field(pattern=TARGET_PATTERN)] | None = Field(
-        default=None,
-        description="Device name in the guest (vda, sdb, ...); null takes the next free one for the bus.",
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, path: str) -> str:
-        if not path.startswith("/"):
-            raise ValueError(f"disk path {path!r} must be absolute")
-        return path
-
-
 class Interface(Model):
     """A NIC on a libvirt network or a host bridge."""
 
@@ -270,6 +247,20 @@ class DomainSpec(Model):
         default="virtio",
         description="Memory balloon device; without one (none) currentMemory cannot change live.",
     )
+    cloud_init: CloudInit | None = Field(
+        default=None,
+        description="A cloud-init NoCloud seed built from files in the manifest tree, uploaded to a "
+        "pool as <domain>-cidata.iso and attached as a read-only cdrom; plans show its digest only.",
+    )
+    graphics: Graphics | None = Field(
+        default=None,
+        description="A VNC or SPICE console; left out: new domains get none, existing ones keep theirs.",
+    )
+    serial: Flag | None = Field(
+        default=None,
+        description="true: a serial port with a console (virsh console NAME); false: none; left out: "
+        "new domains get one, existing ones keep what they have.",
+    )
     deletion_protection: Flag = Field(
         default=False,
         description="Never undefine this domain, even when it leaves the manifests with prune on; "
@@ -353,7 +344,24 @@ class DomainSpec(Model):
         for target in targets:
             if targets.count(target) > 1:
                 raise ValueError(f"two disks use target {target!r}")
+        volumes = [disk.volume.key for disk in disks if disk.volume is not None]
+        for volume in volumes:
+            if volumes.count(volume) > 1:
+                raise ValueError(f"two disks use volume {volume}")
         return disks
+
+    @field_validator("cloud_init")
+    @classmethod
+    def _seed_pool(cls, cloud_init: CloudInit | None, info: ValidationInfo) -> CloudInit | None:
+        """The seed's pool defaults to the pool of the first volume disk; a domain without one names it."""
+        if cloud_init is None or cloud_init.pool is not None or "disks" not in info.data:
+            return cloud_init
+        pools = [disk.volume.pool for disk in info.data["disks"] if disk.volume is not None]
+        if not pools:
+            raise ValueError(
+                "pool is required: no disk of the domain has a volume whose pool the seed could go to"
+            )
+        return cloud_init.model_copy(update={"pool": pools[0]})
 
     @property
     def strategy(self) -> RunStrategy:
@@ -451,9 +459,29 @@ class Owner(Model):
     restart_instance: int = Field(
         default=-1,
         description="Domain id of the instance that ran when a definition needing a restart was written "
-        "(-1: none); the restart is pending while that instance runs.",
+        "(-1: none); the restart is pending while the running instance's own definition differs.",
     )
     restart_waits: str = Field(default="", description="What waits for that restart (vcpus 2 → 1; ...).")
+    off_on_purpose: str = Field(
+        default="",
+        description="Why a rerunOnFailure domain was last seen shut off on purpose (shutdown, destroyed "
+        "...), kept for when libvirt forgets it (a libvirtd restart, a host reboot); empty: not off so.",
+    )
+    delete_volumes: str = Field(
+        default="",
+        description="The volumes (pool/name, space-separated) of disks that said deleteVolumes: true: "
+        "deleted after the domain is undefined, even once its manifest is gone.",
+    )
+    seed: str = Field(
+        default="", description="Digest of the cloud-init seed last uploaded for the domain; empty: none."
+    )
+    graphics_password_file: str = Field(
+        default="", description="The graphics passwordFile whose content the definition was sent with."
+    )
+
+    def volumes_to_delete(self) -> frozenset[str]:
+        """The ``pool/name`` of each volume deleted with the domain."""
+        return frozenset(self.delete_volumes.split())
 
     def pending_at(self, now: str) -> bool:
         """Whether the import's pending mark still protects the domain at ``now`` (ISO 8601, UTC)."""

@@ -7,9 +7,10 @@ full copy of one (``clone``), at a given virtual size that may grow later but ne
 
 from __future__ import annotations
 
+import posixpath
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from reconciler.spec.annotations import Annotations
 from reconciler.spec.fieldtypes import Flag, Model, Name, Size
@@ -17,6 +18,9 @@ from reconciler.spec.hostpolicy import Ratio
 
 #: A volume name: a file name in a dir pool, a logical volume name in an LVM pool.
 VOLUME_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
+_DEFINITION = "libvirt definition"
+#: Validation context for a spec read back from libvirt: its volumes carry no size (see ``Volume``).
+FROM_DEFINITION = {_DEFINITION: True}
 
 
 class PoolOvercommit(Model):
@@ -52,6 +56,30 @@ class PoolSpec(Model):
         default_factory=PoolOvercommit, description="The pool's storage.commit limit."
     )
 
+    @field_validator("path")
+    @classmethod
+    def _path_fits_type(cls, path: str | None, info: ValidationInfo) -> str | None:
+        """A dir pool needs its folder; a logical pool's path is /dev/VGNAME, nothing deeper."""
+        kind = info.data.get("type")
+        if path is None:
+            if kind == "dir":
+                raise ValueError("a dir pool needs 'path': the folder holding its images")
+            return None
+        path = posixpath.normpath(path)
+        if kind == "logical" and posixpath.dirname(path) != "/dev":
+            raise ValueError(f"a logical pool's path is /dev/VGNAME (its volume group), not {path!r}")
+        return path
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_only_for_logical(cls, devices: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        """Devices are the physical volumes of an LVM pool; a dir pool has none."""
+        if devices and info.data.get("type") == "dir":
+            raise ValueError("only a logical pool has devices (the physical volumes of its volume group)")
+        if len(set(devices)) != len(devices):
+            raise ValueError("a device is named twice")
+        return devices
+
 
 class PoolMetadata(Model):
     """Identity of a Pool document: its libvirt name and the host it lives on."""
@@ -76,6 +104,21 @@ class Pool(Model):
     metadata: PoolMetadata = Field(description="The pool's name and host.")
     spec: PoolSpec = Field(description="The pool's type, place and overcommit limit.")
 
+    @property
+    def name(self) -> str:
+        """The libvirt pool name."""
+        return self.metadata.name
+
+    @property
+    def target(self) -> str:
+        """Where its volumes live: the dir pool's folder, or /dev/VGNAME (default /dev/NAME)."""
+        return self.spec.path or f"/dev/{self.metadata.name}"
+
+    @property
+    def volume_group(self) -> str:
+        """A logical pool's volume group name: the last part of its target."""
+        return posixpath.basename(self.target)
+
 
 class VolumeSource(Model):
     """The base image a volume is made from."""
@@ -97,9 +140,28 @@ class Volume(Model):
     name: Annotated[str, Field(pattern=VOLUME_NAME_PATTERN)] = Field(
         description="The volume's name in the pool (a file name in a dir pool)."
     )
-    size: Annotated[Size, Field(gt=0)] = Field(
-        description="Virtual size, e.g. 20GiB; may grow later (live when the domain runs), never shrink."
+    size: Annotated[Size, Field(gt=0)] | None = Field(
+        default=None,
+        description="Virtual size, e.g. 20GiB; may grow later (live when the domain runs), never shrink. "
+        "Required in a manifest (null only in a disk read back from libvirt, which records no size).",
     )
     from_: VolumeSource | None = Field(
         default=None, alias="from", description="The base image it is made from; null: an empty volume."
     )
+
+    #: The schema says what a manifest must give, size included (see ``_size_given``).
+    model_config = ConfigDict(json_schema_extra={"required": ["pool", "name", "size"]})
+
+    @field_validator("size")
+    @classmethod
+    def _size_given(cls, size: int | None, info: ValidationInfo) -> int | None:
+        """A manifest gives the size; a domain's libvirt definition names the volume only, so a disk
+        read back from one (validated with :data:`FROM_DEFINITION`) has none."""
+        if size is None and not (info.context or {}).get(_DEFINITION):
+            raise ValueError("a volume needs a size, e.g. 20GiB")
+        return size
+
+    @property
+    def key(self) -> str:
+        """``pool/name``: the volume's identity on its host (neither part may hold a slash)."""
+        return f"{self.pool}/{self.name}"

@@ -78,6 +78,12 @@ def specs(draw):
             "disks": disks,
             "interfaces": nics,
             "balloon": draw(st.sampled_from(["virtio", "none"])),
+            # null (the default) leaves an existing console alone: only true or false read back as set
+            "serial": draw(st.booleans()),
+            "graphics": draw(
+                st.sampled_from([None, {"type": "vnc"}, {"type": "spice", "listen": "0.0.0.0", "port": 5930}])
+            ),
+            "cloudInit": draw(st.sampled_from([None, {"pool": "images"}])),  # files are input, not state
         }
     )
 

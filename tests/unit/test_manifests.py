@@ -231,7 +231,7 @@ def test_wrong_api_version(tmp_path):
 
 def test_wrong_kind(tmp_path):
     write(tmp_path, "d.yaml", "apiVersion: virt-reconcile/v1\nkind: VM\nmetadata: {name: a}\n")
-    assert problems(tmp_path) == ["d.yaml:2: kind: expected one of Host, Domain, got 'VM'"]
+    assert problems(tmp_path) == ["d.yaml:2: kind: expected one of Host, Domain, Pool, got 'VM'"]
 
 
 def test_document_that_is_not_a_mapping(tmp_path):

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.engine.hypervisor import DomainObservation, HostObservation
+from reconciler.engine.hypervisor import (
+    DomainObservation,
+    HostObservation,
+    PoolObservation,
+    VolumeObservation,
+)
 from reconciler.engine.plan import DesiredHost, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
 from reconciler.engine.pruning import DeletionRules
@@ -112,6 +117,8 @@ def scenario(name: str) -> Plan:
                 host_plan("hv1", hv1, [domain("web-01")], [live("web-01")]),
                 host_plan("hv2", "qemu:///system", [domain("batch-01", state="stopped")], []),
             ]
+        case "volumes":
+            hosts = [volumes_plan(hv1)]
         case _:
             raise ValueError(name)
     return Plan(revision="0123456789abcdef0123", hosts={h.host: h for h in hosts})
@@ -126,7 +133,33 @@ SCENARIOS = [
     "refusal",
     "orphan-conflict",
     "two-hosts",
+    "volumes",
 ]
+
+
+def volumes_plan(uri: str):
+    """A new domain on an overlay volume, a volume grown live, a pruned domain's volume deleted."""
+    images, base = "/var/lib/libvirt/images", "/var/lib/libvirt/images/debian-12.qcow2"
+
+    def volume(name: str, size: str, **extra: object) -> dict:
+        return {"volume": {"pool": "images", "name": name, "size": size, **extra}}
+
+    doomed = OWNER.model_copy(update={"delete_volumes": "images/old-01-root"})
+    old_disks = [{**volume("old-01-root", "10GiB"), "deleteVolumes": True}]
+    gone = observed_domain("old-01", doomed, active=False, disks=old_disks)
+    db = [domain("db-01", disks=[volume("db-01-root", "40GiB")])]
+    observed = [live("db-01", disks=[volume("db-01-root", "20GiB")]), gone]
+    pool = PoolObservation(
+        "images", "dir", images, True, True, 500 * GiB, 90 * GiB, 410 * GiB,
+        tuple(
+            VolumeObservation(n, f"{images}/{n}", size * GiB, GiB)
+            for n, size in (("debian-12.qcow2", 2), ("db-01-root", 20), ("old-01-root", 10))
+        ),
+    )  # fmt: skip
+    web = domain("web-01", disks=[volume("web-01-root", "20GiB", **{"from": {"path": base}})])
+    rules = DeletionRules(allow=True, allow_mass=True)
+    wanted = DesiredHost("hv1", uri, {d.name: d for d in [web, *db]}, lambda _n: OWNER, rules)
+    return build_host_plan(wanted, HostObservation(8, 16 * GiB, tuple(observed), pools=(pool,)))
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

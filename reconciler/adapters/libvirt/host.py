@@ -27,7 +27,10 @@ from reconciler.adapters.libvirt.connections import SpareConnections, open_conne
 from reconciler.adapters.libvirt.environment import read_environment
 from reconciler.adapters.libvirt.errors import wrap as _wrap
 from reconciler.adapters.libvirt.facts import local_swap
-from reconciler.adapters.libvirt.states import lifecycle
+from reconciler.adapters.libvirt.seeds import SeedActions, with_file_passwords
+from reconciler.adapters.libvirt.states import lifecycle, running_definition_of
+from reconciler.adapters.libvirt.storage import ensure_pool, observe_pools, replay_pool_flags, sandbox_pools
+from reconciler.adapters.libvirt.volumes import VolumeActions
 from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation, StopOutcome
 from reconciler.errors import DomainXMLError
 from reconciler.libvirtxml.ownership import OWNER_NS, OWNER_PREFIX, owner_metadata
@@ -67,8 +70,9 @@ def _on_one_connection(method: Callable[..., T]) -> Callable[..., T]:
     return run
 
 
-class LibvirtHypervisor:
-    """A libvirt connection speaking the Hypervisor protocol."""
+class LibvirtHypervisor(VolumeActions, SeedActions):
+    """A libvirt connection speaking the Hypervisor protocol (its volume methods: ``volumes``, its
+    seed methods: ``seeds``)."""
 
     def __init__(
         self,
@@ -207,6 +211,8 @@ class LibvirtHypervisor:
             }
             swap = local_swap() if self.local else None
             ksm_saved = self._ksm_saved()
+            remote = None if self._in_process or self._address is None else (self._address, self._timeouts)
+            pools = observe_pools(self, remote, simulated=self._is_test_driver)  # while readers read
             xmls = pending.result() if pending is not None else [self._read_xml(dom) for dom in doms]
         domains = [
             self._observation(dom, name, xml, lifecycle(values), name in autostart)
@@ -214,7 +220,7 @@ class LibvirtHypervisor:
             if xml is not None
         ]
         return HostObservation(
-            cpus=int(info[2]), memory=memory, domains=tuple(domains), swap=swap, ksm_saved=ksm_saved
+            int(info[2]), memory, tuple(domains), swap=swap, ksm_saved=ksm_saved, pools=pools
         )
 
     def _observation(
@@ -224,7 +230,14 @@ class LibvirtHypervisor:
         the sandbox's state file, whose ids outlive the test driver's reloads."""
         active, state, reason = states
         instance = dom.ID() if self.instances is None else self.instances.of(name, active)
-        return DomainObservation(name, xml, active, autostart, state, reason, instance)
+        running = self._running_definition(dom, name, xml) if active else None
+        return DomainObservation(name, xml, active, autostart, state, reason, instance, running)
+
+    def _running_definition(self, dom: libvirt.virDomain, name: str, xml: str) -> str | None:
+        """What a running domain runs, when its persistent XML carries a restart mark (``states``);
+        a sandbox keeps it in its file while the domain runs, as the test driver's reload forgets."""
+        kept = self.instances.definition(name) if self.instances is not None else None
+        return running_definition_of(xml, lambda: self._read_xml(dom, 0), kept)
 
     def _read_on_readers(self, doms: list[libvirt.virDomain], readers: int) -> list[str | None]:
         """Every domain's XML, in the order of ``doms``, read over ``readers`` new connections side
@@ -249,9 +262,9 @@ class LibvirtHypervisor:
                 found.update(part)
         return [found[uuid] for uuid in uuids]
 
-    def _read_xml(self, dom: libvirt.virDomain) -> str | None:
+    def _read_xml(self, dom: libvirt.virDomain, flags: int = _XML_FLAGS) -> str | None:
         try:
-            return str(self._raw(dom.XMLDesc, _XML_FLAGS))
+            return str(self._raw(dom.XMLDesc, flags))
         except libvirt.libvirtError as err:
             if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None  # undefined between the list and the read: it is gone
@@ -280,8 +293,10 @@ class LibvirtHypervisor:
 
     @_on_one_connection
     def define(self, xml: str) -> None:
-        """Define or redefine a persistent domain; a redefine keeps the current secure values
-        (passwords), which the observed XML it was made from leaves out."""
+        """Define or redefine a persistent domain with the graphics password of its passwordFile
+        (``seeds``); a redefine keeps the current secure values (passwords) the new XML does not
+        set, which the observed XML it was made from leaves out."""
+        xml = with_file_passwords(self.name, xml)
         name = leading_name(xml)
         current = self.secure_xml(name) if name is not None else None
         if current is not None:
@@ -387,6 +402,11 @@ class LibvirtHypervisor:
             libvirt.VIR_DOMAIN_AFFECT_CONFIG,
         )
 
+    @_on_one_connection
+    def ensure_pool(self, name: str, xml: str | None, autostart: bool | None) -> str:
+        """A ``pool`` action: defined, built only when it cannot start as it is, started, autostarted."""
+        return ensure_pool(self, name, xml, autostart, simulated=self._is_test_driver)
+
     def environment(self, paths: Collection[str]) -> HostEnvironment:
         """Networks, bridges and the given files, for the pre-flight checks (``environment``)."""
         simulated = self._is_test_driver  # a test-driver host declares only what its node file holds
@@ -399,12 +419,11 @@ class LibvirtHypervisor:
         autostart = {d.name() for d in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
         return [
             sandbox.SandboxDomain(
-                xml=dom.XMLDesc(_SECURE_XML_FLAGS),
-                active=bool(dom.isActive()),
+                xml=(xml := dom.XMLDesc(_SECURE_XML_FLAGS)),
+                active=(active := bool(dom.isActive())),
                 autostart=dom.name() in autostart,
-                instance=-1
-                if self.instances is None
-                else self.instances.of(dom.name(), bool(dom.isActive())),
+                instance=-1 if self.instances is None else self.instances.of(dom.name(), active),
+                definition=self._running_definition(dom, dom.name(), xml) if active else None,
             )
             for dom in sorted(self.conn.listAllDomains(0), key=lambda d: d.name())
         ]
@@ -464,12 +483,15 @@ def open_host(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
             autostart, hypervisor.instances = sandbox.node_marks(node_xml)
             for name in autostart:
                 hypervisor.set_autostart(name, True)
+            replay_pool_flags(conn, *sandbox.pool_marks(node_xml))
             hypervisor.changed = False  # replaying the file's own autostart flags changes nothing
             try:
                 yield hypervisor
             finally:
                 if write and hypervisor.changed:
-                    domains = hypervisor.sandbox_domains()
-                    state.write(sandbox.compose_node_xml(node_xml, domains, hypervisor.instances.next_id))
+                    domains, kept = hypervisor.sandbox_domains(), sandbox_pools(conn)
+                    state.write(
+                        sandbox.compose_node_xml(node_xml, domains, hypervisor.instances.next_id, kept)
+                    )
         finally:
             conn.close()

@@ -87,4 +87,8 @@ def save(path: Path, outcome: Outcome, manifests: ManifestSet) -> None:
             if host.observed is not None
         },
         key=signing_key(),
+        pools={
+            name: {pool: p.spec.overcommit.ratio for pool, p in found.items()}
+            for name, found in manifests.pools.items()
+        },
     )
