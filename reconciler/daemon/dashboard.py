@@ -76,7 +76,7 @@ table.history td.wrap{white-space:normal;min-width:12rem}
 .tone-ok{color:var(--ok)}.tone-warn{color:var(--warn)}
 .tone-bad{color:var(--bad)}.tone-muted{color:var(--muted)}
 .policy td:first-child{white-space:nowrap;width:8rem}
-.policy td.figure{white-space:nowrap;width:12rem;text-align:right;font-variant-numeric:tabular-nums}
+.policy td.figure{white-space:normal;width:12rem;text-align:right;font-variant-numeric:tabular-nums}
 meter{width:100%;height:.95rem;display:block;margin-top:.2rem}
 meter::-webkit-meter-bar{background:#eaeef2;border:0;border-radius:3px;height:.95rem}
 meter::-webkit-meter-optimum-value{background:var(--ok)}

@@ -27,17 +27,24 @@ SCREENSHOT = REPO / "docs" / "dashboard.png"
 PATIENCE = 90
 #: name -> (CPUs, memory, vCPUs per CPU); cpu.total limits of 32, 16 and 8 vCPUs.
 HOSTS = {"hv-ams-01": (16, "64GiB", 2.0), "hv-ams-02": (8, "32GiB", 2.0), "hv-fra-01": (8, "32GiB", 1.0)}
+
+
+def volume(name: str, size: str) -> dict[str, object]:
+    """A disk whose volume the apply makes in the host's pool."""
+    return {"volume": {"pool": "images", "name": name, "size": size}}
+
+
 #: host -> domain -> spec
 FLEET: dict[str, dict[str, dict[str, object]]] = {
     "hv-ams-01": {
-        "web-1": {"vcpus": 4, "memory": "8GiB"},
-        "web-2": {"vcpus": 4, "memory": "8GiB"},
+        "web-1": {"vcpus": 4, "memory": "8GiB", "disks": [volume("web-1-root", "40GiB")]},
+        "web-2": {"vcpus": 4, "memory": "8GiB", "disks": [volume("web-2-root", "40GiB")]},
         "api-1": {"vcpus": 4, "memory": "4GiB"},
         "api-2": {"vcpus": 4, "memory": "4GiB"},
         "cache-1": {"vcpus": 2, "memory": "16GiB"},
     },
     "hv-ams-02": {
-        "db-primary": {"vcpus": 8, "memory": "16GiB"},
+        "db-primary": {"vcpus": 8, "memory": "16GiB", "disks": [volume("db-primary-data", "150GiB")]},
         "db-replica": {"vcpus": 4, "memory": "8GiB"},
         "backup": {"vcpus": 1, "memory": "2GiB", "state": "stopped"},
     },
@@ -59,9 +66,19 @@ def host_yaml(name: str, cpus: int, memory: str, ratio: float) -> str:
     )
 
 
+def pool_yaml(host: str) -> str:
+    """A dir pool on a sandbox host (the test driver keeps it in its state file; 100 GiB), whose
+    volumes may promise twice that: the storage rules show beside the CPU and memory ones."""
+    return (
+        f"apiVersion: virt-reconcile/v1\nkind: Pool\nmetadata: {{name: images, host: {host}}}\n"
+        "spec: {type: dir, path: /var/lib/libvirt/images, overcommit: {ratio: 2.0}}\n"
+    )
+
+
 def manifests(fleet: dict[str, dict[str, dict[str, object]]]) -> dict[str, str]:
-    """One file of Hosts, one file of Domains per host."""
-    files = {"hosts.yaml": "---\n".join(host_yaml(name, *spec) for name, spec in HOSTS.items())}
+    """One file of Hosts and their Pools, one file of Domains per host."""
+    documents = [host_yaml(name, *spec) for name, spec in HOSTS.items()] + [pool_yaml(h) for h in HOSTS]
+    files = {"hosts.yaml": "---\n".join(documents)}
     for host, domains in fleet.items():
         files[f"{host}.yaml"] = "---\n".join(
             domain_yaml(name, host=host, **spec) for name, spec in domains.items()
@@ -187,6 +204,9 @@ def test_the_dashboard_shows_the_fleet_and_follows_a_push(browser: WebDriver, da
     assert "7 / 8 vCPUs (88%); planned 9 vCPUs (112%)" in fra.text_content()
     assert fra.xpath(".//span[@data-state='refused']") and fra.xpath("td/meter/@value") == ["7"]
     assert "20 / 32 vCPUs" in rule_row(tree, "hv-ams-01").text_content()  # api-3 counted
+    # Storage beside CPU and memory: the pool's volumes (thin: they promise, they do not allocate).
+    assert "150GiB / 200GiB (75%)" in rule_row(tree, "hv-ams-02", "storage.commit[images]").text_content()
+    assert "80GiB / 200GiB (40%)" in rule_row(tree, "hv-ams-01", "storage.commit[images]").text_content()
     assert host(tree, "hv-ams-02").xpath(".//ul[contains(@class, 'pending')]/li/code/text()") == [
         "db-replica"
     ]
