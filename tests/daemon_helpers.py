@@ -189,7 +189,7 @@ class FakeHypervisor:
         self.domains: dict[str, DomainObservation] = {}
         self.broken: dict[str, Exception] = {}  # method name -> what it raises (once)
 
-    def environment(self, paths):
+    def environment(self, paths, **_asked):
         """Nothing known about networks, bridges or files: the pre-flight checks nothing here."""
         from reconciler.engine.hypervisor import HostEnvironment
 

@@ -17,6 +17,7 @@ from reconciler.engine.actions import Action, ActionKind, Phase
 from reconciler.engine.fleet import EachHost, one_by_one
 from reconciler.engine.hypervisor import Hypervisor, StopOutcome
 from reconciler.engine.plan import HostPlan
+from reconciler.engine.policy import recheck_storage
 from reconciler.errors import HostError
 
 
@@ -134,7 +135,44 @@ def apply_host_plan(
     hooks: Hooks = NO_HOOKS,
 ) -> list[ActionResult]:
     """Run ``plan`` phase by phase; stop after the first phase with a failure. Blocked plans do nothing."""
-    return [] if plan.blocked else run_actions(hypervisor, plan.actions, settings, hooks)
+    return [] if plan.blocked else _run_plan(hypervisor, plan, plan.actions, settings, hooks)
+
+
+def _run_plan(
+    hypervisor: Hypervisor,
+    plan: HostPlan,
+    actions: Sequence[Action],
+    settings: ApplySettings,
+    hooks: Hooks,
+) -> list[ActionResult]:
+    """Run a plan's actions; when its pools did not run as it was made (their storage rules judged
+    on an estimate, or not at all), judge those rules again once the pool phase made them run, on
+    the pools as they are, and refuse every action after it when they break."""
+    policy = plan.policy
+    pending = policy is not None and policy.enforcement == "enforce" and bool(policy.pending_pools)
+    if not pending or not any(action.kind is ActionKind.POOL for action in actions):
+        return run_actions(hypervisor, actions, settings, hooks)
+    results = run_actions(hypervisor, [a for a in actions if a.phase <= Phase.POOL], settings, hooks)
+    rest = [action for action in actions if action.phase > Phase.POOL]
+    if not rest or hooks.stopped or any(not result.ok for result in results):
+        return results
+    refusal = _storage_refusal(hypervisor, plan, rest)
+    if refusal:
+        return results + [_not_done(action, refusal, hooks) for action in rest]
+    return results + run_actions(hypervisor, rest, settings, hooks)
+
+
+def _storage_refusal(hypervisor: Hypervisor, plan: HostPlan, rest: Sequence[Action]) -> str:
+    """Why the actions after the pool phase are not done ("" when the storage rules hold)."""
+    assert plan.policy is not None
+    try:
+        pools = hypervisor.observe().pools
+    except HostError as err:
+        return f"not done: the storage rules could not be judged once the pools ran: {err}"
+    broken = recheck_storage(plan.policy, pools, rest)
+    if not broken:
+        return ""
+    return "refused by policy once the pools ran: " + "; ".join(rule.message() for rule in broken)
 
 
 def apply_fleet(
@@ -222,7 +260,7 @@ def _grow(
     """One host's grow actions: moves in whose source did not let go fail; the rest run."""
     grow, stranded = _stranded_moves(plan, released)
     results = [_not_done(a, f"not moved: {a.peer} did not release it", hooks) for a in stranded]
-    return results + run_actions(hypervisor, grow, settings, hooks)
+    return results + _run_plan(hypervisor, plan, grow, settings, hooks)
 
 
 def _not_done(action: Action, why: str, hooks: Hooks) -> ActionResult:
@@ -403,7 +441,7 @@ def _reseed(hypervisor: Hypervisor, action: Action) -> str:
     done = hypervisor.upload_volume(action.volume, action.seed.image)
     if action.phase is not Phase.CREATE_VOLUME:
         hypervisor.record_seed(action.domain, action.seed.digest)
-        done += "; read at the next boot"
+        done += "; read after a restart from the host" if action.restart else "; read at the next boot"
     return done
 
 

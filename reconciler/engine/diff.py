@@ -121,6 +121,12 @@ def with_volume_details(current: DomainSpec, desired: DomainSpec) -> DomainSpec:
     return current.model_copy(update={"disks": tuple(disks)})
 
 
+def _shown(field: str, value: Any) -> Any:
+    """A change's value as people read it: ``deleteVolumes`` holds only true (false is left unset,
+    one value for the default), so turning it off reads ``true → false``, not ``true → null``."""
+    return False if value is None and field.endswith(".deleteVolumes") else value
+
+
 def spec_changes(observed: DomainSpec | None, desired: DomainSpec) -> tuple[Change, ...]:
     """Every field that differs between ``observed`` (None: absent) and ``desired``."""
     after = flatten(desired)
@@ -128,7 +134,9 @@ def spec_changes(observed: DomainSpec | None, desired: DomainSpec) -> tuple[Chan
         return tuple([Change(field, None, new) for field, new in after.items() if new is not None])
     before = flatten(observed)
     changes = [
-        Change(field, before.get(field), new) for field, new in after.items() if before.get(field) != new
+        Change(field, _shown(field, before.get(field)), _shown(field, new))
+        for field, new in after.items()
+        if before.get(field) != new
     ]
     changes += [
         Change(field, old, None) for field, old in before.items() if field not in after and old is not None

@@ -44,6 +44,7 @@ class PlanDraft:
     conflicts: list[Conflict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the plan does that the operator should know
     before: dict[str, Usage] = field(default_factory=dict)
     #: Running domains observed waiting for a restart (a definition written while they ran), and what waits.
     waiting: dict[str, str] = field(default_factory=dict)

@@ -68,6 +68,9 @@ class PoolObservation:
     available: int
     volumes: tuple[VolumeObservation, ...] = ()
     xml: str = ""  # the pool's persistent XML, to compare with what the manifest wants
+    #: The filesystem holding a dir pool's folder, when known (this machine: its device number):
+    #: pools with the same one share its space. "" when not known (a remote host, a sandbox).
+    filesystem: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,18 +111,42 @@ class PathFact:
 
 
 @dataclass(frozen=True)
+class SecretFact:
+    """A graphics ``passwordFile`` as the definition will read it, on the machine virt-reconcile
+    runs on: the password's length, or why the file cannot be used ("" when it can)."""
+
+    length: int = 0
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class SpaceFact:
+    """The filesystem that holds (or will hold) a folder, as libvirt counts a dir pool on it
+    (statvfs of the nearest folder that exists): bytes in all, and free. ``filesystem`` as
+    :attr:`PoolObservation.filesystem`."""
+
+    capacity: int
+    available: int
+    filesystem: str = ""
+
+
+@dataclass(frozen=True)
 class HostEnvironment:
     """What domains need from their host besides CPUs and memory, for the pre-flight checks.
 
     ``networks`` maps every libvirt network to its state and ``bridges`` every host interface
     libvirt knows to its type (``bridge``, ``ethernet``...); either is None when it could not be
-    checked, and ``unchecked`` says why. ``paths`` holds a fact for each path that was asked for.
+    checked, and ``unchecked`` says why. ``paths`` holds a fact for each path that was asked for,
+    ``secrets`` for each graphics password file, and ``space`` for each pool folder on a host
+    that is this machine (elsewhere it is not known: absent).
     """
 
     networks: Mapping[str, NetworkFact] | None = None
     bridges: Mapping[str, str] | None = None
     paths: Mapping[str, PathFact] = field(default_factory=dict)
     unchecked: tuple[str, ...] = ()
+    secrets: Mapping[str, SecretFact] = field(default_factory=dict)
+    space: Mapping[str, SpaceFact] = field(default_factory=dict)
 
 
 class StopOutcome(StrEnum):
@@ -145,8 +172,12 @@ class Hypervisor(Protocol):
         (and a live XML read per running domain with a restart mark: ``running_definition``)."""
         ...
 
-    def environment(self, paths: Collection[str]) -> HostEnvironment:
-        """The host's networks and bridges, and a fact for each of ``paths`` (files domains use)."""
+    def environment(
+        self, paths: Collection[str], *, secrets: Collection[str] = (), folders: Collection[str] = ()
+    ) -> HostEnvironment:
+        """The host's networks and bridges, a fact for each of ``paths`` (files domains use), for
+        each of ``secrets`` (graphics password files, read where a definition is sent from) and,
+        where it can be known, for the filesystem of each of ``folders`` (pools' folders)."""
         ...
 
     def define(self, xml: str) -> None:

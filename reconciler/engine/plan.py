@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from reconciler.engine.actions import Action, ActionKind, Conflict, Held, Orphan
 from reconciler.engine.domainplan import PlanDraft, plan_change, plan_define, plan_restarts
-from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation
+from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation, SpaceFact
 from reconciler.engine.ownership import Relation, relation
-from reconciler.engine.policy import HostPolicy, PolicyReport
+from reconciler.engine.policy import HostPolicy, PolicyReport, estimated_pools
 from reconciler.engine.pools import plan_pools
 from reconciler.engine.preflight import Preflight, preflight
 from reconciler.engine.pruning import DeletionRules, Seen, check_mass_deletion, plan_orphans
@@ -171,10 +171,11 @@ def build_host_plan(
     pools = plan_pools(desired.name, desired.pools, observed.pools)
     plan.actions.extend(pools.actions)
     plan.errors.extend(pools.errors)
-    checked = _preflight(plan, desired.domains, environment)
+    checked, space = _preflight(plan, desired.domains, environment)
     plan.actions.sort(key=lambda action: action.phase)
     policy = desired.policy
-    verdict = policy.judge(observed, plan.before, plan.actions) if policy is not None else None
+    estimates = estimated_pools(desired.pools, observed.pools, space)  # pools that do not run yet
+    verdict = policy.judge(observed, plan.before, plan.actions, estimates) if policy is not None else None
     return HostPlan(
         host=desired.name,
         uri=desired.uri,
@@ -183,7 +184,7 @@ def build_host_plan(
         conflicts=tuple(plan.conflicts),
         errors=tuple(plan.errors),
         held=tuple(plan.held),
-        warnings=checked.warnings,
+        warnings=(*plan.warnings, *checked.warnings),
         unchecked=checked.unchecked + (verdict.unchecked if verdict is not None else ()),
         before=plan.before,
         policy=verdict,
@@ -216,17 +217,18 @@ def _preflight(
     plan: PlanDraft,
     domains: Mapping[str, Domain],
     environment_of: Callable[[Sequence[Domain]], HostEnvironment] | None,
-) -> Preflight:
-    """Check the host has what the domains need; errors only block for domains the plan acts on."""
+) -> tuple[Preflight, Mapping[str, SpaceFact]]:
+    """Check the host has what the domains need; errors only block for domains the plan acts on.
+    Also returns the filesystems of the host's pool folders, where the environment measured them."""
     acted = acted_on(plan.actions)
     if environment_of is None or not acted:
-        return Preflight()
+        return Preflight(), {}
     environment = environment_of([domains[name] for name in sorted(acted) if name in domains])
     busy = preflight({name: d for name, d in domains.items() if name in acted}, environment)
     idle = preflight({name: d for name, d in domains.items() if name not in acted}, environment)
     plan.errors.extend(busy.errors)
     unchecked = busy.unchecked  # the untouched domains' files were not asked about, on purpose
-    return Preflight((), (*busy.warnings, *idle.errors, *idle.warnings), unchecked)
+    return Preflight((), (*busy.warnings, *idle.errors, *idle.warnings), unchecked), environment.space
 
 
 def _read_observed(plan: PlanDraft, observed: HostObservation) -> Seen:

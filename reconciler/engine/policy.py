@@ -19,9 +19,13 @@ The host state after each action is simulated with :func:`step`, which also give
 reached while the plan is applied in order (it never exceeds the larger of before and after).
 
 The storage rules are judged for each pool a Pool manifest names on the host (every volume in it
-counts, whoever uses it): the plan's volume actions (``Action.volume``) change what it holds. A pool
-that does not run yet (this plan defines or starts it) has no capacity libvirt can report: its rules
-are *unchecked* (:attr:`PolicyReport.unchecked` says so) and judged by the next plan, once it runs.
+counts, whoever uses it): the plan's volume actions (``Action.volume``) change what it holds. Pools
+known to share one filesystem (:attr:`PoolObservation.filesystem`) share its space: each one's rules
+count the volumes and actions of all of them. A pool that does not run yet (this plan defines or
+starts it) has no figures libvirt can report: a dir pool on this machine is judged on the filesystem
+of its folder (:func:`estimated_pools`), any other is *unchecked* (:attr:`PolicyReport.unchecked`).
+Either way its rules are judged again during the apply, once the pool phase made it run and before
+any volume is made (:func:`recheck_storage`, :attr:`PolicyReport.pending_pools`).
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from reconciler.engine.actions import Action, ActionKind
-from reconciler.engine.hypervisor import HostObservation, PoolObservation
+from reconciler.engine.hypervisor import HostObservation, PoolObservation, SpaceFact
 from reconciler.engine.usage import HostState, Usage
 from reconciler.spec.hostpolicy import Capacity, Overcommit
 from reconciler.spec.sizes import human_size
+from reconciler.spec.storage import Pool
 
 RULES = ("cpu.total", "cpu.perDomain", "memory.commit", "memory.balloon")
 TOP_CONTRIBUTORS = 3
@@ -70,8 +75,15 @@ class HostPolicy:
     overcommit: Overcommit
     pools: Mapping[str, float] = field(default_factory=dict)
 
-    def judge(self, observed: HostObservation, before: HostState, actions: Iterable[Action]) -> PolicyReport:
-        """Every rule on the state ``actions`` leave, with the facts observed on the host."""
+    def judge(
+        self,
+        observed: HostObservation,
+        before: HostState,
+        actions: Iterable[Action],
+        estimates: Mapping[str, PoolObservation] | None = None,
+    ) -> PolicyReport:
+        """Every rule on the state ``actions`` leave, with the facts observed on the host (and the
+        ``estimates`` of pools that do not run yet: :func:`estimated_pools`)."""
         facts = host_facts(
             self.capacity,
             cpus=observed.cpus,
@@ -83,8 +95,12 @@ class HostPolicy:
         report = evaluate(self.overcommit, facts, before, actions)
         if not self.pools:
             return report
-        rules, unchecked = storage_rules(observed.pools, self.pools, actions)
-        return replace(report, rules=report.rules + tuple(rules), unchecked=tuple(unchecked))
+        rules, unchecked = storage_rules(observed.pools, self.pools, actions, estimates or {})
+        running = {pool.name for pool in observed.pools if pool.active}
+        pending = {name: ratio for name, ratio in self.pools.items() if name not in running}
+        return replace(
+            report, rules=report.rules + tuple(rules), unchecked=tuple(unchecked), pending_pools=pending
+        )
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,9 @@ class PolicyReport:
     enforcement: str
     rules: tuple[RuleResult, ...]
     unchecked: tuple[str, ...] = ()  # rules that could not be judged, and why (a pool not running yet)
+    #: The pools (name: overcommit ratio) that did not run when the plan was made: their storage
+    #: rules are judged again once the apply's pool phase made them run (:func:`recheck_storage`).
+    pending_pools: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def violations(self) -> tuple[RuleResult, ...]:
@@ -308,30 +327,98 @@ def _top_contributors(
 
 
 def storage_rules(
-    pools: Sequence[PoolObservation], ratios: Mapping[str, float], actions: Sequence[Action]
+    pools: Sequence[PoolObservation],
+    ratios: Mapping[str, float],
+    actions: Sequence[Action],
+    estimates: Mapping[str, PoolObservation] | None = None,
 ) -> tuple[list[RuleResult], list[str]]:
     """``storage.commit[P]`` and ``storage.free[P]`` for each pool of ``ratios`` (the Pool manifests
-    of the host), with what could not be judged: a pool that is missing or not running."""
+    of the host), with what could not be judged: a pool that is missing or not running, without an
+    estimate of its figures."""
     seen = {pool.name: pool for pool in pools}
-    results: list[RuleResult] = []
+    judged: dict[str, PoolObservation] = {}
     unchecked: list[str] = []
-    for name, ratio in ratios.items():
+    for name in ratios:
         pool = seen.get(name)
-        if pool is None or not pool.active:
+        if pool is not None and pool.active:
+            judged[name] = pool
+        elif estimates and name in estimates:
+            judged[name] = estimates[name]
+        else:
             why = "does not exist yet" if pool is None else "is not running"
             unchecked.append(
                 f"storage.commit[{name}], storage.free[{name}]: not checked: the pool {why} (this plan "
-                "makes it run), so libvirt reports no capacity for it; the next plan checks it"
+                "makes it run), so libvirt reports no figures for it yet; judged during the apply, once "
+                "it runs and before any volume is made"
             )
-            continue
-        mine = [a for a in actions if a.volume is not None and a.volume.pool == name]
-        results += [_storage_commit(pool, ratio, mine), _storage_free(pool, mine)]
+    running = {pool.name: pool for pool in pools if pool.active} | judged
+    results: list[RuleResult] = []
+    for name, pool in judged.items():
+        group = sharing(pool, running.values())
+        names = {member.name for member in group}
+        mine = [a for a in actions if a.volume is not None and a.volume.pool in names]
+        estimated = pool is not seen.get(name)
+        results += [
+            _storage_commit(ratios[name], group, mine, estimated),
+            _storage_free(group, mine, estimated),
+        ]
     return results, unchecked
 
 
-def _storage_commit(pool: PoolObservation, ratio: float, actions: Sequence[Action]) -> RuleResult:
-    """The virtual sizes of every volume of the pool against its capacity times its ratio."""
-    before = sum(volume.capacity for volume in pool.volumes)
+def sharing(pool: PoolObservation, pools: Iterable[PoolObservation]) -> list[PoolObservation]:
+    """``pool`` first, then every other pool known to be on the same filesystem (their space is one)."""
+    if not pool.filesystem:
+        return [pool]
+    return [pool, *(p for p in pools if p.name != pool.name and p.filesystem == pool.filesystem)]
+
+
+def estimated_pools(
+    wanted: Mapping[str, Pool], observed: Sequence[PoolObservation], space: Mapping[str, SpaceFact]
+) -> dict[str, PoolObservation]:
+    """Each dir Pool that does not run yet, with the figures libvirt will report for it (those of
+    the filesystem of its folder, as ``space`` gives them: known for a host that is this machine),
+    and no volumes: files already in its folder are counted only by the apply's re-check."""
+    running = {pool.name for pool in observed if pool.active}
+    found = {}
+    for name, pool in wanted.items():
+        fact = space.get(pool.target) if pool.spec.type == "dir" else None
+        if fact is not None and name not in running:
+            figures = (fact.capacity, fact.capacity - fact.available, fact.available)  # as libvirt counts
+            found[name] = PoolObservation(
+                name, "dir", pool.target, True, False, *figures, filesystem=fact.filesystem
+            )
+    return found
+
+
+def recheck_storage(
+    report: PolicyReport, pools: Sequence[PoolObservation], actions: Sequence[Action]
+) -> tuple[RuleResult, ...]:
+    """The storage rules of the pools that did not run when the plan was made, judged on the pools
+    as they are once the apply's pool phase made them run, with the actions still to come: the
+    violations that refuse those actions (none under ``enforcement: warn``)."""
+    if not report.pending_pools or report.enforcement != "enforce":
+        return ()
+    rules, _ = storage_rules(pools, report.pending_pools, actions)
+    return tuple(rule for rule in rules if rule.raised)
+
+
+def _whose(group: Sequence[PoolObservation], estimated: bool) -> str:
+    """Whose figures a storage rule's limit is, for its arithmetic."""
+    if estimated:
+        return f"the filesystem holding {group[0].target} (estimated: the pool does not run yet)"
+    if len(group) > 1:
+        return f"the filesystem pools {', '.join(sorted(p.name for p in group))} share"
+    return "the pool's filesystem" if group[0].type in ("dir", "fs", "netfs") else "the pool"
+
+
+def _storage_commit(
+    ratio: float, group: Sequence[PoolObservation], actions: Sequence[Action], estimated: bool
+) -> RuleResult:
+    """The virtual sizes of every volume of the pool (and the pools sharing its filesystem) against
+    its capacity times its ratio."""
+    pool = group[0]
+    sizes = {volume.path or f"{p.name}/{volume.name}": volume.capacity for p in group for volume in p.volumes}
+    before = sum(sizes.values())
     total = peak = before
     added: dict[str, int] = {}
     for action in actions:
@@ -341,7 +428,10 @@ def _storage_commit(pool: PoolObservation, ratio: float, actions: Sequence[Actio
         peak = max(peak, total)
         added[action.domain] = added.get(action.domain, 0) + delta
     value = math.floor(Decimal(pool.capacity) * Decimal(str(ratio)))
-    arithmetic = f"{human_size(pool.capacity)} pool capacity × {ratio:g} = {human_size(value)}"
+    whose = (
+        "pool capacity" if len(group) == 1 and not estimated else f"capacity of {_whose(group, estimated)}"
+    )
+    arithmetic = f"{human_size(pool.capacity)} {whose} × {ratio:g} = {human_size(value)}"
     return _storage_result(f"storage.commit[{pool.name}]", (before, total, peak), (value, arithmetic), added)
 
 
@@ -365,9 +455,12 @@ def _virtual_delta(action: Action) -> int:
 _ALLOCATING = frozenset({ActionKind.CREATE_VOLUME, ActionKind.RESIZE_VOLUME, ActionKind.RESEED})
 
 
-def _storage_free(pool: PoolObservation, actions: Sequence[Action]) -> RuleResult:
-    """What the plan's new volumes and growth allocate at once against what the pool has free now
-    (a deletion's space is not counted on: the check is on the space there is)."""
+def _storage_free(group: Sequence[PoolObservation], actions: Sequence[Action], estimated: bool) -> RuleResult:
+    """What the plan's new volumes and growth allocate at once (in the pool and the pools sharing its
+    filesystem) against what is free there now (a deletion's space is not counted on: the check is
+    on the space there is). Its usage is what libvirt reports in use: for a dir pool, everything on
+    its filesystem, not only the pool's volumes."""
+    pool = group[0]
     before = pool.allocation
     added: dict[str, int] = {}
     for action in actions:
@@ -377,8 +470,8 @@ def _storage_free(pool: PoolObservation, actions: Sequence[Action]) -> RuleResul
     after = before + sum(added.values())
     value = pool.allocation + pool.available
     arithmetic = (
-        f"{human_size(pool.allocation)} allocated + {human_size(pool.available)} available = "
-        f"{human_size(value)}"
+        f"{human_size(pool.allocation)} in use + {human_size(pool.available)} free on "
+        f"{_whose(group, estimated)} = {human_size(value)}"
     )
     return _storage_result(f"storage.free[{pool.name}]", (before, after, after), (value, arithmetic), added)
 

@@ -12,7 +12,10 @@ against the host's environment (the adapter's facts: networks, bridges, files; s
 - a NIC's ``bridge`` must exist; one libvirt reports as another type is a warning (an Open vSwitch
   bridge is fine, a plain NIC is not);
 - a disk, kernel or initrd path must exist; when the QEMU user could not open it (local hosts
-  only), that is an error for a domain that is to run and a warning for one that stays stopped.
+  only), that is an error for a domain that is to run and a warning for one that stays stopped;
+- a graphics ``passwordFile`` must be a regular, readable file on the machine virt-reconcile runs on,
+  holding one line no longer than the graphics type allows (VNC: 8 characters): the definition is
+  sent with it, so a file that cannot be used would stop an apply half-way, after its volumes.
 
 What the environment could not check (a remote file in no storage pool, a simulated host's
 networks) is listed in ``unchecked``, never guessed. Pure: data in, data out.
@@ -24,7 +27,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from reconciler.engine.hypervisor import HostEnvironment, PathFact
+from reconciler.spec.consoles import Graphics
 from reconciler.spec.models import Domain, DomainSpec, Interface
+
+#: The longest password each graphics type takes (VNC's challenge holds 8 characters).
+PASSWORD_LIMITS = {"vnc": 8, "spice": 256}
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,12 @@ def wanted_paths(domains: Iterable[Domain]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(path for domain in domains for _, path, _ in domain_paths(domain.spec)))
 
 
+def wanted_secrets(domains: Iterable[Domain]) -> tuple[str, ...]:
+    """Every graphics password file the domains name, once each (read where definitions are sent)."""
+    graphics = (domain.spec.graphics for domain in domains)
+    return tuple(dict.fromkeys(g.password_file for g in graphics if g is not None and g.password_file))
+
+
 def preflight(domains: Mapping[str, Domain], environment: HostEnvironment) -> Preflight:
     """Hold the desired domains of one host against its environment (see the module docstring)."""
     found = _Findings(unchecked=dict.fromkeys(environment.unchecked))
@@ -85,6 +98,8 @@ def preflight(domains: Mapping[str, Domain], environment: HostEnvironment) -> Pr
         for where, path, written in domain_paths(spec):
             fact = environment.paths.get(path, PathFact(None, note="not checked: not asked for"))
             _check_path(found, f"{name}: {where}", path, fact, fatal=spec.state == "running", written=written)
+        if spec.graphics is not None and spec.graphics.password_file:
+            _check_password(found, f"{name}: spec.graphics.passwordFile", spec.graphics, environment)
     return Preflight(tuple(found.errors), tuple(found.warnings), tuple(found.unchecked))
 
 
@@ -141,3 +156,19 @@ def _check_path(
         verb = "read and write" if written else "read"
         consequence = "the domain cannot start" if fatal else "the domain could not start"
         found.problem(fatal, f"{where}: QEMU cannot {verb} {path}: {denied}; {consequence}")
+
+
+def _check_password(found: _Findings, where: str, graphics: Graphics, environment: HostEnvironment) -> None:
+    """A password file the definition will be sent with: readable, one line, short enough."""
+    path = graphics.password_file
+    assert path is not None
+    fact = environment.secrets.get(path)
+    if fact is None:
+        found.unchecked[f"{path}: not checked: a password file is read where definitions are sent"] = None
+    elif fact.problem:
+        found.errors.append(f"{where}: {path}: {fact.problem}; the definition could not be sent")
+    elif fact.length > (limit := PASSWORD_LIMITS[graphics.type]):
+        found.errors.append(
+            f"{where}: {path}: the password is {fact.length} characters, longer than the {limit} "
+            f"a {graphics.type} password can be"
+        )

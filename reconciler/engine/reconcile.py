@@ -160,6 +160,11 @@ def _pool_ratios(manifests: ManifestSet, host: str) -> dict[str, float]:
     return {name: pool.spec.overcommit.ratio for name, pool in manifests.pools.get(host, {}).items()}
 
 
+def _pool_folders(desired: DesiredHost) -> list[str]:
+    """The folders of a host's dir Pools: their filesystems estimate a pool that does not run yet."""
+    return [pool.target for pool in desired.pools.values() if pool.spec.type == "dir"]
+
+
 def _suspended_on(domains: Mapping[str, Domain], annotated: set[str]) -> frozenset[str]:
     """The suspended domain names that hold on one host: its own annotated domains, and those
     annotated on another host that this one does not want (the source half of a move stays put)."""
@@ -188,7 +193,7 @@ def reconcile(
                 sessions.observed,
                 sessions.unobservable,
                 selected,
-                sessions.environment,
+                lambda host, domains: sessions.environment(host, domains, _pool_folders(desired[host])),
                 each_host=sessions.each,
             )
         for name in selected:

@@ -11,13 +11,13 @@ deadline and libvirt keepalive), never holding up the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TypeVar
 
 from reconciler.engine.hypervisor import HostEnvironment, HostObservation, Hypervisor
-from reconciler.engine.preflight import wanted_paths
+from reconciler.engine.preflight import wanted_paths, wanted_secrets
 from reconciler.errors import HostError
 from reconciler.spec.models import Domain, Host
 
@@ -177,11 +177,17 @@ class HostSessions:
 
     # ---------------------------------------------------------------------------------- asking
 
-    def environment(self, name: str, domains: Sequence[Domain]) -> HostEnvironment:
-        """What the pre-flight needs of an open host: its networks, bridges and the domains' files.
+    def environment(
+        self, name: str, domains: Sequence[Domain], folders: Collection[str] = ()
+    ) -> HostEnvironment:
+        """What the pre-flight needs of an open host: its networks, bridges, the domains' files and
+        password files (and the filesystems of its pools' ``folders``, for the storage rules).
         A host that cannot say reports everything as not checked (the plan still shows it)."""
         try:
-            return self.hypervisors[name].environment(wanted_paths(domains))
+            hypervisor, secrets = self.hypervisors[name], wanted_secrets(domains)
+            if not (secrets or folders):  # the common case: only files
+                return hypervisor.environment(wanted_paths(domains))
+            return hypervisor.environment(wanted_paths(domains), secrets=secrets, folders=folders)
         except HostError as err:
             return HostEnvironment(unchecked=(f"the host could not be asked: {err}",))
 

@@ -10,14 +10,21 @@ domain diff (``diff.with_volume_details`` hides them from it):
 - a volume smaller than its ``size`` is grown (``resize-volume``) in the grow phase: live when the
   domain runs, so the guest sees the new size;
 - a volume larger than its ``size`` is an error of the host's plan: shrinking would destroy data;
+- a volume whose image format (as libvirt reads it) is not the disk's ``format`` is an error: QEMU
+  would read, and write, a qcow2 image as raw (or the reverse), and an image's format never changes;
+- a volume already in its pool when its domain arrives is used as it is, with its data: the plan
+  warns so (an apply cut short after the create leaves that too);
 - a base image must be a volume of one of the host's pools (libvirt reads its format and size there,
-  and can copy only a volume), and at most as large as the new volume;
+  and can copy only a volume), at most as large as the new volume, and no domain's disk (every
+  disk is read-write: an overlay on, or a copy of, an image being written is corrupt);
 - a pool the host lacks and no Pool manifest makes is an error.
 
 Nothing is applied on a host whose plan has an error. A pruned domain's volumes are deleted after
 its undefine only when its disks said ``deleteVolumes: true`` (recorded in its ownership metadata,
-since the manifest is gone by then). A move never creates, moves or deletes a volume on the host
-it leaves; the host it reaches plans its own volumes like any other.
+since the manifest is gone by then), and never one that is still needed: a disk of another domain
+of the host (kept or wanted), the backing file of a volume that stays, or a manifest's
+``from.path``. A move never creates, moves or deletes a volume on the host it leaves; the host it
+reaches plans its own volumes like any other.
 """
 
 from __future__ import annotations
@@ -94,19 +101,30 @@ def disk_identity(disk: Disk, pools: Mapping[str, PoolView]) -> str:
     return pool.path_of(disk.volume.name) if pool is not None else f"volume {disk.volume.key}"
 
 
-def plan_volumes(plan: PlanDraft, domain: Domain, pools: Mapping[str, PoolView], *, running: bool) -> None:
-    """The volume actions (or errors) for each volume disk of a domain the plan defines or keeps;
-    ``running``: the domain runs now, so a growth is done live."""
+@dataclass(frozen=True)
+class DomainAt:
+    """How a domain whose volumes are planned stands on the host: ``running`` now (a growth is done
+    live), ``arriving`` (defined or moved in by this plan: a volume found already is adopted as it
+    is), and ``writers``: each image path a domain of the host writes, with that domain (a base
+    image must not be one)."""
+
+    running: bool = False
+    arriving: bool = False
+    writers: Mapping[str, str] = field(default_factory=dict)
+
+
+def plan_volumes(plan: PlanDraft, domain: Domain, pools: Mapping[str, PoolView], at: DomainAt) -> None:
+    """The volume actions (or errors) for each volume disk of a domain the plan defines or keeps."""
     for index, disk in enumerate(domain.spec.disks):
         if disk.volume is not None:
-            _plan_volume(plan, domain.name, index, disk, pools, running=running)
+            _plan_volume(plan, domain.name, index, disk, pools, at)
 
 
 def _plan_volume(
-    plan: PlanDraft, name: str, index: int, disk: Disk, pools: Mapping[str, PoolView], *, running: bool
+    plan: PlanDraft, name: str, index: int, disk: Disk, pools: Mapping[str, PoolView], at: DomainAt
 ) -> None:
     """One volume disk: created when its pool lacks it, grown when smaller, an error when larger
-    (a shrink) or when it cannot be made in its pool."""
+    (a shrink), of another format, or when it cannot be made in its pool."""
     volume = disk.volume
     assert volume is not None and volume.size is not None  # a manifest's volume has its size
     where = f"domain {name!r}: spec.disks[{index}].volume"
@@ -121,18 +139,51 @@ def _plan_volume(
         plan.errors.append(f"{where}: {problem}")
         return
     found = pool.volumes.get(volume.name)
-    field_name = f"disks[{disk.target}].volume.size"
     if found is None:
-        _plan_create(plan, name, where, disk, pools, field_name)
-        return
+        _plan_create(plan, name, where, disk, pools, at.writers)
+    elif _as_found(plan, f"domain {name!r}: spec.disks[{index}]", disk, found, arriving=at.arriving):
+        shrink = _plan_growth(plan, name, disk, pool, found, running=at.running)
+        if shrink:
+            plan.errors.append(f"{where}.size: {shrink}")
+
+
+def _as_found(plan: PlanDraft, where: str, disk: Disk, found: VolumeObservation, *, arriving: bool) -> bool:
+    """Whether a volume in its pool can be the disk: an error when its image is in another format
+    (libvirt's word; none said, none compared), a warning when a domain arriving adopts it."""
+    assert disk.volume is not None
+    if found.format and found.format != disk.format:
+        plan.errors.append(
+            f"{where}.format: volume {disk.volume.key} is a {found.format} image and the disk says "
+            f"{disk.format}: QEMU would read and write it as {disk.format} and corrupt it (an image's "
+            f"format never changes; say format: {found.format})"
+        )
+        return False
+    if arriving:
+        on = f" on {found.backing}" if found.backing else ""
+        plan.warnings.append(
+            f"{where}.volume: {disk.volume.key} is in its pool already ({format_size(found.capacity)} "
+            f"{found.format or 'image'}{on}): the domain is defined on it as it is, with its data "
+            "(nothing is made from volume.from)"
+        )
+    return True
+
+
+def _plan_growth(
+    plan: PlanDraft, name: str, disk: Disk, pool: PoolView, found: VolumeObservation, *, running: bool
+) -> str:
+    """A volume in its pool: grown when smaller than its size (live when ``running``); returns why
+    not when it is larger (a shrink would destroy data), else ""."""
+    volume = disk.volume
+    assert volume is not None and volume.size is not None
+    field_name = f"disks[{disk.target}].volume.size"
     slack = LVM_EXTENT if pool.type == "logical" else 0
     capacity = -(-found.capacity // KIB) * KIB  # a manifest's sizes are whole KiB
     if capacity > volume.size + slack:
-        plan.errors.append(
-            f"{where}.size: shrinking {volume.key} {format_size(found.capacity)} → "
-            f"{format_size(volume.size)} would destroy data; volumes only grow"
+        return (
+            f"shrinking {volume.key} {format_size(found.capacity)} → {format_size(volume.size)} would "
+            "destroy data; volumes only grow"
         )
-    elif capacity < volume.size:
+    if capacity < volume.size:
         grown = volume.size - found.capacity
         plan.actions.append(
             Action(
@@ -152,6 +203,7 @@ def _plan_volume(
                 ),
             )
         )
+    return ""
 
 
 def _misfit(disk: Disk, pool: PoolView) -> str:
@@ -168,10 +220,16 @@ def _allocates_all(fmt: str, pool: PoolView) -> bool:
 
 
 def _plan_create(
-    plan: PlanDraft, name: str, where: str, disk: Disk, pools: Mapping[str, PoolView], field_name: str
+    plan: PlanDraft,
+    name: str,
+    where: str,
+    disk: Disk,
+    pools: Mapping[str, PoolView],
+    writers: Mapping[str, str],
 ) -> None:
     """A create-volume action, after checking its base image (a volume of the host's pools, no
-    larger than the new volume)."""
+    larger than the new volume, no domain's disk)."""
+    field_name = f"disks[{disk.target}].volume.size"
     volume = disk.volume
     assert volume is not None and volume.size is not None
     pool = pools[volume.pool]
@@ -179,7 +237,8 @@ def _plan_create(
     base = None
     if source is not None:
         base = base_volume(source.path, pools.values())
-        problem = _base_problem(volume, base, pools, plan.host)
+        writer = writers.get(posixpath.normpath(source.path))
+        problem = _base_problem(volume, base, pools, plan.host) or _written_base(source.path, writer)
         if problem:
             plan.errors.append(f"{where}.from.path: {problem}")
             return
@@ -238,6 +297,16 @@ def _base_problem(
     return ""
 
 
+def _written_base(path: str, writer: str | None) -> str:
+    """Why an image a domain's disk writes cannot be a base ("" when none does)."""
+    if writer is None:
+        return ""
+    return (
+        f"the base image {path} is a disk of domain {writer!r}, which writes to it: an overlay on it "
+        "or a copy of it would be corrupt (use an image no domain's disk is)"
+    )
+
+
 def _made_how(volume: Volume, fmt: str) -> str:
     """How a new volume is made, in a few words (shown in plans)."""
     if volume.from_ is None:
@@ -248,11 +317,11 @@ def _made_how(volume: Volume, fmt: str) -> str:
 
 
 def plan_volume_deletions(
-    plan: PlanDraft, parsed: ParsedDomain, pools: Mapping[str, PoolView], used: Mapping[str, str]
+    plan: PlanDraft, parsed: ParsedDomain, pools: Mapping[str, PoolView], keepers: Mapping[str, str]
 ) -> list[str]:
     """After a pruned domain's undefine, a delete-volume action for each of its volumes that its
-    ownership says go with it; returns why any such volume is kept instead. ``used`` maps each
-    volume (``pool/name``) that a domain keeps or the manifests want to that domain."""
+    ownership says go with it; returns why any such volume is kept instead. ``keepers`` maps each
+    image path still needed (:func:`volume_keepers`) to why."""
     owner = parsed.owner
     doomed = owner.volumes_to_delete() if owner is not None else frozenset()
     kept = []
@@ -260,11 +329,11 @@ def plan_volume_deletions(
         volume = disk.volume
         if volume is None or volume.key not in doomed:
             continue
-        user = used.get(volume.key)
         pool = pools.get(volume.pool)
         found = pool.volumes.get(volume.name) if pool is not None else None
-        if user is not None and user != parsed.name:
-            kept.append(f"volume {volume.key} kept: {user} uses it")
+        why = keepers.get(posixpath.normpath(found.path)) if found is not None else None
+        if why is not None:
+            kept.append(f"volume {volume.key} kept: {why}")
         elif found is not None:
             plan.actions.append(
                 Action(
@@ -280,14 +349,47 @@ def plan_volume_deletions(
     return kept
 
 
-def volume_users(domains: Iterable[tuple[str, DomainSpec]]) -> dict[str, str]:
-    """Each volume (``pool/name``) the given domains use, with the first domain using it."""
+def disk_writers(domains: Iterable[tuple[str, DomainSpec]], pools: Mapping[str, PoolView]) -> dict[str, str]:
+    """Each image the given domains' disks are (a path, or a volume's path in its pool), with the
+    first domain using it: every disk is read-write."""
     users: dict[str, str] = {}
     for name, spec in domains:
         for disk in spec.disks:
-            if disk.volume is not None:
-                users.setdefault(disk.volume.key, name)
+            users.setdefault(posixpath.normpath(disk_identity(disk, pools)), name)
     return users
+
+
+def volume_keepers(
+    writers: Mapping[str, str],
+    wanted: Mapping[str, Domain],
+    pools: Mapping[str, PoolView],
+    deleting: Iterable[str],
+) -> dict[str, str]:
+    """Each image path a deletion must spare, with why: a disk of a domain that stays or is wanted
+    (``writers``), a manifest's ``from.path``, or the backing file of a volume that stays. The
+    volumes this plan deletes (``deleting``, their paths) back nothing once gone, unless one of
+    them is spared itself, which spares its backing file in turn."""
+    keepers = {path: f"{user} uses it" for path, user in writers.items()}
+    for name, domain in wanted.items():
+        for disk in domain.spec.disks:
+            source = disk.volume.from_ if disk.volume is not None else None
+            if source is not None:
+                keepers.setdefault(posixpath.normpath(source.path), f"{name} makes its volume from it")
+    overlays = [
+        (posixpath.normpath(v.path), posixpath.normpath(v.backing), f"{pool.name}/{v.name}")
+        for pool in pools.values()
+        for v in pool.volumes.values()
+        if v.backing
+    ]
+    gone = set(deleting)
+    changed = True
+    while changed:  # a spared overlay spares its base: until nothing more is spared
+        changed = False
+        for path, backing, key in overlays:
+            if backing not in keepers and (path not in gone or path in keepers):
+                keepers[backing] = f"it is the backing file of volume {key}"
+                changed = True
+    return keepers
 
 
 def plan_storage(
@@ -299,22 +401,32 @@ def plan_storage(
 ) -> None:
     """Every volume action of a host's plan: the volumes of each wanted domain this plan defines,
     moves in or keeps (none for a conflict, a held domain or one left alone), then the deletions
-    after the undefines of pruned domains (a volume another domain uses or wants is kept)."""
+    after the undefines of pruned domains (a volume still needed is kept: :func:`volume_keepers`)."""
     skip = set(alone) | {c.domain for c in plan.conflicts} | {h.domain for h in plan.held}
+    leaving = {a.domain for a in plan.actions if a.releases}
+    staying = [(n, parsed.spec) for n, (_, parsed) in seen.items() if parsed and n not in leaving]
+    writers = disk_writers([*((n, d.spec) for n, d in wanted.items()), *staying], pools)
     for name, domain in wanted.items():
         found = seen.get(name)
         if name in skip or (found is not None and (found[1] is None or found[1].owner is None)):
             continue
-        plan_volumes(plan, domain, pools, running=found is not None and found[0].active)
-    undefined = [a for a in plan.actions if a.kind is ActionKind.UNDEFINE]
+        at = DomainAt(running=found is not None and found[0].active, arriving=found is None, writers=writers)
+        plan_volumes(plan, domain, pools, at)
+    undefined = [(a, seen[a.domain][1]) for a in plan.actions if a.kind is ActionKind.UNDEFINE]
     if not undefined:
         return
-    leaving = {a.domain for a in plan.actions if a.releases}
-    staying = ((n, parsed.spec) for n, (_, parsed) in seen.items() if parsed and n not in leaving)
-    used = volume_users([*((n, d.spec) for n, d in wanted.items()), *staying])
-    for action in undefined:
-        parsed = seen[action.domain][1]
-        kept = plan_volume_deletions(plan, parsed, pools, used) if parsed is not None else []
+    deleting = [
+        posixpath.normpath(pool.path_of(disk.volume.name))
+        for _, parsed in undefined
+        if parsed is not None and parsed.owner is not None
+        for disk in parsed.spec.disks
+        if disk.volume is not None
+        and disk.volume.key in parsed.owner.volumes_to_delete()
+        and (pool := pools.get(disk.volume.pool)) is not None
+    ]
+    keepers = volume_keepers(writers, wanted, pools, deleting)
+    for action, parsed in undefined:
+        kept = plan_volume_deletions(plan, parsed, pools, keepers) if parsed is not None else []
         if kept:
             index = plan.actions.index(action)
             plan.actions[index] = replace(action, reason=f"{action.reason}; {'; '.join(kept)}")

@@ -12,6 +12,9 @@ observed at apply time (docs/design.md §3.7):
 * the changes shown must be what the XML changes (no hidden field, no false value);
 * update, balloon, start, stop and undefine must target a domain we manage (or one this plan
   defines, for a start or a balloon); an undefine never one protected from deletion;
+* a seed upload must write the seed volume of a domain the plan defines next or one we manage,
+  with the digests it shows, over no volume but the domain's own seed; a seed deleted in the
+  reseed phase must be one an update of the plan detached;
 * actions keep the apply order: each kind in its phase, phases never going back.
 
 A define or update carries the spec read from its XML on from here, so the policy judges what
@@ -27,6 +30,7 @@ from typing import Any
 from reconciler.engine.actions import Action, ActionKind, Phase
 from reconciler.engine.diff import flatten, spec_changes, with_volume_details
 from reconciler.engine.hypervisor import DomainObservation, HostObservation
+from reconciler.engine.seeds import SEED_FIELD, owned_seed_pool, shown
 from reconciler.errors import DomainXMLError, SavedPlanError
 from reconciler.libvirtxml.merge import merge_domain
 from reconciler.libvirtxml.parse import ParsedDomain, parse_domain
@@ -45,8 +49,9 @@ PHASES: Mapping[ActionKind, frozenset[Phase]] = {
     ActionKind.START: frozenset({Phase.START}),
     ActionKind.CREATE_VOLUME: frozenset({Phase.CREATE_VOLUME}),
     ActionKind.RESIZE_VOLUME: frozenset({Phase.VOLUME_GROW}),
-    ActionKind.DELETE_VOLUME: frozenset({Phase.DELETE_VOLUME}),
+    ActionKind.DELETE_VOLUME: frozenset({Phase.DELETE_VOLUME, Phase.RESEED}),  # RESEED: a detached seed
     ActionKind.POOL: frozenset({Phase.POOL}),
+    ActionKind.RESEED: frozenset({Phase.CREATE_VOLUME, Phase.RESEED}),
 }
 _SHOWN_ELSEWHERE = frozenset({"state", "runStrategy"})  # start and stop show them; no XML carries them
 
@@ -63,6 +68,7 @@ class _Host:
     pools: dict[str, dict[str, int]] = field(default_factory=dict)  # volume capacities by pool
     undefined: dict[str, ParsedDomain] = field(default_factory=dict)  # by this plan
     volumes: dict[str, set[str]] = field(default_factory=dict)  # pool/name a domain's disks will use
+    defining: set[str] = field(default_factory=set)  # the domains this plan defines (a seed goes first)
 
     def managed(self, name: str) -> tuple[DomainObservation, ParsedDomain]:
         """The observed domain ``name``, refused unless it carries our ownership metadata."""
@@ -83,6 +89,8 @@ def recheck_actions(host: str, observed: HostObservation, actions: Sequence[Acti
     state = _Host(host, {live.name: (live, _parse_observed(live)) for live in observed.domains})
     state.pools = {pool.name: {v.name: v.capacity for v in pool.volumes} for pool in observed.pools}
     for action in actions:
+        if action.kind is ActionKind.DEFINE:
+            state.defining.add(action.domain)
         if action.kind is ActionKind.BALLOON:
             state.ballooned.setdefault(action.domain, set()).update(c.field for c in action.changes)
         if action.spec is not None:
@@ -202,6 +210,65 @@ def _check_undefine(host: _Host, action: Action) -> Action:
     return action
 
 
+def _check_detached_seed(host: _Host, name: str, key: str) -> None:
+    """A seed deleted in the reseed phase: the domain's own seed, which an update of this plan
+    detached (``cloudInit`` removed, or in another pool), and no disk of any domain."""
+    _live, parsed = host.managed(name)
+    after = host.specs.get(name)  # the spec an update checked earlier will write
+    pool = owned_seed_pool(parsed)
+    if not pool or key != f"{pool}/{seed_volume_name(name)}" or after is None:
+        raise SavedPlanError(f"{key} is not the seed of the domain, detached by an update of this plan")
+    if after.cloud_init is not None and after.cloud_init.pool == pool:
+        raise SavedPlanError(f"{key} is the seed the domain keeps")
+    users = _disk_users(host, key)
+    if users:
+        raise SavedPlanError(f"{key} is a disk of domain {users[0]!r}")
+
+
+def _disk_users(host: _Host, key: str) -> list[str]:
+    """The domains whose disks use the volume ``pool/name`` now or after this plan."""
+    return [user for user, keys in host.volumes.items() if key in keys] + [
+        other
+        for other, (_seen, read) in host.seen.items()
+        if read is not None and key in {d.volume.key for d in read.spec.disks if d.volume is not None}
+    ]
+
+
+def _check_reseed(host: _Host, action: Action) -> Action:
+    """A seed upload: the seed volume of a domain this plan defines next, or of one we manage; its
+    image built from the manifests' files with the digest shown; a volume there already only when it
+    is the domain's own seed (never another's disk), as the plan saw it."""
+    volume, seed, name = action.volume, action.seed, action.domain
+    if volume is None or seed is None:
+        raise SavedPlanError("it names no volume or no seed")
+    if not seed.image:
+        raise SavedPlanError("its image was not built from the manifests' files (apply PATH --plan FILE)")
+    key = f"{volume.pool}/{volume.name}"
+    if volume.name != seed_volume_name(name) or (volume.format, volume.source, volume.mode) != (
+        "raw",
+        "",
+        "",
+    ):
+        raise SavedPlanError(f"{key} is not the domain's seed volume")
+    if action.phase is Phase.CREATE_VOLUME:
+        if name in host.seen or name not in host.defining:
+            raise SavedPlanError("the domain is not one this plan defines")
+        recorded, owned = "", ""
+    else:
+        _live, parsed = host.managed(name)
+        recorded, owned = parsed.owner.seed if parsed.owner else "", owned_seed_pool(parsed)
+    found = host.pools.get(volume.pool, {}).get(volume.name)
+    if found is not None and (owned != volume.pool or _disk_users(host, key)):
+        raise SavedPlanError(f"{key} is there and is not the domain's own seed: it is never written")
+    if (found or 0) != volume.previous:
+        raise SavedPlanError(f"{key} is not in its pool as the plan saw it")
+    if [(c.field, c.before, c.after) for c in action.changes] != [
+        (SEED_FIELD, shown(recorded), shown(seed.digest))
+    ]:
+        raise SavedPlanError("the digests it shows are not the seed it uploads")
+    return action
+
+
 def _check_volume(host: _Host, action: Action) -> Action:
     """A volume action: a volume of the domain's disks, its sizes as the pool has them now, and for a
     delete the volume of a domain this plan undefined whose ownership says it goes with it."""
@@ -212,12 +279,14 @@ def _check_volume(host: _Host, action: Action) -> Action:
     pool = host.pools.get(volume.pool)
     found = pool.get(volume.name) if pool is not None else None
     if action.kind is ActionKind.DELETE_VOLUME:
-        gone = host.undefined.get(action.domain)
-        owner = gone.owner if gone is not None else None
-        seed = gone.spec.cloud_init if gone is not None else None  # its cloud-init seed goes along too
-        seeded = seed is not None and gone is not None and key == f"{seed.pool}/{seed_volume_name(gone.name)}"
-        if not seeded and (owner is None or key not in owner.volumes_to_delete()):
-            raise SavedPlanError(f"{key} is not a volume this plan undefines with deleteVolumes: true")
+        if action.phase is Phase.RESEED:
+            _check_detached_seed(host, action.domain, key)
+        else:
+            gone = host.undefined.get(action.domain)
+            owner = gone.owner if gone is not None else None
+            seeded = gone is not None and key == f"{owned_seed_pool(gone)}/{seed_volume_name(gone.name)}"
+            if not seeded and (owner is None or key not in owner.volumes_to_delete()):
+                raise SavedPlanError(f"{key} is not a volume this plan undefines with deleteVolumes: true")
         if found is None or found != volume.previous:
             raise SavedPlanError(f"{key} is not in its pool as the plan saw it")
         return action
@@ -271,6 +340,7 @@ _CHECKS: Mapping[ActionKind, Callable[[_Host, Action], Action]] = {
     ActionKind.RESIZE_VOLUME: _check_volume,
     ActionKind.DELETE_VOLUME: _check_volume,
     ActionKind.POOL: _check_pool,
+    ActionKind.RESEED: _check_reseed,
 }
 
 
@@ -285,8 +355,11 @@ def _parse_sent(action: Action, xml: str, *, state: str, autostart: bool) -> Par
 
 
 def _agree(saved: DomainSpec, sent: DomainSpec, *, ignore: Iterable[str]) -> None:
-    """Refuse a spec (what the plan shows and the policy would count) that the XML contradicts."""
+    """Refuse a spec (what the plan shows and the policy would count) that the XML contradicts. Of
+    ``cloudInit`` the XML holds where the seed lives only (its files are input, compared by digest)."""
     skip = set(ignore)
+    if saved.cloud_init is not None:
+        saved = saved.model_copy(update={"cloud_init": saved.cloud_init.placement()})
     differ = [c for c in spec_changes(saved, sent) if c.field not in skip]
     if differ:
         shown = ", ".join(

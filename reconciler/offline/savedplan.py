@@ -4,7 +4,8 @@ A saved plan records, per host, the fingerprint of the observed state it was mad
 host's URI), the host's URI, capacity and overcommit policy (so the policy can be re-checked at
 apply time without the manifests), and every action with all it needs to run (the XML to define,
 balloon targets...). Apply re-observes each host first; any host whose state moved makes the whole
-plan stale.
+plan stale. A cloud-init seed upload is saved by its digest only (the image holds the user-data): its
+image is built again from the manifests' files at apply time, which must still give that digest.
 
 A saved plan file is trusted for nothing. It is signed with an HMAC-SHA256 over a canonical form
 of the whole document under the reconciler's plan signing key (:mod:`reconciler.files.keys`), and
@@ -23,19 +24,21 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.engine.actions import Action, ActionKind, Conflict, Phase, VolumeChange
+from reconciler.engine.actions import Action, ActionKind, Conflict, Phase, SeedUpload, VolumeChange
 from reconciler.engine.apply import DEFAULT_SETTINGS, NO_HOOKS, ApplySettings, Hooks, apply_host_plan
 from reconciler.engine.diff import Change
 from reconciler.engine.hypervisor import HostObservation
 from reconciler.engine.plan import DesiredHost, HostPlan, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
 from reconciler.engine.reconcile import Connector, Outcome
+from reconciler.engine.seediso import build_seed_iso
 from reconciler.errors import SavedPlanError, StalePlanError
 from reconciler.files.atomic import write_atomically
 from reconciler.files.keys import KEY_FILE_ENV, SigningKey
 from reconciler.offline.recheck import recheck_actions
 from reconciler.offline.snapshot import fingerprint
 from reconciler.report import plan_document
+from reconciler.spec.cloudinit import DIGEST_DIGITS, Seed
 from reconciler.spec.hostpolicy import Capacity, Overcommit
 from reconciler.spec.models import DomainSpec, Host, HostSpec, Owner, Timeouts
 from reconciler.spec.storage import PoolOvercommit
@@ -101,6 +104,7 @@ def _action(action: Action) -> dict[str, Any]:
         "liveMemory": action.live_memory,
         "stopFirst": action.stop_first,
         "volume": asdict(action.volume) if action.volume is not None else None,
+        "seed": action.seed.digest if action.seed is not None else None,  # never the image (user-data)
     }
 
 
@@ -120,7 +124,51 @@ def _load_action(data: dict[str, Any]) -> Action:
         live_memory=data["liveMemory"],
         stop_first=bool(data["stopFirst"]),
         volume=_load_volume(data.get("volume")),
+        seed=_load_seed(data.get("seed")),
     )
+
+
+def _load_seed(digest: Any) -> SeedUpload | None:
+    """A reseed's seed as saved: its digest only; the image is built again from the manifests'
+    files at apply time (:func:`with_seed_images`), and only when they still have that digest."""
+    if digest is None:
+        return None
+    if not (isinstance(digest, str) and len(digest) == DIGEST_DIGITS and digest.isalnum()):
+        raise SavedPlanError("a reseed's seed is not a digest")
+    return SeedUpload(digest, b"")
+
+
+def with_seed_images(saved: SavedPlan, seeds: Callable[[str, str], Seed | None]) -> SavedPlan:
+    """``saved`` with the image of each seed it uploads built from ``seeds(host, domain)`` (the
+    manifests' files, read now); refused when the files are gone or hold another seed than the one
+    the plan shows, since its digest is all a saved plan holds of a seed."""
+    problems: list[str] = []
+    hosts = {
+        name: replace(host, actions=[_with_image(name, action, seeds, problems) for action in host.actions])
+        for name, host in saved.hosts.items()
+    }
+    if problems:
+        raise SavedPlanError(
+            f"{saved.source or 'the saved plan'}: the cloud-init seeds are not the ones the plan was made "
+            f"with ({'; '.join(problems)}): nothing was applied (give the manifests it was made from, or "
+            "plan again)"
+        )
+    return replace(saved, hosts=hosts)
+
+
+def _with_image(
+    host: str, action: Action, seeds: Callable[[str, str], Seed | None], problems: list[str]
+) -> Action:
+    """A reseed with its image built from the seed of the manifests, when it has the saved digest
+    (else the action as it is, and the problem noted); any other action as it is."""
+    if action.seed is None:
+        return action
+    seed = seeds(host, action.domain)
+    if seed is None or seed.digest != action.seed.digest:
+        now = f"sha256:{seed.digest}" if seed is not None else "no cloudInit"
+        problems.append(f"{host}/{action.domain}: sha256:{action.seed.digest} planned, {now} now")
+        return action
+    return replace(action, seed=SeedUpload(seed.digest, build_seed_iso(seed)))
 
 
 def _load_volume(data: Any) -> VolumeChange | None:
@@ -198,12 +246,6 @@ def save_plan(
         raise SavedPlanError(
             f"{path}: not saved: the plan moves {', '.join(moves)} between hosts, which a saved plan "
             "cannot carry; apply it with plain `apply`"
-        )
-    seeded = sorted({a.domain for a in plan.actions if a.kind is ActionKind.RESEED})
-    if seeded:  # the seed image holds the user-data (passwords, keys): it never goes into a file
-        raise SavedPlanError(
-            f"{path}: not saved: the plan uploads the cloud-init seeds of {', '.join(seeded)}, whose "
-            "content a saved plan never carries; apply it with plain `apply`"
         )
     hosts = {
         name: {

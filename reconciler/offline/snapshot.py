@@ -341,8 +341,11 @@ class SnapshotHypervisor:
         """The recorded observation."""
         return self._observed
 
-    def environment(self, paths: Collection[str]) -> HostEnvironment:
-        """The recorded environment; files the snapshot was not asked about are unchecked."""
+    def environment(
+        self, paths: Collection[str], *, secrets: Collection[str] = (), folders: Collection[str] = ()
+    ) -> HostEnvironment:
+        """The recorded environment; files the snapshot was not asked about are unchecked (password
+        files and pool folders are never recorded: unchecked too)."""
         return recorded_environment(self._host, paths)
 
     def _refuse(self, *_args: Any) -> Any:

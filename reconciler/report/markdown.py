@@ -14,7 +14,7 @@ from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.plan import HostPlan, Plan
 from reconciler.report.escaping import md_code, md_fence, md_text
 from reconciler.report.printer import Printer
-from reconciler.report.summary import define_lines, show_value, summary_line, volume_line
+from reconciler.report.summary import action_mark, define_lines, show_value, summary_line, volume_line
 from reconciler.report.text import render_text
 
 MARKDOWN_MARKER = "<!-- virt-reconcile-plan -->"
@@ -105,8 +105,9 @@ def _host_section(host: HostPlan) -> list[str]:
             restart = (
                 f"{_WARN} needed" if action.restart else ("now" if action.kind is ActionKind.RESTART else "")
             )
+            symbol, name = action_mark(action)
             lines.append(
-                f"| `{action.kind.symbol}` | {action.kind.value} | {md_code(action.domain, in_table=True)} | "
+                f"| `{symbol}` | {name} | {md_code(action.domain, in_table=True)} | "
                 f"{_markdown_changes(action)} | {restart} |"
             )
         lines.append("")

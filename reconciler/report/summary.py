@@ -28,7 +28,7 @@ _EXTRA_LABELS = {
     ActionKind.CREATE_VOLUME: "volume(s) to create",
     ActionKind.RESIZE_VOLUME: "volume(s) to grow",
     ActionKind.DELETE_VOLUME: "volume(s) to delete",
-    ActionKind.RESEED: "seed(s) to rewrite",
+    ActionKind.RESEED: "seed(s) to write",
 }
 
 
@@ -52,6 +52,16 @@ def define_lines(action: Action) -> list[str]:
     return [" ".join(scalars)] + [f"{group}: {' '.join(items)}" for group, items in groups.items()]
 
 
+def first_seed(action: Action) -> bool:
+    """Whether a reseed writes a domain's first seed (no digest recorded before): nothing is rewritten."""
+    return action.kind is ActionKind.RESEED and bool(action.changes) and action.changes[0].before is None
+
+
+def action_mark(action: Action) -> tuple[str, str]:
+    """The mark and the name an action is shown with: ``+ seed`` for a first seed, else its kind's."""
+    return ("+", "seed") if first_seed(action) else (action.kind.symbol, action.kind.value)
+
+
 def volume_line(action: Action) -> str:
     """A volume action in one line: ``volume images/web-root: 20GiB → 30GiB (live: ...)``."""
     volume = action.volume
@@ -66,6 +76,8 @@ def volume_line(action: Action) -> str:
     if action.kind is ActionKind.RESEED:  # the seed's digest, never its content
         seed = action.changes[0] if action.changes else None
         before, after = (seed.before or "none", seed.after or "none") if seed else ("?", "?")
+        if first_seed(action):
+            return f"{name}: cloud-init seed {after}, {format_size(volume.capacity)}{why}"
         return f"{name}: cloud-init seed {before} → {after}{why}"
     return f"{name} ({format_size(volume.previous)}) deleted{why}"
 

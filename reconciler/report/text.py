@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.report.escaping import escape_markup
-from reconciler.report.summary import define_lines, show_value, summary_line, volume_line
+from reconciler.report.summary import action_mark, define_lines, show_value, summary_line, volume_line
 
 if TYPE_CHECKING:
     from reconciler.engine.apply import ActionResult
@@ -34,7 +34,8 @@ _STYLE = {
 
 def action_title(action: Action) -> str:
     """``+ define web-01 (note)`` with markup for the action's colour."""
-    style = _STYLE[action.kind]
+    symbol, name = action_mark(action)
+    style = "green" if symbol == "+" else _STYLE[action.kind]
     notes = []
     if action.restart:
         notes.append("restart needed")
@@ -49,7 +50,7 @@ def action_title(action: Action) -> str:
     if action.stop_first:
         notes.append("running: stopped first")
     suffix = f"  [dim]({escape_markup('; '.join(notes))})[/dim]" if notes else ""
-    head = f"[{style}]{action.kind.symbol} {action.kind.value}[/{style}]"
+    head = f"[{style}]{symbol} {name}[/{style}]"
     return f"{head} [bold]{escape_markup(action.domain)}[/bold]{suffix}"
 
 
@@ -144,7 +145,8 @@ def policy_line(report: PolicyReport) -> str:
     """Each rule's usage against its limit in one line: ``cpu.total 9→11/10 ✗  memory.commit 4GiB/15GiB``.
 
     A red mark is a rule this plan breaks; a yellow one a rule already broken that the plan does
-    not make worse.
+    not make worse. ``storage.free`` reads ``23GiB in use/252GiB``: what libvirt reports in use
+    where the pool lives (a dir pool's whole filesystem, not only its volumes) against its size.
     """
     parts = []
     for rule in report.rules:
@@ -153,6 +155,7 @@ def policy_line(report: PolicyReport) -> str:
             if rule.before == rule.after
             else f"{rule.show(rule.before)}→{rule.show(rule.after)}"
         )
+        used += " in use" if rule.rule.startswith("storage.free[") else ""
         mark = "" if rule.ok else (" [red]✗[/red]" if rule.raised else " [yellow]✗[/yellow]")
         parts.append(
             f"{escape_markup(rule.rule)} {escape_markup(used)}/{escape_markup(rule.show(rule.limit))}{mark}"

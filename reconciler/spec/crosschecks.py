@@ -1,4 +1,5 @@
-"""Checks that span documents (pure): one disk, one domain; one Host entry per hypervisor.
+"""Checks that span documents (pure): one disk, one domain; no disk named as a seed; one Host entry
+per hypervisor.
 
 Each document can be valid alone and still unsafe beside another: two domains writing one disk
 image corrupt it, and two Host entries reaching one hypervisor fight over its domains (one defines
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from reconciler.errors import Problem
+from reconciler.spec.cloudinit import seed_volume_name
 from reconciler.spec.models import Domain, Host
 
 #: The line of a field path in a document, as the loader knows it.
@@ -52,6 +54,35 @@ def shared_disks(domains: Iterable[tuple[str, Domain, Placed]]) -> list[Problem]
                 problems.append(Problem(placed.file, line, field, message))
             else:
                 problems.append(Problem(placed.file, line, field, f"{disk.source} is named twice"))
+    return problems
+
+
+def seed_name_clashes(domains: Iterable[tuple[str, Domain, Placed]]) -> list[Problem]:
+    """Every disk volume named as the cloud-init seed volume of a domain of its host
+    (``<domain>-cidata.iso`` in the seed's pool): uploading the seed would overwrite the disk."""
+    listed = list(domains)
+    seeds = {
+        (host, domain.spec.cloud_init.pool, seed_volume_name(domain.name)): (domain.name, placed)
+        for host, domain, placed in listed
+        if domain.spec.cloud_init is not None and domain.spec.cloud_init.pool is not None
+    }
+    problems = []
+    for host, domain, placed in listed if seeds else ():
+        for index, disk in enumerate(domain.spec.disks):
+            found = seeds.get((host, disk.volume.pool, disk.volume.name)) if disk.volume is not None else None
+            if found is None:
+                continue
+            seeded, where = found
+            line = where.line_of(("spec", "cloudInit"))
+            problems.append(
+                Problem(
+                    placed.file,
+                    placed.line_of(("spec", "disks", index, "volume", "name")),
+                    f"spec.disks[{index}].volume.name",
+                    f"{disk.source} is the cloud-init seed volume of domain {seeded!r} on host {host!r} "
+                    f"({where.file}:{line}): its seed would overwrite this disk; name the volume otherwise",
+                )
+            )
     return problems
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from reconciler.errors import ManifestError, Problem
 from reconciler.files.content_cache import ContentCache, content_digest
 from reconciler.spec.cloudinit import Seed, is_user_data, load_seed, referenced_files
-from reconciler.spec.crosschecks import Placed, shared_disks, shared_hypervisors
+from reconciler.spec.crosschecks import Placed, seed_name_clashes, shared_disks, shared_hypervisors
 from reconciler.spec.hosturi import DEFAULT_URI_RULES, UriRules
 from reconciler.spec.models import API_VERSION, Domain, Host
 from reconciler.spec.poolrefs import pool_problem, unknown_pools
@@ -239,7 +239,7 @@ def _assemble(
             placed.append((host, model, Placed(doc.file, doc.line_of)))
             problems += _seed_files(manifests, host, model, doc)
     problems += shared_hypervisors(hosts)
-    problems += shared_disks(placed)
+    problems += shared_disks(placed) + seed_name_clashes(placed)
     problems += unknown_pools(manifests.pools, placed)
     return manifests
 

@@ -23,8 +23,12 @@ import pytest
 import yaml
 from lxml import etree
 
-from reconciler.engine.seediso import read_seed_iso
-from reconciler.spec.cloudinit import generated_meta_data
+from reconciler.adapters.libvirt.host import LibvirtHypervisor
+from reconciler.engine.actions import VolumeChange
+from reconciler.engine.seediso import build_seed_iso, read_seed_iso
+from reconciler.engine.seeds import SEED_VOLUME_BYTES
+from reconciler.errors import PermanentHostError
+from reconciler.spec.cloudinit import Seed, generated_meta_data
 from tests.e2e.conftest import E2E, URI
 from tests.helpers import write
 
@@ -164,3 +168,61 @@ def test_a_seed_is_uploaded_attached_and_reseeded_and_vnc_listens_with_its_passw
     assert taken.code == 0, taken.out + taken.err
     outputs += [snapshot.read_text(), e2e.cli("plan", "--format", "json").out]
     assert not [text for text in outputs if SECRET in text or PASSWORD in text]
+
+
+def test_a_seed_never_overwrites_a_disk_of_its_name_in_the_plan_or_in_the_adapter(e2e, seed_pool):
+    """The reproduced loss on a real pool: x11's data disk is named x12-cidata.iso; when x12 gets
+    cloudInit the plan refuses, and the adapter, asked directly (as a plan that missed it would), reads
+    the volume's head and refuses to write anything but a seed: x11's bytes stay."""
+    pool, folder = seed_pool
+    x11, x12 = e2e.name("x11"), e2e.name("x12")
+    stopped = {"state": "stopped"}
+
+    def docs(*domains: tuple[str, dict]) -> None:
+        host = {
+            "apiVersion": "virt-reconcile/v1",
+            "kind": "Host",
+            "metadata": {"name": "local"},
+            "spec": {"uri": URI},
+        }
+        made = {
+            "apiVersion": "virt-reconcile/v1",
+            "kind": "Pool",
+            "metadata": {"name": pool},
+            "spec": {"type": "dir", "path": str(folder)},
+        }
+        listed = [
+            {"apiVersion": "virt-reconcile/v1", "kind": "Domain", "metadata": {"name": name}, "spec": spec}
+            for name, spec in domains
+        ]
+        write(e2e.root, "manifests.yaml", yaml.safe_dump_all([host, made, *listed], sort_keys=False))
+
+    def disk(name: str) -> dict:
+        return {"volume": {"pool": pool, "name": name, "size": "1MiB"}, "format": "raw"}
+
+    docs(
+        (x11, e2e.guest(disks=[disk(f"{x12}-cidata.iso")], **stopped)),
+        (x12, e2e.guest(disks=[disk(f"{x12}-root")], **stopped)),
+    )
+    applied = e2e.cli("apply")
+    assert applied.code == 0, applied.out + applied.err
+    data = folder / f"{x12}-cidata.iso"
+    data.write_bytes((b"x11's data, not a seed\n" * 50_000)[: 1024**2])  # a filesystem, a database...
+    before = data.read_bytes()
+
+    write(e2e.root, "cloud/user-data.yaml", user_data(SECRET).decode())
+    seeded = e2e.guest(
+        disks=[disk(f"{x12}-root")], cloudInit={"userData": {"file": "cloud/user-data.yaml"}}, **stopped
+    )
+    docs((x12, seeded))  # x11 gone from git: kept as an orphan (no prune), its disk still its own
+    refused = e2e.cli("apply")
+    assert refused.code == 1, refused.out + refused.err
+    assert f"volume {pool}/{x12}-cidata.iso is a disk of domain {x11!r}" in refused.out
+    assert data.read_bytes() == before
+
+    image = build_seed_iso(Seed.of(x12, pool, {"user-data": user_data(SECRET)}))
+    hypervisor = LibvirtHypervisor("local", e2e.conn)
+    change = VolumeChange(pool, f"{x12}-cidata.iso", SEED_VOLUME_BYTES, previous=len(before), format="raw")
+    with pytest.raises(PermanentHostError, match="holds something other than a cloud-init seed"):
+        hypervisor.upload_volume(change, image)
+    assert data.read_bytes() == before

@@ -11,6 +11,8 @@ device holding data (an ext4 image under /dev/shm, made by the test) is exercise
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -182,3 +184,32 @@ def test_a_logical_pool_whose_device_holds_data_is_never_formatted(e2e, pools, t
         assert again.code == 1 and device.read_bytes() == before
     finally:
         device.unlink(missing_ok=True)
+
+
+def test_a_new_pool_is_judged_on_its_filesystem_and_pools_sharing_one_share_its_limits(e2e, pools):
+    first, second = pools.folder("first"), pools.folder("second")
+    a, b = e2e.name("first"), e2e.name("second")
+    tight = {"name": "first", "type": "dir", "path": str(first), "overcommit": {"ratio": 0.001}}
+    other = {"name": "second", "type": "dir", "path": str(second)}
+    figures = os.statvfs(IMAGES)  # where both folders will be: the filesystem libvirt will count
+    size = f"{figures.f_frsize * figures.f_blocks // 1000 // 1024**2 + 64}MiB"  # over capacity × 0.001
+    disk = {"volume": {"pool": a, "name": "web.qcow2", "size": size}}
+    pools.manifests(tight, other, domains={"web": e2e.guest(state="stopped", disks=[disk])})
+    planned = e2e.cli("plan")
+    assert planned.code == 3, planned.out + planned.err  # judged in the plan, though neither pool runs
+    assert f"✗ refused by policy: storage.commit[{a}]: 0B → {size} > " in planned.out
+    assert f"capacity of the filesystem holding {first} (estimated: the pool does not run yet)" in planned.out
+    assert e2e.cli("apply").code == 3 and not first.exists()
+
+    one = {"volume": {"pool": a, "name": "x.qcow2", "size": "1GiB"}}
+    two = {"volume": {"pool": b, "name": "y.qcow2", "size": "1GiB"}}
+    x, y = (e2e.guest(state="stopped", disks=[d]) for d in (one, two))
+    pools.manifests({**tight, "overcommit": {"ratio": 1}}, other, domains={"x": x, "y": y})
+    applied = e2e.cli("apply")
+    assert applied.code == 0, applied.out + applied.err
+    seen = pools.observed()
+    assert seen[a].filesystem == seen[b].filesystem == f"dev {os.stat(IMAGES).st_dev}"
+    document = json.loads(e2e.cli("plan", "--format", "json").out)["hosts"]["local"]["policy"]
+    commit, free = document[f"storage.commit[{a}]"], document[f"storage.free[{b}]"]
+    assert commit["after"] == 2 * 1024**3, "one filesystem: each pool counts the volumes of both"
+    assert f"free on the filesystem pools {a}, {b} share" in free["arithmetic"]

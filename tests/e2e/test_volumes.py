@@ -144,3 +144,42 @@ def test_a_clone_and_an_empty_volume_outlive_their_domain_unless_it_says_delete_
     assert not e2e.exists("keeper") and not e2e.exists("goner")
     assert (folder / kept).exists(), "a volume is kept when its domain is undefined"
     assert not (folder / doomed).exists(), "deleteVolumes: true deletes it after the undefine"
+
+
+def test_a_pruned_domains_volume_that_backs_an_overlay_is_kept(e2e, pool):
+    name, folder = pool
+    root = e2e.name("root.qcow2")
+    manifests(
+        e2e,
+        name,
+        folder,
+        vm08=e2e.guest(state="stopped", disks=[volume_disk(name, root, "64MiB", deleteVolumes=True)]),
+    )
+    assert e2e.cli("apply").code == 0
+    overlay = folder / e2e.name("x13.qcow2")  # made by hand on vm08's root: libvirt reads its backing
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(folder / root), "-F", "qcow2", str(overlay)],
+        check=True,
+    )
+    manifests(e2e, name, folder)
+    pruned = e2e.cli("apply", "--allow-mass-delete")
+    assert pruned.code == 0, pruned.out + pruned.err
+    assert f"volume {name}/{root} kept: it is the backing file of volume {name}/{overlay.name}" in pruned.out
+    assert "delete-volume" not in pruned.out
+    assert not e2e.exists("vm08")
+    assert image_info(overlay)["backing-filename"] == str(folder / root)
+    assert (folder / root).exists(), "the base of an overlay outlives deleteVolumes: true"
+
+
+def test_a_disk_format_other_than_its_volumes_image_is_refused(e2e, pool):
+    name, folder = pool
+    root = e2e.name("root.qcow2")
+    disk = volume_disk(name, root, "64MiB")  # an empty qcow2 image
+    manifests(e2e, name, folder, web=e2e.guest(state="stopped", disks=[disk]))
+    assert e2e.cli("apply").code == 0
+    manifests(e2e, name, folder, web=e2e.guest(state="stopped", disks=[{**disk, "format": "raw"}]))
+    refused = e2e.cli("apply")
+    assert refused.code == 1, refused.out + refused.err
+    assert f"volume {name}/{root} is a qcow2 image and the disk says raw" in refused.out
+    assert "type='qcow2'" in e2e.domain("web").XMLDesc(0), "the definition is left as it was"
+    assert image_info(folder / root)["format"] == "qcow2"

@@ -31,8 +31,8 @@ class CrashAfter:
     def observe(self):
         return self.inner.observe()
 
-    def environment(self, paths):  # a question, not a change: never the one that crashes
-        return self.inner.environment(paths)
+    def environment(self, paths, **asked):  # a question, not a change: never the one that crashes
+        return self.inner.environment(paths, **asked)
 
     def __getattr__(self, method):
         def call(*args):

@@ -18,13 +18,14 @@ from reconciler.engine.hypervisor import HostObservation, PoolObservation, Volum
 from reconciler.engine.plan import DesiredHost, HostPlan, Plan, build_host_plan
 from reconciler.engine.pruning import DeletionRules
 from reconciler.engine.seediso import build_seed_iso, read_seed_iso
-from reconciler.errors import ManifestError, SavedPlanError
+from reconciler.engine.seeds import SEED_VOLUME_BYTES
+from reconciler.errors import ManifestError
 from reconciler.files.keys import SigningKey
 from reconciler.offline.savedplan import save_plan
 from reconciler.report import Printer, render_json, render_markdown, render_text
 from reconciler.spec.cloudinit import MAX_SEED_FILE_BYTES, Seed, generated_meta_data, seed_digest
 from reconciler.spec.manifests import DomainKey, load_manifests
-from reconciler.spec.models import Domain, Owner
+from reconciler.spec.models import Domain, HostSpec, Owner
 from tests.helpers import observed_domain, write
 
 SECRET = "hunter2-cloud-secret"
@@ -251,7 +252,7 @@ def test_a_new_domain_gets_its_seed_uploaded_before_it_is_defined():
     assert reseed < kinds.index((ActionKind.DEFINE, Phase.DEFINE))
     action = plan.actions[reseed]
     assert action.changes[0].after == f"sha256:{made.digest}"
-    assert action.volume.name == "web-01-cidata.iso" and action.volume.capacity == len(action.seed.image)
+    assert action.volume.name == "web-01-cidata.iso" and action.volume.capacity == SEED_VOLUME_BYTES
     assert read_seed_iso(action.seed.image)[1]["user-data"] == USER_DATA
     define = next(a for a in plan.actions if a.kind is ActionKind.DEFINE)
     assert f'seed="{made.digest}"' in define.xml and "web-01-cidata.iso" in define.xml
@@ -296,9 +297,10 @@ def test_no_plan_format_and_no_saved_plan_holds_the_seed_content(tmp_path):
         assert SECRET not in output
         assert f"sha256:{made.digest}" in output or output.startswith(("Plan(", "(Action"))
     assert json.loads(render_json(plan))["actions"][0]["changes"][0]["after"] == f"sha256:{made.digest}"
-    with pytest.raises(SavedPlanError, match="uploads the cloud-init seeds of web-01"):
-        save_plan(tmp_path / "p.json", plan, specs={}, key=SigningKey(tmp_path / "key", b"k" * 32))
-    assert not (tmp_path / "p.json").exists()
+    specs = {"hv1": HostSpec.model_validate({"uri": "sandbox:/x"})}
+    save_plan(tmp_path / "p.json", plan, specs=specs, key=SigningKey(tmp_path / "key", b"k" * 32))
+    saved = (tmp_path / "p.json").read_text()  # the seed's digest, never its image or files
+    assert SECRET not in saved and f'"seed": "{made.digest}"' in saved
 
 
 def test_host_plan_shape_is_unchanged_for_domains_without_seeds():

@@ -84,9 +84,9 @@ class JournalledHost(FakeHypervisor):
         self._enter("observe")
         return super().observe()
 
-    def environment(self, paths):
+    def environment(self, paths, **asked):
         self._enter("environment")
-        return super().environment(paths)
+        return super().environment(paths, **asked)
 
     def define(self, xml: str) -> None:
         self._enter("define")

@@ -119,7 +119,7 @@ def test_storage_free_counts_what_new_volumes_allocate_now(allocations, raised):
     free = found["storage.free[images]"]
     assert free.before == 10 * GiB and free.after == (10 + sum(allocations)) * GiB
     assert free.limit == 100 * GiB and free.raised is raised
-    assert free.arithmetic == "10GiB allocated + 90GiB available = 100GiB"
+    assert free.arithmetic == "10GiB in use + 90GiB free on the pool's filesystem = 100GiB"
 
 
 def test_storage_free_counts_growth_that_allocates_and_not_space_a_delete_frees():

@@ -11,7 +11,11 @@ the hypervisor is this machine:
 - **files**: on this machine, ``stat`` of the path itself and whether the QEMU user could open it
   (:mod:`reconciler.ops.qemu_access`); on any other host, a storage-volume lookup by path when an
   active storage pool holds the file's folder (the pool is refreshed once when the file is not
-  found, since files copied in by hand appear only then), else "not checked".
+  found, since files copied in by hand appear only then), else "not checked";
+- **graphics password files**: read on this machine whatever the host, as the definition will read
+  them (``seeds.read_password``): the password's length, or why the file cannot be used;
+- **pool folders**, on this machine only: the filesystem of the nearest folder that exists, as
+  libvirt counts a dir pool on it (``statvfs``; its device number tells pools that share it).
 
 A simulated host (libvirt's test driver, which includes every sandbox) starts with no network and
 no interface, and accepts any name in a domain: there, networks and bridges are checked only when
@@ -29,7 +33,9 @@ from pathlib import Path
 import libvirt
 from lxml import etree
 
-from reconciler.engine.hypervisor import HostEnvironment, NetworkFact, PathFact
+from reconciler.adapters.libvirt.seeds import read_password
+from reconciler.engine.hypervisor import HostEnvironment, NetworkFact, PathFact, SecretFact, SpaceFact
+from reconciler.errors import PermanentHostError
 from reconciler.ops.qemu_access import (
     NOT_CONSIDERED,
     QemuIdentity,
@@ -48,10 +54,16 @@ def _message(err: libvirt.libvirtError) -> str:
 
 
 def read_environment(
-    conn: libvirt.virConnect, paths: Collection[str], *, local: bool, simulated: bool
+    conn: libvirt.virConnect,
+    paths: Collection[str],
+    *,
+    local: bool,
+    simulated: bool,
+    secrets: Collection[str] = (),
+    folders: Collection[str] = (),
 ) -> HostEnvironment:
     """The environment of the host behind ``conn`` (``local``: the hypervisor is this machine;
-    ``simulated``: libvirt's test driver)."""
+    ``simulated``: libvirt's test driver, whose pools have made-up figures: no folder is measured)."""
     notes: list[str] = []
     networks, note = _networks(conn, simulated=simulated)
     notes += [note] if note else []
@@ -63,7 +75,49 @@ def read_environment(
         facts = {path: local_path_fact(path, who) for path in paths}
     else:
         facts = _pool_paths(conn, paths)
-    return HostEnvironment(networks=networks, bridges=bridges, paths=facts, unchecked=tuple(notes))
+    measured = {folder: space for folder in folders if (space := folder_space(folder))} if local else {}
+    return HostEnvironment(
+        networks=networks,
+        bridges=bridges,
+        paths=facts,
+        unchecked=tuple(notes),
+        secrets={path: secret_fact(path) for path in secrets},
+        space={} if simulated else measured,
+    )
+
+
+def secret_fact(path: str) -> SecretFact:
+    """A graphics password file read as a definition reads it: its password's length, or why not."""
+    try:
+        return SecretFact(length=len(read_password("this machine", path, "spice")))  # the longest kind
+    except PermanentHostError as err:
+        return SecretFact(problem=str(err).split(f"passwordFile {path}: ", 1)[-1])
+
+
+def filesystem_id(path: str) -> str:
+    """The filesystem holding ``path`` on this machine, by device number ("" when it is not there)."""
+    try:
+        return f"dev {os.stat(path).st_dev}"
+    except OSError:
+        return ""
+
+
+def folder_space(folder: str) -> SpaceFact | None:
+    """The filesystem a folder is (or will be made) on: its nearest folder that exists, with its
+    figures as libvirt gives a dir pool's (capacity, and free blocks as available); None when
+    nothing on the way can be read."""
+    here = os.path.normpath(folder)
+    while True:
+        try:
+            figures = os.statvfs(here)
+        except OSError:
+            if here == os.path.dirname(here):
+                return None
+            here = os.path.dirname(here)
+            continue
+        return SpaceFact(
+            figures.f_frsize * figures.f_blocks, figures.f_frsize * figures.f_bfree, filesystem_id(here)
+        )
 
 
 def _networks(conn: libvirt.virConnect, *, simulated: bool) -> tuple[dict[str, NetworkFact] | None, str]:

@@ -212,7 +212,7 @@ class LibvirtHypervisor(VolumeActions, SeedActions):
             swap = local_swap() if self.local else None
             ksm_saved = self._ksm_saved()
             remote = None if self._in_process or self._address is None else (self._address, self._timeouts)
-            pools = observe_pools(self, remote, simulated=self._is_test_driver)  # while readers read
+            pools = observe_pools(self, remote, simulated=self._is_test_driver, local=self.local)
             xmls = pending.result() if pending is not None else [self._read_xml(dom) for dom in doms]
         domains = [
             self._observation(dom, name, xml, lifecycle(values), name in autostart)
@@ -407,12 +407,12 @@ class LibvirtHypervisor(VolumeActions, SeedActions):
         """A ``pool`` action: defined, built only when it cannot start as it is, started, autostarted."""
         return ensure_pool(self, name, xml, autostart, simulated=self._is_test_driver)
 
-    def environment(self, paths: Collection[str]) -> HostEnvironment:
-        """Networks, bridges and the given files, for the pre-flight checks (``environment``)."""
-        simulated = self._is_test_driver  # a test-driver host declares only what its node file holds
-        return self._call(
-            "environment", lambda: read_environment(self.conn, paths, local=self.local, simulated=simulated)
-        )
+    def environment(
+        self, paths: Collection[str], *, secrets: Collection[str] = (), folders: Collection[str] = ()
+    ) -> HostEnvironment:
+        """Networks, bridges, files, password files and pool folders, for the pre-flight (``environment``)."""
+        read = functools.partial(read_environment, local=self.local, simulated=self._is_test_driver)
+        return self._call("environment", lambda: read(self.conn, paths, secrets=secrets, folders=folders))
 
     def sandbox_domains(self) -> list[sandbox.SandboxDomain]:
         """Every domain's persistent XML and run state, to write a sandbox state file."""

@@ -5,10 +5,14 @@ and graphics passwords read from their files when a definition is sent.
 
 - **upload**: the seed image becomes the whole content of the volume ``<domain>-cidata.iso`` through
   libvirt's upload stream (``virStorageVolUpload``), which works on a remote host as on this one.
-  The volume is made first when its pool lacks it, and made again when it is too small for the
-  image; a larger one keeps its size, the rest of it written with zeros (nothing of an older seed
-  is left behind). libvirt's test driver (a sandbox) has no upload: there the volume is made at the
-  image's size and holds no content, as every sandbox volume.
+  The volume is made first when its pool lacks it (at the size the plan says, which holds any
+  seed), and made again when it is too small for the image; a larger one keeps its size, the rest
+  of it written with zeros (nothing of an older seed is left behind). A volume already there is
+  written only when it holds a seed (an ISO 9660 image labelled ``cidata``) or, no larger than a
+  seed volume, nothing (zeros, as a seed whose upload failed): its head is read first
+  (``virStorageVolDownload``), and anything else is refused, never overwritten, whatever the plan
+  said. libvirt's test driver (a sandbox) has no upload or download: there the volume is made at
+  the plan's size and holds no content, as every sandbox volume.
 - **record**: the digest goes into the domain's ownership element with libvirt's metadata call, in
   the persistent definition only; nothing is redefined.
 
@@ -29,6 +33,8 @@ import libvirt
 
 from reconciler.adapters.libvirt.errors import wrap as _wrap
 from reconciler.engine.actions import VolumeChange
+from reconciler.engine.seediso import LABEL
+from reconciler.engine.seeds import SEED_VOLUME_BYTES
 from reconciler.errors import DomainXMLError, PermanentHostError
 from reconciler.libvirtxml.consoles import PASSWORD_FILE_MARK, password_file_of, with_graphics_password
 from reconciler.libvirtxml.ownership import OWNER_NS, OWNER_PREFIX, owner_metadata, read_owner
@@ -39,6 +45,9 @@ from reconciler.spec.sizes import format_size
 T = TypeVar("T")
 
 _CHUNK = 256 * 1024  # bytes per stream send
+#: Where an ISO 9660 image keeps its primary volume descriptor (sector 16), and the bytes read to see it.
+_DESCRIPTOR = 16 * 2048
+_HEAD = _DESCRIPTOR + 2048
 #: The longest password read: VNC uses 8 characters (its DES challenge), SPICE more.
 _MAX_PASSWORD = {"vnc": 8, "spice": 256}
 
@@ -79,16 +88,17 @@ def upload_volume(host: SeedHost, volume: VolumeChange, image: bytes) -> str:
     what = f"upload seed {where}"
     pool = host._call(f"storage pool {volume.pool!r}", host._conn().storagePoolLookupByName, volume.pool)
     found = _find(host, pool, volume.name, what)
-    host.changed = True
     capacity = int(host._call(what, found.info)[1]) if found is not None else 0
+    if found is not None and not host._is_test_driver:
+        _refuse_unless_seed(host, found, capacity, what)
+    host.changed = True
     if found is not None and capacity < len(image):
         host._call(what, found.delete, 0)
         found = None
     made = found is None
     if found is None:
-        xml = render_volume(volume.name, len(image), "raw")
-        found = host._call(what, pool.createXML, xml, 0)
-        capacity = len(image)
+        capacity = max(volume.capacity, len(image))
+        found = host._call(what, pool.createXML, render_volume(volume.name, capacity, "raw"), 0)
     if host._is_test_driver:
         done = "made" if made else "kept"
         return f"volume {where} {done}, {format_size(capacity)} (the test driver keeps no content)"
@@ -103,6 +113,41 @@ def _find(host: SeedHost, pool: libvirt.virStoragePool, name: str, what: str) ->
         if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
             return None
         raise _wrap(host.name, what, err) from err
+
+
+def _refuse_unless_seed(host: SeedHost, found: libvirt.virStorageVol, capacity: int, what: str) -> None:
+    """PermanentHostError unless the volume holds a cloud-init seed (an ISO 9660 primary volume
+    descriptor labelled ``cidata``), or is no larger than a seed volume and holds nothing where one
+    would be (zeros: a seed whose upload failed): anything else may be another's data."""
+    head = _receive(host, found, min(capacity, _HEAD), what)
+    descriptor = head[_DESCRIPTOR:_HEAD]
+    is_seed = descriptor[:7] == b"\x01CD001\x01" and descriptor[40:72].rstrip(b" ") == LABEL.encode()
+    if is_seed or (capacity <= SEED_VOLUME_BYTES and not head.strip(b"\x00")):
+        return
+    raise PermanentHostError(
+        host.name,
+        f"{what}: the volume is there and holds something other than a cloud-init seed: it may be "
+        "another's data and is not overwritten; rename or delete it",
+    )
+
+
+def _receive(host: SeedHost, found: libvirt.virStorageVol, length: int, what: str) -> bytes:
+    """The first ``length`` bytes of a volume, through libvirt's download stream."""
+    stream = host._call(what, host._conn().newStream, 0)
+    received = bytearray()
+    try:
+        host._call(what, found.download, stream, 0, length, 0)
+        while len(received) < length:
+            chunk = host._call(what, stream.recv, length - len(received))
+            if not isinstance(chunk, bytes) or not chunk:
+                break
+            received += chunk
+        host._call(what, stream.finish)
+    except BaseException:
+        with contextlib.suppress(libvirt.libvirtError):
+            stream.abort()
+        raise
+    return bytes(received)
 
 
 def _send(host: SeedHost, found: libvirt.virStorageVol, content: bytes, what: str) -> None:

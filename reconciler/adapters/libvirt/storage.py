@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 import libvirt
 
 from reconciler.adapters.libvirt.connections import open_connection
+from reconciler.adapters.libvirt.environment import filesystem_id
 from reconciler.adapters.libvirt.errors import is_temporary
 from reconciler.adapters.libvirt.errors import wrap as _wrap
 from reconciler.adapters.sandbox import SandboxPool
@@ -63,9 +64,13 @@ Readers = tuple[HostURI, Timeouts | None] | None
 # ------------------------------------------------------------------------------------- observe
 
 
-def observe_pools(host: StorageHost, readers: Readers, *, simulated: bool) -> tuple[PoolObservation, ...]:
+def observe_pools(
+    host: StorageHost, readers: Readers, *, simulated: bool, local: bool = False
+) -> tuple[PoolObservation, ...]:
     """Every storage pool of the host with its volumes; none when the host has no storage driver.
-    ``simulated``: libvirt's test driver, whose pools have no separate persistent XML."""
+    ``simulated``: libvirt's test driver, whose pools have no separate persistent XML (nor real
+    figures); ``local``: the host is this machine, where a running dir pool's filesystem is known
+    (pools on one filesystem share its space)."""
     try:
         pools = host._call("list storage pools", host.conn.listAllStoragePools, 0)
     except PermanentHostError:
@@ -81,6 +86,7 @@ def observe_pools(host: StorageHost, readers: Readers, *, simulated: bool) -> tu
     read = (_pool_figures(host, pool, pool.name() in autostart, simulated) for pool in pools)
     found = [seen for seen in read if seen is not None]
     volumes = _volume_xmls(host, found, readers)
+    measured = local and not simulated
     return tuple(
         PoolObservation(
             name=seen.name,
@@ -93,6 +99,7 @@ def observe_pools(host: StorageHost, readers: Readers, *, simulated: bool) -> tu
             available=seen.available,
             volumes=tuple(_volumes(volumes.get(seen.name, ()))),
             xml=seen.xml,
+            filesystem=filesystem_id(seen.target) if measured and seen.type in _REFRESHED_TYPES else "",
         )
         for seen, _pool in sorted(found, key=lambda item: item[0].name)
     )

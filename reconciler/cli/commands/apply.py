@@ -82,11 +82,16 @@ def _apply_saved(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from reconciler.files.keys import verifying_key
-    from reconciler.offline.savedplan import apply_saved, load_plan
+    from reconciler.offline.savedplan import apply_saved, load_plan, with_seed_images
+    from reconciler.spec.manifests import DomainKey
 
     out = Printer(sys.stdout)
+    saved = load_plan(Path(args.plan), verifying_key)  # refused unless this machine's key signed it
+    if any(action.seed is not None for host in saved.hosts.values() for action in host.actions):
+        manifests = load(args.path, args)  # a seed is saved by digest: its image is built from the files
+        saved = with_seed_images(saved, lambda host, domain: manifests.seeds.get(DomainKey(host, domain)))
     outcome = apply_saved(
-        load_plan(Path(args.plan), verifying_key),  # refused unless this machine's key signed it
+        saved,
         connector(),
         _settings(args),
         replace(_hooks(out), confirm=None if args.auto_approve else ask_on_terminal(out)),

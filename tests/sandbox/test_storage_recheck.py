@@ -1,0 +1,90 @@
+"""The storage rules of a pool the plan makes, judged again during the apply once the pool runs, on
+sandbox hosts (libvirt's test driver gives every new pool 100 GiB): the first apply that makes the
+pool and its volumes is held to storage.commit like any later one."""
+
+from __future__ import annotations
+
+from reconciler.adapters.libvirt.host import connect
+from reconciler.adapters.sandbox import SANDBOX_NS
+from reconciler.spec.manifests import load_manifests
+from tests.helpers import cli, host_yaml, write
+from tests.sandbox.test_pools import pool_yaml, seed
+
+GiB = 1024**3
+
+
+def domain_yaml(name: str, size: str) -> str:
+    return f"""\
+apiVersion: virt-reconcile/v1
+kind: Domain
+metadata: {{name: {name}}}
+spec:
+  memory: 1GiB
+  state: stopped
+  disks:
+    - volume: {{pool: images, name: {name}.qcow2, size: {size}}}
+"""
+
+
+def observed(root):
+    manifests = load_manifests(root)
+    with connect(manifests.hosts["hv1"], write=False) as host:
+        seen = host.observe()
+    return {pool.name: pool for pool in seen.pools}, {domain.name for domain in seen.domains}
+
+
+def test_a_new_pools_volumes_over_its_commit_limit_are_refused_once_it_runs(tmp_path):
+    write(tmp_path, "hosts.yaml", host_yaml())
+    write(tmp_path, "pools.yaml", pool_yaml("images", type="dir", path="/srv/images"))
+    write(tmp_path, "web.yaml", domain_yaml("web", "150GiB"))
+    planned = cli("plan", str(tmp_path))
+    assert planned.code == 2, planned.out + planned.err
+    assert "judged during the apply, once it runs and before any volume is made" in planned.out
+    applied = cli("apply", str(tmp_path))
+    assert applied.code == 1, applied.out + applied.err
+    assert "start): defined, started, autostart on" in applied.out
+    assert (
+        "+ create-volume web: failed: refused by policy once the pools ran: storage.commit[images]: "
+        "0B → 150GiB > 100GiB pool capacity × 1 = 100GiB (adding most: web +150GiB)" in applied.out
+    )
+    assert "+ define web: failed: refused by policy once the pools ran" in applied.out
+    pools, domains = observed(tmp_path)
+    assert pools["images"].active and pools["images"].volumes == ()
+    assert "web" not in domains
+
+    write(tmp_path, "web.yaml", domain_yaml("web", "90GiB"))
+    fits = cli("apply", str(tmp_path))
+    assert fits.code == 0, fits.out + fits.err
+    pools, domains = observed(tmp_path)
+    assert [v.capacity for v in pools["images"].volumes] == [90 * GiB] and "web" in domains
+
+
+def test_under_warn_the_first_apply_goes_on(tmp_path):
+    write(tmp_path, "hosts.yaml", host_yaml() + "  overcommit: {enforcement: warn}\n")
+    write(tmp_path, "pools.yaml", pool_yaml("images", type="dir", path="/srv/images"))
+    write(tmp_path, "web.yaml", domain_yaml("web", "150GiB"))
+    applied = cli("apply", str(tmp_path))
+    assert applied.code == 0, applied.out + applied.err
+    pools, domains = observed(tmp_path)
+    assert [v.capacity for v in pools["images"].volumes] == [150 * GiB] and "web" in domains
+
+
+def test_an_inactive_pools_volumes_count_once_it_is_started(tmp_path):
+    seed(
+        tmp_path,
+        "<pool type='dir'><name>images</name><target><path>/srv/images</path></target>\n"
+        "  <volume type='file'><name>old.qcow2</name><capacity unit='GiB'>30</capacity>"
+        "<allocation unit='GiB'>2</allocation><target><format type='qcow2'/></target></volume>\n</pool>\n"
+        f"<sandbox:pool-inactive xmlns:sandbox='{SANDBOX_NS}' pool='images'/>\n",
+    )
+    write(tmp_path, "hosts.yaml", host_yaml())
+    write(tmp_path, "pools.yaml", pool_yaml("images", type="dir", path="/srv/images"))
+    write(tmp_path, "web.yaml", domain_yaml("web", "80GiB"))  # fits an empty pool; not beside old.qcow2
+    planned = cli("plan", str(tmp_path))
+    assert planned.code == 2 and "the pool is not running" in planned.out, planned.out + planned.err
+    applied = cli("apply", str(tmp_path))
+    assert applied.code == 1, applied.out + applied.err
+    assert "storage.commit[images]: 30GiB → 110GiB > 100GiB pool capacity × 1 = 100GiB" in applied.out
+    pools, domains = observed(tmp_path)
+    assert pools["images"].active and [v.name for v in pools["images"].volumes] == ["old.qcow2"]
+    assert "web" not in domains
