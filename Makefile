@@ -76,6 +76,8 @@ bench: setup
 	$(BIN)/python bench/bench_startup.py
 	@if [ "$$(id -u)" -eq 0 ]; then scripts/fleet-setup.sh && $(BIN)/python bench/bench_fleet.py; \
 	  else echo "bench_fleet: skipped (needs root to start the fleet lab)"; fi
+	@if [ "$$(id -u)" -eq 0 ]; then $(BIN)/python bench/bench_volumes.py; \
+	  else echo "bench_volumes: skipped (needs root: this machine's libvirtd)"; fi
 
 doctor: setup
 	$(BIN)/virt-reconcile doctor
