@@ -67,6 +67,16 @@ def root_identity(folder: Path) -> str:
     return f"git:{repository_name(urls[0]) if urls else str(top)}:{relative}"
 
 
+#: The user information of a URL (``https://user:TOKEN@host/…``): a token given to git lives there.
+_USER_INFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the user information of every URL in it replaced by ``***`` (a token in a
+    source URL must reach no log, ``/status``, history or notification)."""
+    return _USER_INFO.sub(r"\1***@", text)
+
+
 def repository_name(url: str) -> str:
     """A clone URL as the repository it names, whatever the way to it: ``git@host:org/repo.git``,
     ``ssh://git@host:22/org/repo``, ``https://host/org/repo.git`` → ``host/org/repo``; a local path
@@ -236,7 +246,8 @@ class GitCheckout:
             return str(commit.hexsha)
         except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError) as err:
             detail = getattr(err, "stderr", "") or str(err)
-            raise SourceError(f"git {self.url} ({self.branch}): {' '.join(str(detail).split())}") from err
+            text = f"git {self.url} ({self.branch}): {' '.join(str(detail).split())}"
+            raise SourceError(without_credentials(text)) from err
 
     def _fetched(self) -> git.Repo:
         """The clone, its branch fetched. A new clone is an empty repository plus a fetch, not

@@ -25,6 +25,8 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
+from reconciler.adapters.gitsource import without_credentials
+
 ROOT = "virt_reconcile"
 FORMATS = ("text", "json")
 #: The fields a log call may add with ``extra=`` that the JSON lines carry (when present).
@@ -51,8 +53,9 @@ def configure_logging(stream: TextIO | None = None, level: int = logging.INFO, f
 
 
 def one_line(text: str) -> str:
-    """``text`` as one log line: its lines joined with ``; `` (a manifest error lists many)."""
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    """``text`` as one log line: its lines joined with ``; `` (a manifest error lists many), with no
+    URL's credentials (a git source's token)."""
+    return without_credentials("; ".join(line.strip() for line in text.splitlines() if line.strip()))
 
 
 def timestamp(record: logging.LogRecord) -> str:
@@ -85,7 +88,7 @@ class JsonLines(logging.Formatter):
             if name in record.__dict__:
                 line[name] = record.__dict__[name]
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = without_credentials(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
 
 

@@ -35,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.adapters.gitsource import without_credentials
 from reconciler.daemon.config import DaemonConfig
 from reconciler.daemon.dashboard import render as render_dashboard
 from reconciler.daemon.decision import HostTask, Trigger, decide, is_idle, needs_fetch
@@ -273,7 +274,7 @@ class Daemon:
             revision = self.source.update()
         except Exception as err:  # a bug's error, too, is the source's: the loop goes on
             self.metrics.fetch_failures.inc()
-            text = str(err) if isinstance(err, ReconcilerError) else describe(err)
+            text = without_credentials(str(err) if isinstance(err, ReconcilerError) else describe(err))
             if isinstance(err, ReconcilerError) and err.retryable:
                 attempt, delay = self.retries.failed(None)
                 message = f"fetch failed (attempt {attempt}): {text}"

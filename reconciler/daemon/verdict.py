@@ -48,7 +48,7 @@ def judge(
 ) -> HostVerdict:
     """The verdict on one host from its plan, its actions' results (with the errors they met) and an
     error raised after planning (``late``: the connection failed while closing)."""
-    failed = [r for r in results if not r.ok]
+    failed = [r for r in results if not (r.ok or r.refused)]
     errors: list[ReconcilerError] = [r.error for r in failed if r.error is not None]
     if plan is not None and plan.host_error is not None:
         errors.append(plan.host_error)
@@ -68,6 +68,9 @@ def judge(
     if plan.refused:
         assert plan.policy is not None
         return HostVerdict("refused", "; ".join(rule.message() for rule in plan.policy.violations))
+    refused = next((r for r in results if r.refused), None)
+    if refused is not None:  # refused once the pools its plan makes ran: only those pools changed
+        return HostVerdict("refused", refused.detail)
     if plan.host_suspended:
         return HostVerdict("suspended", plan.paused_because)
     if plan.deferred and plan.actions and not results:

@@ -129,6 +129,12 @@ class Action:
         """Whether this action takes a domain off its host: an undefine, or the source half of a move."""
         return self.kind is ActionKind.UNDEFINE or (self.kind is ActionKind.MOVE and self.xml is None)
 
+    @property
+    def asks_first(self) -> bool:
+        """Whether a person at a terminal is asked before it runs: it takes a domain off its host,
+        or deletes a volume (the one step that loses data for good)."""
+        return self.releases or self.kind is ActionKind.DELETE_VOLUME
+
 
 @dataclass(frozen=True)
 class Orphan:

@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from reconciler.engine.actions import Action, ActionKind, Phase
+from reconciler.engine.execute import execute_action
 from reconciler.engine.fleet import EachHost, one_by_one
-from reconciler.engine.hypervisor import Hypervisor, StopOutcome
+from reconciler.engine.hypervisor import Hypervisor
 from reconciler.engine.plan import HostPlan
 from reconciler.engine.policy import recheck_storage
 from reconciler.errors import HostError
@@ -31,6 +32,8 @@ class ActionResult:
     detail: str
     seconds: float
     error: HostError | None = None
+    #: Not done because the storage rules of the pools it had to make refused the host's plan.
+    refused: bool = False
 
 
 DEFAULT_WORKERS = 8
@@ -135,44 +138,36 @@ def apply_host_plan(
     hooks: Hooks = NO_HOOKS,
 ) -> list[ActionResult]:
     """Run ``plan`` phase by phase; stop after the first phase with a failure. Blocked plans do nothing."""
-    return [] if plan.blocked else _run_plan(hypervisor, plan, plan.actions, settings, hooks)
+    if plan.blocked:
+        return []
+    results, rest = _judge_new_pools(hypervisor, plan, settings, hooks)
+    return results if rest is None else results + run_actions(hypervisor, rest.actions, settings, hooks)
 
 
-def _run_plan(
-    hypervisor: Hypervisor,
-    plan: HostPlan,
-    actions: Sequence[Action],
-    settings: ApplySettings,
-    hooks: Hooks,
-) -> list[ActionResult]:
-    """Run a plan's actions; when its pools did not run as it was made (their storage rules judged
-    on an estimate, or not at all), judge those rules again once the pool phase made them run, on
-    the pools as they are, and refuse every action after it when they break."""
-    policy = plan.policy
-    pending = policy is not None and policy.enforcement == "enforce" and bool(policy.pending_pools)
-    if not pending or not any(action.kind is ActionKind.POOL for action in actions):
-        return run_actions(hypervisor, actions, settings, hooks)
-    results = run_actions(hypervisor, [a for a in actions if a.phase <= Phase.POOL], settings, hooks)
-    rest = [action for action in actions if action.phase > Phase.POOL]
-    if not rest or hooks.stopped or any(not result.ok for result in results):
-        return results
-    refusal = _storage_refusal(hypervisor, plan, rest)
-    if refusal:
-        return results + [_not_done(action, refusal, hooks) for action in rest]
-    return results + run_actions(hypervisor, rest, settings, hooks)
-
-
-def _storage_refusal(hypervisor: Hypervisor, plan: HostPlan, rest: Sequence[Action]) -> str:
-    """Why the actions after the pool phase are not done ("" when the storage rules hold)."""
+def _judge_new_pools(
+    hypervisor: Hypervisor, plan: HostPlan, settings: ApplySettings, hooks: Hooks
+) -> tuple[list[ActionResult], HostPlan | None]:
+    """When the plan's pools did not run as it was made (their storage rules judged on an estimate,
+    or not at all), make them run before anything else (they only add), then judge those rules on the
+    pools as they are: the plan's other actions (None when the host goes no further) to run next.
+    A refusal changes nothing else on the host."""
+    if not _waits_for_pools(plan):
+        return [], plan
+    pools = [action for action in plan.actions if action.kind is ActionKind.POOL]
+    results = run_actions(hypervisor, pools, settings, hooks)
+    rest = [action for action in plan.actions if action.kind is not ActionKind.POOL]
+    if hooks.stopped or any(not result.ok for result in results):
+        return results, None
     assert plan.policy is not None
     try:
-        pools = hypervisor.observe().pools
+        broken = recheck_storage(plan.policy, hypervisor.observe().pools, rest)
     except HostError as err:
-        return f"not done: the storage rules could not be judged once the pools ran: {err}"
-    broken = recheck_storage(plan.policy, pools, rest)
-    if not broken:
-        return ""
-    return "refused by policy once the pools ran: " + "; ".join(rule.message() for rule in broken)
+        why = f"not done: the storage rules could not be judged once the pools ran: {err}"
+        return results + [_not_done(action, why, hooks, error=err) for action in rest], None
+    if broken:
+        why = "refused by policy once the pools ran: " + "; ".join(rule.message() for rule in broken)
+        return results + [_not_done(action, why, hooks, refused=True) for action in rest], None
+    return results, replace(plan, actions=tuple(rest))
 
 
 def apply_fleet(
@@ -192,21 +187,19 @@ def apply_fleet(
     runs on two hosts. ``hooks.on_result`` sees the results grouped by host, in the order of
     ``plans`` (the movers' growth after every host's first part).
     """
+    judged, plans = _new_pools_first(sessions, plans, settings, hooks, each_host)
     order = [host for host in plans if host in sessions]
     movers = {host for host in order for a in plans[host].actions if a.kind is ActionKind.MOVE}
-    first_part = InOrder(order, hooks)
 
-    def first(host: str) -> list[ActionResult]:
-        seen = first_part.hooks(host)
-        try:
-            done = _shrink(sessions[host], plans[host], plans, settings, seen)
-            if host not in movers and _may_grow(plans[host], done, hooks):
-                done += _grow(sessions[host], plans[host], set(), settings, seen)
-            return done
-        finally:
-            seen.finished()
+    def first(host: str, seen: Hooks) -> list[ActionResult]:
+        done = _shrink(sessions[host], plans[host], plans, settings, seen)
+        if host not in movers and _may_grow(plans[host], done, hooks):
+            done += _grow(sessions[host], plans[host], set(), settings, seen)
+        return done
 
-    results = each_host(order, first)
+    results = _stage(order, hooks, each_host, first)
+    for host, done in judged.items():
+        results[host] = done + results.get(host, [])
     released = {
         (r.action.host, r.action.domain)
         for done in results.values()
@@ -214,18 +207,67 @@ def apply_fleet(
         if r.ok and r.action.releases
     }
     growing = [host for host in order if host in movers and _may_grow(plans[host], results[host], hooks)]
-    second_part = InOrder(growing, hooks)
 
-    def second(host: str) -> list[ActionResult]:
-        seen = second_part.hooks(host)
+    def second(host: str, seen: Hooks) -> list[ActionResult]:
+        return _grow(sessions[host], plans[host], released, settings, seen)
+
+    for host, done in _stage(growing, hooks, each_host, second).items():
+        results[host] += done
+    return results
+
+
+def _stage(
+    order: Sequence[str],
+    hooks: Hooks,
+    each_host: EachHost[list[ActionResult]],
+    work: Callable[[str, Hooks], list[ActionResult]],
+) -> dict[str, list[ActionResult]]:
+    """One stage of a fleet apply: ``work`` on each host of ``order`` side by side, the results
+    passed to the caller in host order (:class:`InOrder`)."""
+    in_order = InOrder(order, hooks)
+
+    def one(host: str) -> list[ActionResult]:
+        seen = in_order.hooks(host)
         try:
-            return _grow(sessions[host], plans[host], released, settings, seen)
+            return work(host, seen)
         finally:
             seen.finished()
 
-    for host, done in each_host(growing, second).items():
-        results[host] += done
-    return results
+    return each_host(order, one)
+
+
+def _new_pools_first(
+    sessions: Mapping[str, Hypervisor],
+    plans: Mapping[str, HostPlan],
+    settings: ApplySettings,
+    hooks: Hooks,
+    each_host: EachHost[list[ActionResult]],
+) -> tuple[dict[str, list[ActionResult]], dict[str, HostPlan]]:
+    """Before any host shrinks, the pools whose storage rules wait for them to run are made and the
+    rules judged (:func:`_judge_new_pools`): the results so far, and the plans still to run, where a
+    host that went no further is blocked (a move to it is not started, none from it is made)."""
+    pending = [host for host, plan in plans.items() if host in sessions and _waits_for_pools(plan)]
+    if not pending:
+        return {}, dict(plans)
+    rest: dict[str, HostPlan | None] = {}
+
+    def judge(host: str, seen: Hooks) -> list[ActionResult]:
+        done, rest[host] = _judge_new_pools(sessions[host], plans[host], settings, seen)
+        return done
+
+    judged = _stage(pending, hooks, each_host, judge)
+    halted = {
+        host: replace(plan, actions=(), errors=(*plan.errors, "stopped after its pools"))
+        for host, plan in plans.items()
+    }
+    return judged, {host: rest.get(host, plan) or halted[host] for host, plan in plans.items()}
+
+
+def _waits_for_pools(plan: HostPlan) -> bool:
+    """Whether a plan makes pools whose storage rules are judged again once they run."""
+    policy = plan.policy
+    enforced = policy is not None and policy.enforcement == "enforce" and bool(policy.pending_pools)
+    return enforced and not plan.blocked and any(a.kind is ActionKind.POOL for a in plan.actions)
 
 
 def _may_grow(plan: HostPlan, shrunk: Sequence[ActionResult], hooks: Hooks) -> bool:
@@ -260,12 +302,14 @@ def _grow(
     """One host's grow actions: moves in whose source did not let go fail; the rest run."""
     grow, stranded = _stranded_moves(plan, released)
     results = [_not_done(a, f"not moved: {a.peer} did not release it", hooks) for a in stranded]
-    return results + _run_plan(hypervisor, plan, grow, settings, hooks)
+    return results + run_actions(hypervisor, grow, settings, hooks)
 
 
-def _not_done(action: Action, why: str, hooks: Hooks) -> ActionResult:
+def _not_done(
+    action: Action, why: str, hooks: Hooks, *, error: HostError | None = None, refused: bool = False
+) -> ActionResult:
     """The result of an action not carried out, shown like any other."""
-    result = ActionResult(action, False, why, 0.0)
+    result = ActionResult(action, False, why, 0.0, error, refused)
     if hooks.on_result is not None:
         hooks.on_result(result)
     return result
@@ -327,7 +371,7 @@ def run_actions(
     def run(action: Action) -> ActionResult:
         started = time.monotonic()
         try:
-            detail = _execute(hypervisor, action, settings.shutdown_timeout)
+            detail = execute_action(hypervisor, action, settings.shutdown_timeout)
             result = ActionResult(action, True, detail, time.monotonic() - started)
         except HostError as err:
             result = ActionResult(action, False, str(err), time.monotonic() - started, err)
@@ -379,91 +423,3 @@ def _phases(actions: Sequence[Action]) -> list[list[Action]]:
         else:
             groups.append([action])
     return groups
-
-
-def _execute(hypervisor: Hypervisor, action: Action, shutdown_timeout: float) -> str:
-    """Carry out one action; return a short description of what happened."""
-    name = action.domain
-    match action.kind:
-        case ActionKind.DEFINE:
-            return _define(hypervisor, action)
-        case ActionKind.UPDATE:
-            done = []
-            if action.xml is not None:
-                hypervisor.define(action.xml)
-                done.append("redefined" + (" (takes effect at the next restart)" if action.restart else ""))
-            if action.autostart is not None:
-                hypervisor.set_autostart(name, action.autostart)
-                done.append(f"autostart {'on' if action.autostart else 'off'}")
-            return ", ".join(done)
-        case ActionKind.BALLOON:
-            assert action.config_memory is not None
-            hypervisor.set_current_memory(name, action.config_memory, action.live_memory)
-            return (
-                "live and persistent target set"
-                if action.live_memory is not None
-                else "persistent target set"
-            )
-        case ActionKind.START:
-            hypervisor.start(name)
-            return "started"
-        case ActionKind.STOP:
-            return hypervisor.stop(name, shutdown_timeout).value
-        case ActionKind.RESTART:
-            outcome = hypervisor.stop(name, shutdown_timeout)
-            hypervisor.start(name)  # returns once it runs again: the next restart may begin
-            return "started again" if outcome is StopOutcome.ALREADY else f"{outcome.value}, started again"
-        case (
-            ActionKind.POOL
-            | ActionKind.CREATE_VOLUME
-            | ActionKind.RESIZE_VOLUME
-            | ActionKind.DELETE_VOLUME
-            | ActionKind.RESEED
-        ):
-            return _storage(hypervisor, action)
-        case ActionKind.MOVE if action.xml is not None:
-            return _define(hypervisor, action)
-        case ActionKind.UNDEFINE | ActionKind.MOVE:
-            # Stopped whatever the plan saw: it may have been started since (an undefine would then
-            # leave it running as a transient domain, and a move would run it twice).
-            outcome = hypervisor.stop(name, shutdown_timeout)
-            hypervisor.undefine(name, keep_nvram=action.kind is ActionKind.MOVE)
-            if outcome is None or outcome is StopOutcome.ALREADY:
-                return "undefined"
-            return f"{outcome.value}, then undefined"
-    raise AssertionError(f"unknown action {action.kind}")  # pragma: no cover - closed enum
-
-
-def _reseed(hypervisor: Hypervisor, action: Action) -> str:
-    """Upload a cloud-init seed; for a domain already defined, record its digest (a new domain's
-    definition, sent next, records it itself)."""
-    assert action.volume is not None and action.seed is not None
-    done = hypervisor.upload_volume(action.volume, action.seed.image)
-    if action.phase is not Phase.CREATE_VOLUME:
-        hypervisor.record_seed(action.domain, action.seed.digest)
-        done += "; read after a restart from the host" if action.restart else "; read at the next boot"
-    return done
-
-
-def _storage(hypervisor: Hypervisor, action: Action) -> str:
-    """A pool made to run; a disk's volume created, grown (live when the domain runs) or deleted;
-    a cloud-init seed written."""
-    if action.kind is ActionKind.POOL:
-        return hypervisor.ensure_pool(action.domain, action.xml, action.autostart)
-    if action.kind is ActionKind.RESEED:
-        return _reseed(hypervisor, action)
-    assert action.volume is not None
-    if action.kind is ActionKind.CREATE_VOLUME:
-        return hypervisor.create_volume(action.volume)
-    if action.kind is ActionKind.RESIZE_VOLUME:
-        return hypervisor.resize_volume(action.domain, action.volume)
-    return hypervisor.delete_volume(action.volume)
-
-
-def _define(hypervisor: Hypervisor, action: Action) -> str:
-    """Define a new domain (or the target half of a move), with autostart when it wants it."""
-    assert action.xml is not None
-    hypervisor.define(action.xml)
-    if action.autostart:
-        hypervisor.set_autostart(action.domain, True)
-    return f"defined (moved from {action.peer})" if action.kind is ActionKind.MOVE else "defined"

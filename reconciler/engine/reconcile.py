@@ -57,8 +57,18 @@ class Outcome:
     @property
     def failed(self) -> bool:
         """Whether any host was blocked or failed, any action failed, or the apply was cancelled."""
-        failed_action = any(not r.ok for rs in self.results.values() for r in rs)
+        failed_action = any(not (r.ok or r.refused) for rs in self.results.values() for r in rs)
         return self.plan.has_errors or failed_action or bool(self.host_errors) or self.cancelled
+
+    @property
+    def refused_hosts(self) -> list[str]:
+        """The hosts the policy refused: when planned, or during the apply once the pools their plan
+        makes ran (those pools are all that changed there)."""
+        return [
+            name
+            for name, host in self.plan.hosts.items()
+            if host.refused or any(r.refused for r in self.results.get(name, ()))
+        ]
 
 
 @dataclass(frozen=True)
@@ -244,13 +254,14 @@ def _may_receive_a_move(
 
 
 def _approved(plan: Plan, hooks: Hooks) -> bool:
-    """Ask before applying plans that take domains off hosts (undefine, move), when asked to ask."""
+    """Ask before applying plans that take domains off hosts (undefine, move) or delete volumes,
+    when asked to ask."""
     leaving: list[Action] = [
         action
         for host in plan.hosts.values()
         if not host.blocked
         for action in host.actions
-        if action.releases
+        if action.asks_first
     ]
     return not leaving or hooks.confirm is None or hooks.confirm(leaving)
 

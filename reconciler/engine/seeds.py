@@ -6,7 +6,8 @@ content is compared here, by digest: the digest of the seed last uploaded is rec
 ownership metadata (``seed``), never the files. A seed volume is the domain's own only when its
 definition attaches it and its ownership records a digest (:func:`owned_seed_pool`); any other
 volume of that name may be someone's data and is never written or deleted: an error of the plan
-when the seed would go there.
+when the seed would go there (but for a domain this plan defines, one no disk uses is the seed an
+interrupted apply left: written again, with a warning).
 
 - A domain this plan defines (or moves in) gets its seed uploaded before it is defined (``reseed``
   in the create-volume phase, shown ``+ seed``); the definition records its digest.
@@ -130,7 +131,7 @@ def _plan_upload(host: _Host, seed: Seed, *, recorded: str, owns: bool, new: boo
         )
         return
     found = pool.volumes.get(seed.volume)  # (a pool not running yet lists none: the adapter checks)
-    if found is not None and _not_ours(host, name, pool, seed.volume, owns=owns):
+    if found is not None and _not_ours(host, name, pool, seed.volume, owns=owns, new=new):
         return
     if owns and recorded == seed.digest and found is not None:
         return
@@ -167,9 +168,11 @@ def _plan_upload(host: _Host, seed: Seed, *, recorded: str, owns: bool, new: boo
     )
 
 
-def _not_ours(host: _Host, name: str, pool: PoolView, volume: str, *, owns: bool) -> bool:
+def _not_ours(host: _Host, name: str, pool: PoolView, volume: str, *, owns: bool, new: bool) -> bool:
     """Whether the existing volume ``volume`` cannot take ``name``'s seed (an error of the plan then):
-    a disk of a domain uses it, or the domain's ownership does not record it as its seed."""
+    a disk of a domain uses it, or the domain's ownership does not record it as its seed. For a domain
+    this plan defines, a volume no disk uses is taken as the seed an apply interrupted before the
+    define left behind (a warning): the adapter writes only over a cidata ISO or zeros."""
     where = f"domain {name!r}: spec.cloudInit: volume {pool.name}/{volume}"
     user = host.users.get(pool.path_of(volume))
     if user is not None:
@@ -177,10 +180,15 @@ def _not_ours(host: _Host, name: str, pool: PoolView, volume: str, *, owns: bool
         return True
     if owns:
         return False
+    if new:
+        host.plan.warnings.append(
+            f"{where} exists and no disk uses it: taken as the seed an apply that stopped before the "
+            "define left behind, and written again (only over a cloud-init seed or zeros)"
+        )
+        return False
     host.plan.errors.append(
         f"{where} exists and is not a seed the domain's ownership records: it may hold another's data "
-        f"and is never overwritten; rename or delete it (a seed an apply that failed before the define "
-        f"left behind: virsh vol-delete --pool {pool.name} {volume})"
+        f"and is never overwritten; rename or delete it (virsh vol-delete --pool {pool.name} {volume})"
     )
     return True
 

@@ -23,8 +23,9 @@ Nothing is applied on a host whose plan has an error. A pruned domain's volumes 
 its undefine only when its disks said ``deleteVolumes: true`` (recorded in its ownership metadata,
 since the manifest is gone by then), and never one that is still needed: a disk of another domain
 of the host (kept or wanted), the backing file of a volume that stays, or a manifest's
-``from.path``. A move never creates, moves or deletes a volume on the host it leaves; the host it
-reaches plans its own volumes like any other.
+``from.path``. A move never creates, moves or deletes a volume on the host it leaves, and is an
+error of the host it reaches while a volume of the domain is missing there: a new volume would boot
+the guest on a blank (or freshly based) disk while its data stays behind, tracked by nothing.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class DomainAt:
     running: bool = False
     arriving: bool = False
     writers: Mapping[str, str] = field(default_factory=dict)
+    moved_from: str = ""  # the host a move brings the domain from ("" when it does not move in)
 
 
 def plan_volumes(plan: PlanDraft, domain: Domain, pools: Mapping[str, PoolView], at: DomainAt) -> None:
@@ -139,12 +141,26 @@ def _plan_volume(
         plan.errors.append(f"{where}: {problem}")
         return
     found = pool.volumes.get(volume.name)
-    if found is None:
+    if found is None and at.moved_from:
+        plan.errors.append(f"{where}: {_left_behind(volume, pool, plan.host, at.moved_from)}")
+    elif found is None:
         _plan_create(plan, name, where, disk, pools, at.writers)
     elif _as_found(plan, f"domain {name!r}: spec.disks[{index}]", disk, found, arriving=at.arriving):
         shrink = _plan_growth(plan, name, disk, pool, found, running=at.running)
         if shrink:
             plan.errors.append(f"{where}.size: {shrink}")
+
+
+def _left_behind(volume: Volume, pool: PoolView, host: str, source: str) -> str:
+    """Why a moving domain cannot arrive without its volume: it would boot a new disk on ``host``
+    while its data stays on ``source``, in a volume nothing tracks any more."""
+    unseen = "" if pool.known else f" (pool {pool.name!r} does not run yet: its volumes cannot be listed)"
+    return (
+        f"{volume.key} is not in pool {pool.name!r} on {host}{unseen}: the move from {source} would start "
+        f"the domain on a new disk while its data stays on {source}. Copy the volume into pool "
+        f"{pool.name!r} on {host} first (same name and format), then apply again; for a new disk on "
+        f"purpose, remove the domain from git and apply, then add it for {host}"
+    )
 
 
 def _as_found(plan: PlanDraft, where: str, disk: Disk, found: VolumeObservation, *, arriving: bool) -> bool:
@@ -406,11 +422,13 @@ def plan_storage(
     leaving = {a.domain for a in plan.actions if a.releases}
     staying = [(n, parsed.spec) for n, (_, parsed) in seen.items() if parsed and n not in leaving]
     writers = disk_writers([*((n, d.spec) for n, d in wanted.items()), *staying], pools)
+    moving_in = {a.domain: a.peer for a in plan.actions if a.moves_in}
     for name, domain in wanted.items():
         found = seen.get(name)
         if name in skip or (found is not None and (found[1] is None or found[1].owner is None)):
             continue
-        at = DomainAt(running=found is not None and found[0].active, arriving=found is None, writers=writers)
+        running, source = found is not None and found[0].active, moving_in.get(name, "")
+        at = DomainAt(running=running, arriving=found is None, writers=writers, moved_from=source)
         plan_volumes(plan, domain, pools, at)
     undefined = [(a, seen[a.domain][1]) for a in plan.actions if a.kind is ActionKind.UNDEFINE]
     if not undefined:

@@ -378,7 +378,11 @@ def apply_saved(
             if hooks.on_plan is not None:
                 hooks.on_plan(host_plan)
         leaving = [
-            a for host in outcome.plan.hosts.values() if not host.blocked for a in host.actions if a.releases
+            a
+            for host in outcome.plan.hosts.values()
+            if not host.blocked
+            for a in host.actions
+            if a.asks_first
         ]
         if leaving and hooks.confirm is not None and not hooks.confirm(leaving):
             outcome.cancelled = True

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import libvirt
 
+from reconciler.adapters.libvirt.host import connect
+from reconciler.engine.actions import VolumeChange
+from reconciler.spec.manifests import load_manifests
 from tests.helpers import cli, domain_yaml, host_yaml, write
 
 USER_DATA = "#cloud-config\nhostname: web\n"
@@ -85,6 +88,9 @@ def test_a_moved_domain_leaves_no_seed_on_its_old_host(tmp_path):
     assert cli("apply", str(root)).code == 0
     assert volumes(root, "hv1") == {"web-root", "web-cidata.iso"}
 
+    # A move keeps its disks: the operator copies the disk's volume to the target pool first.
+    with connect(load_manifests(root).hosts["hv2"], write=True) as target:
+        target.create_volume(VolumeChange("images", "web-root", capacity=1024**3, format="qcow2"))
     write(root, "vms.yaml", domain_yaml("web", host="hv2", **spec))
     plan = planned(root)
     assert ("delete-volume", "hv1", "web", "web-cidata.iso") in plan
@@ -142,3 +148,28 @@ def test_a_saved_plan_creates_a_seeded_domain_from_the_files_it_was_made_with(tm
     assert applied.code == 0, applied.out + applied.err
     assert volumes(root) == {"web-root", "web-cidata.iso"}
     assert cli("plan", str(root)).code == 0, "the digest recorded is the one the files have"
+
+
+def test_a_seed_left_by_an_apply_stopped_before_the_define_is_taken_and_blocks_nothing(tmp_path):
+    """An interrupted first apply: the seed was uploaded, the domain never defined. The next apply
+    writes that seed again (the adapter writes only over a cloud-init seed or zeros) and goes on,
+    for that domain and the others of the host."""
+    from tests.sandbox.test_pools import seed
+
+    root = tmp_path
+    seed(
+        root,
+        "<pool type='dir'><name>images</name><target><path>/var/lib/sandbox-hv1</path></target>\n"
+        "  <volume type='file'><name>web-cidata.iso</name><capacity unit='MiB'>1</capacity>"
+        "<target><format type='raw'/></target></volume>\n</pool>\n",
+    )
+    hosts(root, "hv1")
+    write(root, "cloud/web.yaml", USER_DATA)
+    spec = {"disks": [disk("web-root")], "cloudInit": {"userData": {"file": "cloud/web.yaml"}}}
+    write(root, "vms.yaml", domain_yaml("web", **spec) + "---\n" + domain_yaml("db", disks=[disk("db-root")]))
+    applied = cli("apply", str(root))
+    assert applied.code == 0, applied.out + applied.err
+    assert "volume images/web-cidata.iso exists and no disk uses it: taken as the seed" in applied.out
+    assert volumes(root) == {"web-root", "web-cidata.iso", "db-root"}
+    again = cli("plan", str(root))
+    assert again.code == 0, again.out + again.err

@@ -41,7 +41,7 @@ def test_a_new_pools_volumes_over_its_commit_limit_are_refused_once_it_runs(tmp_
     assert planned.code == 2, planned.out + planned.err
     assert "judged during the apply, once it runs and before any volume is made" in planned.out
     applied = cli("apply", str(tmp_path))
-    assert applied.code == 1, applied.out + applied.err
+    assert applied.code == 3, applied.out + applied.err
     assert "start): defined, started, autostart on" in applied.out
     assert (
         "+ create-volume web: failed: refused by policy once the pools ran: storage.commit[images]: "
@@ -83,8 +83,40 @@ def test_an_inactive_pools_volumes_count_once_it_is_started(tmp_path):
     planned = cli("plan", str(tmp_path))
     assert planned.code == 2 and "the pool is not running" in planned.out, planned.out + planned.err
     applied = cli("apply", str(tmp_path))
-    assert applied.code == 1, applied.out + applied.err
+    assert applied.code == 3, applied.out + applied.err
     assert "storage.commit[images]: 30GiB → 110GiB > 100GiB pool capacity × 1 = 100GiB" in applied.out
     pools, domains = observed(tmp_path)
     assert pools["images"].active and [v.name for v in pools["images"].volumes] == ["old.qcow2"]
     assert "web" not in domains
+
+
+def volume_domain_yaml(name: str, pool: str, size: str, delete_volumes: bool = False) -> str:
+    disk = f"{{pool: {pool}, name: {name}.qcow2, size: {size}}}"
+    return domain_yaml(name, size).replace(
+        f"    - volume: {{pool: images, name: {name}.qcow2, size: {size}}}",
+        f"    - volume: {disk}" + ("\n      deleteVolumes: true" if delete_volumes else ""),
+    )
+
+
+def test_a_host_refused_once_its_new_pools_run_changed_nothing_but_those_pools(tmp_path):
+    write(tmp_path, "hosts.yaml", host_yaml(prune=True))
+    write(tmp_path, "pools.yaml", pool_yaml("images", type="dir", path="/srv/images"))
+    write(tmp_path, "kept.yaml", volume_domain_yaml("kept", "images", "10GiB"))
+    write(tmp_path, "old.yaml", volume_domain_yaml("old", "images", "10GiB", delete_volumes=True))
+    first = cli("apply", str(tmp_path))
+    assert first.code == 0, first.out + first.err
+
+    (tmp_path / "old.yaml").unlink()  # pruned, its volume deleted: both wait for the pool's verdict
+    write(tmp_path, "more.yaml", pool_yaml("scratch", type="dir", path="/srv/scratch"))
+    write(tmp_path, "web.yaml", volume_domain_yaml("web", "scratch", "150GiB"))
+    applied = cli("apply", str(tmp_path))
+    assert applied.code == 3, applied.out + applied.err
+    assert (
+        "- undefine old  (managed but no longer in git): failed: refused by policy once the pools ran: "
+        "storage.commit[scratch]: 0B → 150GiB > 100GiB" in applied.out
+    )
+    assert "Refused by the overcommit policy on hv1" in applied.out
+    pools, domains = observed(tmp_path)
+    assert pools["scratch"].active and pools["scratch"].volumes == ()  # the pool it had to make
+    assert domains == {"kept", "old"}  # nothing else changed: old is neither undefined
+    assert sorted(v.name for v in pools["images"].volumes) == ["kept.qcow2", "old.qcow2"]  # nor deleted

@@ -124,12 +124,28 @@ def test_cloud_init_added_where_another_domains_disk_has_the_seed_name_is_refuse
 
 
 def test_a_volume_of_the_seeds_name_that_the_domain_never_recorded_is_never_written():
-    observed = HostObservation(16, 64 * GiB, (), pools=(pool(("web-cidata.iso", 4 * GiB)),))
+    """A managed domain given cloudInit, beside a volume of its seed's name it never recorded."""
+    managed = observed_domain("web", Owner(manifest="vms.yaml"), memory="1GiB", disks=[disk("web-root")])
+    observed = HostObservation(
+        16, 64 * GiB, (managed,), pools=(pool(("web-root", GiB), ("web-cidata.iso", 4 * GiB)),)
+    )
     plan = build_host_plan(desired({"web": domain("web")}), observed)
     assert [kind for kind, _, _ in kinds(plan) if kind == "reseed"] == []
-    [error] = plan.errors
+    [error] = [e for e in plan.errors if "spec.cloudInit" in e]
     assert "volume images/web-cidata.iso exists and is not a seed the domain's ownership records" in error
     assert "virsh vol-delete --pool images web-cidata.iso" in error
+
+
+def test_a_seed_an_interrupted_first_apply_left_is_written_again_and_blocks_nothing():
+    """The define never happened after the upload: no disk uses the volume, so the domain being
+    defined takes it (a warning; the adapter writes only over a cidata ISO or zeros)."""
+    observed = HostObservation(16, 64 * GiB, (), pools=(pool(("web-cidata.iso", SEED_VOLUME_BYTES)),))
+    plan = build_host_plan(desired({"web": domain("web"), "db": domain("db", cloud_init=False)}), observed)
+    assert not plan.blocked, plan.errors
+    [reseed] = [a for a in plan.actions if a.kind is ActionKind.RESEED]
+    assert (reseed.domain, reseed.phase) == ("web", Phase.CREATE_VOLUME)
+    assert {a.domain for a in plan.actions if a.kind is ActionKind.DEFINE} == {"web", "db"}
+    assert any("web-cidata.iso exists and no disk uses it: taken as the seed" in w for w in plan.warnings)
 
 
 def test_the_domains_own_recorded_seed_is_rewritten_in_place():

@@ -11,7 +11,9 @@ domains are made side by side.
   apply that stopped between making a volume and defining its domain is finished by the next run,
   which finds the volume and defines the domain.
 - **resize**: ``virDomain.blockResize`` when the domain runs on the volume (QEMU grows the image
-  and the guest sees the new size at once), else ``virStorageVol.resize``; never smaller.
+  and the guest sees the new size at once), else ``virStorageVol.resize``; never smaller. QEMU
+  cannot grow a block device, so a running domain's volume in an LVM pool is grown by
+  ``virStorageVol.resize`` (lvresize) first, then ``blockResize`` to that size tells the guest.
 - **delete**: ``virStorageVol.delete``; a volume already gone is no error.
 
 libvirt's test driver (a sandbox) has neither resize: it holds no data, so a volume is grown there
@@ -148,15 +150,25 @@ def resize_volume(host: VolumeHost, domain: str, volume: VolumeChange) -> str:
         return f"already {format_size(capacity)}: left as it is"
     host.changed = True
     target = _running_disk(host, domain, volume, host._call(what, found.path))
-    if target is None:
-        _grow_in_pool(host, found, volume)
-        return f"grown to {size}"
-    if host._is_test_driver:
-        _grow_in_pool(host, found, volume)  # the test driver has no block resize; it holds no data
-    else:
-        dom = host._call(f"domain {domain!r}", host._conn().lookupByName, domain)
-        host._call(what, dom.blockResize, target, volume.capacity, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
-    return f"grown live to {size} (the running guest sees it)"
+    logical = read_pool_xml(host._call(what, pool.XMLDesc, 0)).type == "logical"
+    steps = growth_steps(logical=logical, live=target is not None, test_driver=host._is_test_driver)
+    for step in steps:
+        if step == "pool":
+            _grow_in_pool(host, found, volume)
+        else:
+            dom = host._call(f"domain {domain!r}", host._conn().lookupByName, domain)
+            host._call(what, dom.blockResize, target, volume.capacity, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+    return f"grown live to {size} (the running guest sees it)" if target else f"grown to {size}"
+
+
+def growth_steps(*, logical: bool, live: bool, test_driver: bool = False) -> tuple[str, ...]:
+    """How a volume grows, in order: ``pool`` (``virStorageVol.resize``) and/or ``block`` (the
+    running domain's ``blockResize``). QEMU grows an image file itself but not a block device, so
+    an LVM volume is resized in its pool before the guest is told. The test driver has no block
+    resize (and holds no data): there the pool alone grows it."""
+    if not live or test_driver:
+        return ("pool",)
+    return ("pool", "block") if logical else ("block",)
 
 
 def _running_disk(host: VolumeHost, domain: str, volume: VolumeChange, path: str) -> str | None:

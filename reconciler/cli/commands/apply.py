@@ -39,26 +39,36 @@ def run(args: argparse.Namespace) -> int:
 
 
 def ask_on_terminal(out: Printer) -> Callable[[Sequence[Action]], bool] | None:
-    """The question asked before undefining or moving domains, when a person is at a terminal."""
+    """The question asked before undefining or moving domains or deleting volumes, when a person
+    is at a terminal."""
     if not sys.stdin.isatty():  # a person can answer (stdout may be piped, e.g. into tee)
         return None
 
     def confirm(leaving: Sequence[Action]) -> bool:
         undefines = [a for a in leaving if a.kind is ActionKind.UNDEFINE]
         moves = [a for a in leaving if a.kind is ActionKind.MOVE]
+        deletions = [a for a in leaving if a.kind is ActionKind.DELETE_VOLUME]
         out.print()
         for action in leaving:
-            where = f"{action.host} → {action.peer}" if action.peer else action.host
-            out.print(
-                f"  [red]{action.kind.symbol} {action.kind.value}[/red] {escape(action.domain)} ({where})"
-            )
-        question = f"Undefine {len(undefines)} and move {len(moves)} domain(s)? Only 'yes' goes ahead: "
+            out.print(f"  [red]{action.kind.symbol} {action.kind.value}[/red] {escape(_asked_about(action))}")
+        deleted = f" and delete {len(deletions)} volume(s)" if deletions else ""
+        question = (
+            f"Undefine {len(undefines)} and move {len(moves)} domain(s){deleted}? Only 'yes' goes ahead: "
+        )
         try:
             return input(question).strip().lower() == "yes"
         except EOFError:
             return False
 
     return confirm
+
+
+def _asked_about(action: Action) -> str:
+    """What the question lists for one action: the domain and its host(s), or the volume deleted."""
+    if action.volume is not None:
+        return f"{action.volume.pool}/{action.volume.name} ({action.host}, with {action.domain})"
+    where = f"{action.host} → {action.peer}" if action.peer else action.host
+    return f"{action.domain} ({where})"
 
 
 def _settings(args: argparse.Namespace) -> ApplySettings:
@@ -102,11 +112,11 @@ def _apply_saved(args: argparse.Namespace) -> int:
 def _verdict(out: Printer, outcome: Outcome) -> int:
     done = sum(1 for rs in outcome.results.values() for r in rs if r.ok)
     failed = sum(1 for rs in outcome.results.values() for r in rs if not r.ok)
-    refused = [name for name, host in outcome.plan.hosts.items() if host.refused]
+    refused = outcome.refused_hosts  # at plan time, or during the apply once its new pools ran
     if done or failed:
         out.print()  # each plan ends with a blank line already; the results do not
     if outcome.cancelled:
-        out.print("[bold][red]Not applied[/red]: the undefines and moves were not approved.[/bold]")
+        out.print("[bold][red]Not applied[/red]: undefines, moves and deletions were not approved.[/bold]")
         return EXIT_ERROR
     if outcome.failed:
         out.print(f"[bold][red]Apply failed[/red]: {done} action(s) done, {failed} failed.[/bold]")
@@ -114,7 +124,7 @@ def _verdict(out: Printer, outcome: Outcome) -> int:
     if refused:
         out.print(
             f"[bold][red]Refused by the overcommit policy on {escape(', '.join(refused))}[/red]: nothing was "
-            f"applied there; {done} action(s) done on other hosts.[/bold]"
+            f"applied there but the pools it had to make to be judged; {done} action(s) done.[/bold]"
         )
         return EXIT_REFUSED
     if not outcome.plan.has_changes:
