@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+#: Fixtures several tiers share (the local notification receivers).
+pytest_plugins = ["tests.notify_helpers"]
+
 
 @pytest.fixture(autouse=True)
 def private_cache_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:

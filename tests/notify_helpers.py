@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 
 @dataclass(frozen=True)
@@ -98,3 +101,17 @@ def absent_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., LocalReceiver]]:
+    """Start local receivers as a test asks (``receivers(fail=2)``); all closed after it."""
+    started: list[LocalReceiver] = []
+
+    def start(**behaviour: object) -> LocalReceiver:
+        started.append(LocalReceiver(**behaviour))  # type: ignore[arg-type]
+        return started[-1]
+
+    yield start
+    for receiver in started:
+        receiver.close()

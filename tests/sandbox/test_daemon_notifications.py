@@ -18,7 +18,6 @@ from reconciler.daemon.notices import Notifications, named_apart, parse_receiver
 from reconciler.spec.manifests import load_manifests
 from tests.daemon_helpers import DaemonProcess, Repo
 from tests.helpers import domain_yaml
-from tests.notify_helpers import LocalReceiver
 
 TOKEN = "ghp_not_a_real_token_5678"
 
@@ -58,19 +57,6 @@ def sample(daemon: Daemon, name: str, **labels: str) -> float:
 @pytest.fixture
 def repo(tmp_path: Path) -> Repo:
     return Repo(tmp_path)
-
-
-@pytest.fixture
-def receivers() -> Iterator[Callable[..., LocalReceiver]]:
-    started: list[LocalReceiver] = []
-
-    def start(**behaviour: object) -> LocalReceiver:
-        started.append(LocalReceiver(**behaviour))  # type: ignore[arg-type]
-        return started[-1]
-
-    yield start
-    for receiver in started:
-        receiver.close()
 
 
 @pytest.fixture

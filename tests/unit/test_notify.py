@@ -30,7 +30,7 @@ from reconciler.daemon.notices import (
 )
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.verdict import HostVerdict
-from tests.notify_helpers import LocalReceiver, absent_url
+from tests.notify_helpers import absent_url
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "ghp_not_a_real_token_1234"
@@ -50,19 +50,6 @@ def eventually(check: Callable[[], bool], timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the condition never held")
         time.sleep(0.01)
-
-
-@pytest.fixture
-def receivers() -> Iterator[Callable[..., LocalReceiver]]:
-    started: list[LocalReceiver] = []
-
-    def start(**behaviour: object) -> LocalReceiver:
-        started.append(LocalReceiver(**behaviour))  # type: ignore[arg-type]
-        return started[-1]
-
-    yield start
-    for receiver in started:
-        receiver.close()
 
 
 @pytest.fixture

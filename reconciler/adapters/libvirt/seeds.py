@@ -25,13 +25,11 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any, Protocol, TypeVar
 
 import libvirt
 
 from reconciler.adapters.libvirt.errors import wrap as _wrap
+from reconciler.adapters.libvirt.volumes import VolumeHost
 from reconciler.engine.actions import VolumeChange
 from reconciler.engine.seediso import LABEL
 from reconciler.engine.seeds import SEED_VOLUME_BYTES
@@ -42,8 +40,6 @@ from reconciler.libvirtxml.tree import domain_root
 from reconciler.libvirtxml.volumes import render_volume
 from reconciler.spec.sizes import format_size
 
-T = TypeVar("T")
-
 _CHUNK = 256 * 1024  # bytes per stream send
 #: Where an ISO 9660 image keeps its primary volume descriptor (sector 16), and the bytes read to see it.
 _DESCRIPTOR = 16 * 2048
@@ -52,37 +48,21 @@ _HEAD = _DESCRIPTOR + 2048
 _MAX_PASSWORD = {"vnc": 8, "spice": 256}
 
 
-class SeedHost(Protocol):
-    """What this module needs of ``host.LibvirtHypervisor``."""
-
-    name: str
-    changed: bool
-    _is_test_driver: bool
-
-    def _call(self, what: str, func: Callable[..., T], *args: Any) -> T: ...
-
-    def _raw(self, func: Callable[..., T], *args: Any) -> T: ...
-
-    def _conn(self) -> libvirt.virConnect: ...
-
-    def _borrowed(self) -> AbstractContextManager[None]: ...
-
-
 class SeedActions:
     """The Hypervisor protocol's seed methods, for ``LibvirtHypervisor`` to inherit."""
 
-    def upload_volume(self: SeedHost, volume: VolumeChange, image: bytes) -> str:
+    def upload_volume(self: VolumeHost, volume: VolumeChange, image: bytes) -> str:
         """Write ``image`` as a volume's whole content (see the module's docstring)."""
         with self._borrowed():
             return upload_volume(self, volume, image)
 
-    def record_seed(self: SeedHost, name: str, digest: str) -> None:
+    def record_seed(self: VolumeHost, name: str, digest: str) -> None:
         """Record a seed's digest in a domain's ownership metadata (persistent definition only)."""
         with self._borrowed():
             record_seed(self, name, digest)
 
 
-def upload_volume(host: SeedHost, volume: VolumeChange, image: bytes) -> str:
+def upload_volume(host: VolumeHost, volume: VolumeChange, image: bytes) -> str:
     """Make the volume as large as ``image`` when needed, then upload ``image`` into it."""
     where = f"{volume.pool}/{volume.name}"
     what = f"upload seed {where}"
@@ -106,7 +86,9 @@ def upload_volume(host: SeedHost, volume: VolumeChange, image: bytes) -> str:
     return f"seed uploaded to {where} ({len(image)} bytes)"
 
 
-def _find(host: SeedHost, pool: libvirt.virStoragePool, name: str, what: str) -> libvirt.virStorageVol | None:
+def _find(
+    host: VolumeHost, pool: libvirt.virStoragePool, name: str, what: str
+) -> libvirt.virStorageVol | None:
     try:
         return host._raw(pool.storageVolLookupByName, name)
     except libvirt.libvirtError as err:
@@ -115,7 +97,7 @@ def _find(host: SeedHost, pool: libvirt.virStoragePool, name: str, what: str) ->
         raise _wrap(host.name, what, err) from err
 
 
-def _refuse_unless_seed(host: SeedHost, found: libvirt.virStorageVol, capacity: int, what: str) -> None:
+def _refuse_unless_seed(host: VolumeHost, found: libvirt.virStorageVol, capacity: int, what: str) -> None:
     """PermanentHostError unless the volume holds a cloud-init seed (an ISO 9660 primary volume
     descriptor labelled ``cidata``), or is no larger than a seed volume and holds nothing where one
     would be (zeros: a seed whose upload failed): anything else may be another's data."""
@@ -131,7 +113,7 @@ def _refuse_unless_seed(host: SeedHost, found: libvirt.virStorageVol, capacity: 
     )
 
 
-def _receive(host: SeedHost, found: libvirt.virStorageVol, length: int, what: str) -> bytes:
+def _receive(host: VolumeHost, found: libvirt.virStorageVol, length: int, what: str) -> bytes:
     """The first ``length`` bytes of a volume, through libvirt's download stream."""
     stream = host._call(what, host._conn().newStream, 0)
     received = bytearray()
@@ -150,7 +132,7 @@ def _receive(host: SeedHost, found: libvirt.virStorageVol, length: int, what: st
     return bytes(received)
 
 
-def _send(host: SeedHost, found: libvirt.virStorageVol, content: bytes, what: str) -> None:
+def _send(host: VolumeHost, found: libvirt.virStorageVol, content: bytes, what: str) -> None:
     """Stream ``content`` into the volume from its start; the stream is aborted on any failure."""
     stream = host._call(what, host._conn().newStream, 0)
     try:
@@ -169,7 +151,7 @@ def _send(host: SeedHost, found: libvirt.virStorageVol, content: bytes, what: st
         raise
 
 
-def record_seed(host: SeedHost, name: str, digest: str) -> None:
+def record_seed(host: VolumeHost, name: str, digest: str) -> None:
     """Set ``seed`` in a domain's ownership element (read from its persistent definition now, so
     whatever this apply wrote there before is kept)."""
     what = f"record the seed of {name!r}"
