@@ -227,12 +227,12 @@ def reconcile(
 def _write_metadata(
     hypervisors: Mapping[str, Hypervisor], plans: Mapping[str, HostPlan], errors: dict[str, HostError]
 ) -> None:
-    """Each plan's ownership records rewritten without a redefine (``HostPlan.metadata_writes``),
-    even on a blocked host: they record what was seen (a guest shut off on purpose), change nothing
-    that runs, and would be lost if libvirtd restarted before the host may be changed again."""
+    """Each plan's ownership records rewritten without a redefine (``HostPlan.metadata_writes``:
+    a guest seen shut off on purpose). Not on a blocked host (refused, in conflict, outside its sync
+    windows, suspended): a refused plan changes nothing on its host, metadata included."""
     for name, plan in plans.items():
         hypervisor = hypervisors.get(name)
-        if hypervisor is None:
+        if hypervisor is None or plan.blocked:
             continue
         try:
             for domain, owner in plan.metadata_writes.items():

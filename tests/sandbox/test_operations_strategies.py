@@ -152,6 +152,21 @@ def test_rerun_on_failure_keeps_off_what_it_saw_stopped_on_purpose_once_libvirt_
     assert started(apply(tmp_path, host)) == ["web"]
 
 
+def test_a_refused_host_gets_no_off_on_purpose_record_either(tmp_path: Path, host: libvirt.virConnect):
+    """A refused plan changes nothing on its host: not even the metadata-only record."""
+    manifests(tmp_path, web={"runStrategy": "rerunOnFailure"})
+    apply(tmp_path, host)
+    host.lookupByName("web").destroy()
+    before = host.lookupByName("web").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    manifests(tmp_path, web={"runStrategy": "rerunOnFailure"}, wide={"vcpus": 64})  # past 8 CPUs x 4
+    refused = apply(tmp_path, host)
+    assert refused.plan.hosts["hv1"].refused and not refused.results.get("hv1")
+    assert host.lookupByName("web").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before
+    manifests(tmp_path, web={"runStrategy": "rerunOnFailure"})
+    apply(tmp_path, host)  # the next apply the host allows records it
+    assert 'offOnPurpose="destroyed"' in host.lookupByName("web").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+
 # ---------------------------------------------------------------------------------- suspended
 
 
