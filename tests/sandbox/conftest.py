@@ -9,7 +9,11 @@ import libvirt
 import pytest
 
 from reconciler.adapters.sandbox import autostart_names
+from tests.daemon_helpers import DaemonProcess, Repo
 from tests.helpers import domain_yaml, host_yaml, write
+
+#: The webhook secret the daemon tests' daemons are started with.
+SECRET = b"s3cret"
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
@@ -88,3 +92,26 @@ class Sandbox:
 def sandbox(tmp_path: Path) -> Sandbox:
     write(tmp_path, "hosts.yaml", host_yaml())
     return Sandbox(tmp_path)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    """A local bare git repository to push manifests to."""
+    return Repo(tmp_path)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path):
+    """Start daemon processes on a repository (``daemons(repo, *args)``); all stopped after the test."""
+    started: list[DaemonProcess] = []
+
+    def start(repo: Repo, *args: str, secret: bytes | None = SECRET) -> DaemonProcess:
+        process = DaemonProcess(
+            "--source", repo.url, "--interval", "1h", *args, secret=secret, state_dir=tmp_path / "state"
+        )
+        started.append(process.start())
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

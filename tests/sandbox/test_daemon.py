@@ -8,9 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.daemon_helpers import DaemonProcess, Repo
+from tests.daemon_helpers import DaemonProcess
 from tests.helpers import cli, domain_yaml
 
 SECRET = b"s3cret"
@@ -28,27 +26,6 @@ def host(cpus: int = 8) -> str:
 def checkout_state(tmp_path: Path) -> Path:
     """Where the daemon's sandbox host keeps its state: beside the manifests it checked out."""
     return tmp_path / "state" / "checkout" / "manifests" / "state" / "hv1.xml"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repo:
-    return Repo(tmp_path)
-
-
-@pytest.fixture
-def daemons(tmp_path: Path):
-    started: list[DaemonProcess] = []
-
-    def start(repo: Repo, *args: str, secret: bytes | None = SECRET) -> DaemonProcess:
-        process = DaemonProcess(
-            "--source", repo.url, "--interval", "1h", *args, secret=secret, state_dir=tmp_path / "state"
-        )
-        started.append(process.start())
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def sandbox_view(state: Path) -> str:

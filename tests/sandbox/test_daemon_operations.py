@@ -5,36 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
-import pytest
-
-from tests.daemon_helpers import LOG_PREFIX, DaemonProcess, Repo
+from tests.daemon_helpers import LOG_PREFIX, DaemonProcess
 from tests.helpers import cli, domain_yaml
 from tests.sandbox.test_daemon import host
 
 SECRET = b"s3cret"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repo:
-    return Repo(tmp_path)
-
-
-@pytest.fixture
-def daemons(tmp_path: Path):
-    started: list[DaemonProcess] = []
-
-    def start(repo: Repo, *args: str) -> DaemonProcess:
-        process = DaemonProcess(
-            "--source", repo.url, "--interval", "1h", *args, secret=SECRET, state_dir=tmp_path / "state"
-        )
-        started.append(process.start())
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def test_status_exits_1_on_a_refusal_and_shows_the_domains_and_the_last_passes(repo, daemons):

@@ -10,13 +10,7 @@ import libvirt
 import pytest
 
 from tests.helpers import cli, host_yaml, write
-
-POOL = """\
-apiVersion: virt-reconcile/v1
-kind: Pool
-metadata: {name: images}
-spec: {type: dir, path: /var/lib/sandbox-images}
-"""
+from tests.sandbox.test_cloudinit import POOL
 
 DOMAIN = """\
 apiVersion: virt-reconcile/v1

@@ -18,6 +18,15 @@ GiB = 1024**3
 TEST_DRIVER_POOL = 100 * GiB  # the test driver gives every pool this capacity
 
 
+#: A dir pool ``images`` at /srv/images holding a 30 GiB volume (2 GiB allocated), marked not running.
+INACTIVE_IMAGES = (
+    "<pool type='dir'><name>images</name><target><path>/srv/images</path></target>\n"
+    "  <volume type='file'><name>old.qcow2</name><capacity unit='GiB'>30</capacity>"
+    "<allocation unit='GiB'>2</allocation><target><format type='qcow2'/></target></volume>\n</pool>\n"
+    f"<sandbox:pool-inactive xmlns:sandbox='{SANDBOX_NS}' pool='images'/>\n"
+)
+
+
 def pool_yaml(name: str, **spec: object) -> str:
     import yaml
 
@@ -72,13 +81,7 @@ def test_apply_defines_starts_and_autostarts_pools_and_the_file_keeps_them(tmp_p
 
 
 def test_an_inactive_pool_of_the_same_type_and_place_is_adopted_and_started(tmp_path):
-    seed(
-        tmp_path,
-        "<pool type='dir'><name>images</name><target><path>/srv/images</path></target>\n"
-        "  <volume type='file'><name>old.qcow2</name><capacity unit='GiB'>30</capacity>"
-        "<allocation unit='GiB'>2</allocation><target><format type='qcow2'/></target></volume>\n</pool>\n"
-        f"<sandbox:pool-inactive xmlns:sandbox='{SANDBOX_NS}' pool='images'/>\n",
-    )
+    seed(tmp_path, INACTIVE_IMAGES)
     write(tmp_path, "hosts.yaml", host_yaml())
     write(tmp_path, "pools.yaml", pool_yaml("images", type="dir", path="/srv/images"))
     assert not observed_pools(tmp_path)["images"].active  # the file's mark holds across loads

@@ -5,10 +5,9 @@ pool and its volumes is held to storage.commit like any later one."""
 from __future__ import annotations
 
 from reconciler.adapters.libvirt.host import connect
-from reconciler.adapters.sandbox import SANDBOX_NS
 from reconciler.spec.manifests import load_manifests
 from tests.helpers import cli, host_yaml, write
-from tests.sandbox.test_pools import pool_yaml, seed
+from tests.sandbox.test_pools import INACTIVE_IMAGES, pool_yaml, seed
 
 GiB = 1024**3
 
@@ -70,13 +69,7 @@ def test_under_warn_the_first_apply_goes_on(tmp_path):
 
 
 def test_an_inactive_pools_volumes_count_once_it_is_started(tmp_path):
-    seed(
-        tmp_path,
-        "<pool type='dir'><name>images</name><target><path>/srv/images</path></target>\n"
-        "  <volume type='file'><name>old.qcow2</name><capacity unit='GiB'>30</capacity>"
-        "<allocation unit='GiB'>2</allocation><target><format type='qcow2'/></target></volume>\n</pool>\n"
-        f"<sandbox:pool-inactive xmlns:sandbox='{SANDBOX_NS}' pool='images'/>\n",
-    )
+    seed(tmp_path, INACTIVE_IMAGES)
     write(tmp_path, "hosts.yaml", host_yaml())
     write(tmp_path, "pools.yaml", pool_yaml("images", type="dir", path="/srv/images"))
     write(tmp_path, "web.yaml", domain_yaml("web", "80GiB"))  # fits an empty pool; not beside old.qcow2
