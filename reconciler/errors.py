@@ -19,6 +19,7 @@ wait for new input (a new revision, a new command line).
     ├── DaemonConfigError           no    the daemon cannot start as told (an empty webhook secret)
     ├── ManifestTimeoutError        no    the daemon gave up on manifests too slow to load
     ├── SourceError                 yes   the manifest source (git) could not be fetched
+    ├── GitRefusedError             no    git will not tell the manifests' commit (another user's checkout)
     ├── RevisionRefusedError        no    the source's new revision is unsigned, untrusted or rewinds history
     ├── SourceCheckError            no    --verify-signatures / --require-fast-forward cannot be set up
     ├── StatusError                 yes   a daemon's /status could not be read (it may be starting)
@@ -103,6 +104,11 @@ class SourceError(ReconcilerError):
     """The git source could not be cloned or fetched (the last good checkout stays in place)."""
 
     retryable = True
+
+
+class GitRefusedError(ReconcilerError):
+    """git would not say which commit the manifests come from (a checkout another user owns, which
+    git refuses to read for us; or no git installed): nothing is planned or applied without it."""
 
 
 class RevisionRefusedError(ReconcilerError):

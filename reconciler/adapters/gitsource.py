@@ -1,4 +1,4 @@
-"""The only module that uses git (GitPython): the manifests' revision, and a clone the daemon follows.
+"""The clone the daemon follows, through GitPython, and the identity of a manifest root in it.
 
 The daemon's clone can be told to check every new revision before it is checked out: that its head
 commit is signed by a trusted key (:class:`TrustedKeys`: an OpenSSH allowed-signers file or a
@@ -28,23 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("virt_reconcile.adapters.gitsource")
 
 FIRST_FETCH_DEPTH = 50  # commits of history fetched by a new clone (later fetches add what is new)
-
-
-def revision_of(path: Path) -> str:
-    """The commit the manifests at ``path`` come from, ``+dirty`` with local edits; '' outside git."""
-    import git  # imported here: GitPython costs start-up time that validate and schema never need
-
-    try:
-        repo = git.Repo(path, search_parent_directories=True)
-        sha = repo.head.commit.hexsha
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
-        return ""
-    try:
-        relative = str(path.resolve().relative_to(Path(repo.working_tree_dir or path).resolve()))
-        dirty = repo.is_dirty(untracked_files=True, path=relative)
-    except (git.GitCommandError, ValueError):
-        dirty = False
-    return sha + ("+dirty" if dirty else "")
 
 
 def root_identity(folder: Path) -> str:

@@ -21,6 +21,7 @@ URI_PARAMS_ENV = "VIRT_RECONCILE_ALLOW_URI_PARAMS"
 URI_TRANSPORTS_ENV = "VIRT_RECONCILE_ALLOW_URI_TRANSPORTS"
 
 if TYPE_CHECKING:
+    from reconciler.adapters.gitfacts import GitFacts
     from reconciler.engine.reconcile import Connector, ReconcileOptions
     from reconciler.spec.labels import Selector
     from reconciler.spec.models import Host
@@ -63,18 +64,13 @@ def connector() -> Connector:
     return lambda host, write: libvirt_host.open_host(host, write=write)
 
 
-def revision(manifests: ManifestSet) -> str:
-    """The commit the manifests come from ('' outside git)."""
-    from reconciler.adapters.gitsource import revision_of
+def ask_git(path: str) -> GitFacts:
+    """Start asking git about the manifests at ``path`` (their folder, as :func:`load` takes it):
+    git runs while the manifests load, and :func:`reconcile_options` takes the answers."""
+    from reconciler.adapters.gitfacts import GitFacts
 
-    return revision_of(manifests.root)
-
-
-def root_identity(manifests: ManifestSet) -> str:
-    """Which manifest root was loaded (recorded in ownership; only the same whole root prunes)."""
-    from reconciler.adapters.gitsource import root_identity
-
-    return root_identity(manifests.root)
+    root = Path(path)
+    return GitFacts(root if root.is_dir() else root.parent)
 
 
 def one_host(args: argparse.Namespace) -> tuple[ManifestSet, Host]:
@@ -86,10 +82,15 @@ def one_host(args: argparse.Namespace) -> tuple[ManifestSet, Host]:
     return manifests, manifests.hosts[name]
 
 
-def reconcile_options(args: argparse.Namespace, manifests: ManifestSet, **extra: Any) -> ReconcileOptions:
+def reconcile_options(
+    args: argparse.Namespace, manifests: ManifestSet, git: GitFacts | None = None, **extra: Any
+) -> ReconcileOptions:
     """What ``plan`` and ``apply`` share of one pass: the host selection, the deletion flags, and the
-    revision and manifest root recorded in ownership (a single file loaded records no root)."""
+    revision and manifest root recorded in ownership (a single file loaded records no root), from
+    ``git`` when the command asked it early (:func:`ask_git`)."""
     from reconciler.engine.reconcile import ReconcileOptions
+
+    git = git or ask_git(str(manifests.root))
 
     return ReconcileOptions(
         hosts=selected_hosts(args),
@@ -97,8 +98,8 @@ def reconcile_options(args: argparse.Namespace, manifests: ManifestSet, **extra:
         host_parallel=args.host_parallel,
         allow_delete=args.allow_delete,
         allow_mass_delete=args.allow_mass_delete,
-        revision=revision(manifests),
-        root=root_identity(manifests) if manifests.whole_tree else "",
+        revision=git.revision(),
+        root=git.root_identity() if manifests.whole_tree else "",
         whole_tree=manifests.whole_tree,
         ignore_sync_windows=getattr(args, "ignore_sync_windows", False),  # apply's override only
         **extra,

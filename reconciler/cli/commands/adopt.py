@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK
-from reconciler.cli.inputs import one_host, revision, root_identity
+from reconciler.cli.inputs import ask_git, one_host
 from reconciler.report import Printer
 from reconciler.report import escape_markup as escape
 
@@ -32,16 +32,17 @@ def run_import(args: argparse.Namespace) -> int:
         except ValueError:
             return file.name
 
+    git = ask_git(str(manifests.root))
     with libvirt_host.connect(host, write=True) as hypervisor:
         request = ImportRequest(
             host=host.name,
             out=out,
             names=args.domains,
             manifest_path=manifest_path,
-            revision=revision(manifests),
+            revision=git.revision(),
             force=args.force,
             expire=args.expire,  # a timedelta or None: checked by the parser's ``expiry``
-            root=root_identity(manifests),
+            root=git.root_identity(),
         )
         report = import_domains(hypervisor, request)
     return _print_report(report, "imported")

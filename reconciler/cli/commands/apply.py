@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_REFUSED
-from reconciler.cli.inputs import connector, load, reconcile_options, selector
+from reconciler.cli.inputs import ask_git, connector, load, reconcile_options, selector
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.apply import ApplySettings, Hooks
 from reconciler.engine.plan import HostPlan
@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     """Exit 0 done or nothing to do, 3 refused by policy (on any host), 1 an action or host failed."""
     if args.plan:
         return _apply_saved(args)
+    git = ask_git(args.path)  # answers while the manifests load
     manifests = load(args.path, args)
     select_hosts(manifests, args.host, selector(args))
     out = Printer(sys.stdout)
@@ -30,7 +31,12 @@ def run(args: argparse.Namespace) -> int:
         manifests,
         connector(),
         reconcile_options(
-            args, manifests, apply=True, settings=_settings(args), restart_pending=args.restart_pending
+            args,
+            manifests,
+            git,
+            apply=True,
+            settings=_settings(args),
+            restart_pending=args.restart_pending,
         ),
         hooks,
         parse_cache=ContentCache.default("domains"),

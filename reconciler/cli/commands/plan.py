@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.cli.exit_codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_REFUSED
-from reconciler.cli.inputs import connector, load, reconcile_options, selector
+from reconciler.cli.inputs import ask_git, connector, load, reconcile_options, selector
 from reconciler.engine.apply import Hooks
 from reconciler.engine.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.files.content_cache import ContentCache
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 def run(args: argparse.Namespace) -> int:
     """Print the plan; exit 0 no changes, 2 changes, 3 refused by policy, 1 a host failed."""
+    git = ask_git(args.path)  # answers while the manifests load
     manifests = load(args.path, args)
     select_hosts(manifests, args.host, selector(args))
     out = Printer(sys.stdout)
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = reconcile(
         manifests,
         connect,
-        reconcile_options(args, manifests),
+        reconcile_options(args, manifests, git),
         Hooks(on_plan=(lambda host: render_host_text(out, host, blank_after=True)) if text else None),
         parse_cache=None if args.state else ContentCache.default("domains"),
     )

@@ -1,0 +1,129 @@
+"""The manifests' git revision and root identity, asked of git's own command line in the background.
+
+``plan`` and ``apply`` record the commit they work from and which manifest root they loaded
+(ownership: only the same root prunes). Three short ``git`` processes answer that: started before
+the manifests load, they run while the manifests load, so a plan waits for none of them and never
+imports GitPython (which costs a CLI start-up more than all three processes).
+
+A checkout another user owns is refused, as git itself refuses it (``safe.directory``: its config
+could make git run commands as us), with what to do; so is a checkout on a machine without git.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.adapters.gitsource import repository_name
+from reconciler.errors import GitRefusedError
+
+#: A commit name as ``git rev-parse`` prints it (SHA-1, or SHA-256 in a SHA-256 repository).
+_COMMIT = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+#: What git says outside any repository (any other failure of git's is an error: see below).
+_NOT_A_REPOSITORY = "not a git repository"
+#: Never take the index lock to refresh it (a status beside another git command), no prompts.
+_ENVIRONMENT = {"GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+
+
+@dataclass(frozen=True)
+class _Answers:
+    """What the three git processes printed (``None``: git could not be run at all)."""
+
+    top_and_head: subprocess.CompletedProcess[str] | None
+    origin: subprocess.CompletedProcess[str] | None
+    status: subprocess.CompletedProcess[str] | None
+
+
+class GitFacts:
+    """The revision and root identity of the manifests in ``folder`` (a folder: the manifest root),
+    asked of git as soon as this is made; :meth:`revision` and :meth:`root_identity` wait for it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder.resolve()
+        self._answers: _Answers | None = None
+        self._asked = threading.Event()
+        # A daemon thread: a command that fails before it needs the answers does not wait for git.
+        threading.Thread(target=self._ask, name="vr-git", daemon=True).start()
+
+    def revision(self) -> str:
+        """The commit the manifests come from, ``+dirty`` with local edits below the folder (tracked
+        or not); '' outside git or before the first commit."""
+        top, head = self._top_and_head()
+        if top is None:
+            return ""
+        status = self._wait().status
+        dirty = status is not None and status.returncode == 0 and bool(status.stdout)
+        return head + ("+dirty" if dirty and head else "")
+
+    def root_identity(self) -> str:
+        """Which manifest root the folder is: ``git:REPOSITORY:PATH`` or ``dir:ABSOLUTE_PATH`` (see
+        :func:`reconciler.adapters.gitsource.root_identity`, which the daemon's clone uses)."""
+        top, _ = self._top_and_head()
+        if top is None:
+            return f"dir:{self.folder}"
+        origin = self._wait().origin
+        url = origin.stdout.strip() if origin is not None and origin.returncode == 0 else ""
+        relative = self.folder.relative_to(top).as_posix() if self.folder.is_relative_to(top) else "."
+        return f"git:{repository_name(url) if url else str(top)}:{relative}"
+
+    def _top_and_head(self) -> tuple[Path | None, str]:
+        """The work tree's top level and HEAD's commit ('' before the first commit); None outside
+        git. Raise ``GitRefusedError`` when git will not answer, or is missing in a checkout."""
+        answer = self._wait().top_and_head
+        if answer is None:  # git could not be started: not installed (or the folder is gone)
+            folders = (self.folder, *self.folder.parents) if self.folder.is_dir() else ()
+            if any((folder / ".git").exists() for folder in folders):
+                raise GitRefusedError(f"{self.folder} is in a git checkout, and git is not installed")
+            return None, ""
+        lines = answer.stdout.splitlines()
+        if lines and lines[0].startswith("/"):
+            head = lines[1] if len(lines) > 1 and _COMMIT.match(lines[1]) else ""
+            return Path(lines[0]).resolve(), head
+        if _NOT_A_REPOSITORY in answer.stderr or not self.folder.is_dir():
+            return None, ""
+        said = " ".join(answer.stderr.split())
+        raise GitRefusedError(
+            f"git will not read the manifests' revision in {self.folder}: {said} "
+            "(run virt-reconcile as the checkout's owner, or trust it as git says)"
+        )
+
+    def _wait(self) -> _Answers:
+        self._asked.wait()
+        assert self._answers is not None
+        return self._answers
+
+    def _ask(self) -> None:
+        """Run the three git processes side by side and keep what they print."""
+        commands = (
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            ["git", "config", "--get", "remote.origin.url"],
+            ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", "."],
+        )
+        try:
+            running = [self._start(command) for command in commands]
+            done = [self._finish(process) for process in running]
+            self._answers = _Answers(*done)
+        except OSError:  # no git on this machine, or the folder went away
+            self._answers = _Answers(None, None, None)
+        finally:
+            self._asked.set()
+
+    def _start(self, command: list[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command,
+            cwd=self.folder,
+            env={**os.environ, **_ENVIRONMENT},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    @staticmethod
+    def _finish(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+        out, err = process.communicate()
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
