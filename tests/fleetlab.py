@@ -23,32 +23,48 @@ Host manifest (through a latency proxy when ``latency_ms`` is set), ``direct_uri
   keeps one open to each daemon for its whole life (``LabHost.conn``).
 
 A :class:`LatencyProxy` delays each chunk by the one-way delay (in order, side by side) and can go
-silent without closing; a :class:`HungSocket` accepts and never answers (one asyncio thread runs
-both). Nothing is left behind; a folder left by a killed run is swept by the next lab.
+silent without closing (at once, or on a byte pattern a client sends); a :class:`HungSocket` accepts
+and never answers. Both are served by the lab's *network process* (``tests/fleetnet.py``, one
+asyncio loop, the standard library only), not by the process under test: forwarding every chunk of
+libvirt's traffic in Python would compete with the client for its interpreter, which a real network
+never does.
+
+* ``FleetLab`` starts it with the daemons (``python -I -S tests/fleetnet.py PID`` in its own session,
+  its log in the lab's folder) and drives it through its standard input and output. The objects
+  :meth:`FleetLab.proxy` and :meth:`FleetLab.hung` return are handles: each method
+  (``go_silent``, ``go_silent_on``, ``resume``, ``close``, the ``accepted`` count) sends a command
+  and returns once the network process applied it, so what a test does next sees the change.
+* It dies with the lab's process, even a killed one: the kernel sends it SIGTERM when the thread
+  that started the lab ends (``PR_SET_PDEATHSIG``, asked for by the process itself, as ``setpriv``
+  does for the daemons), and it also ends when its standard input does. ``close()`` stops it by
+  its PID (SIGTERM, KILL after 10 s) and waits for it; it removes every socket it listens on as it
+  ends. ``network_pid`` is its PID while the lab runs.
+
+Nothing is left behind; a folder left by a killed run is swept by the next lab.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
+import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import libvirt
-
-T = TypeVar("T")
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
@@ -56,6 +72,8 @@ LAB_USER = "vr-fleet"
 LIBVIRTD = Path("/usr/sbin/libvirtd")
 SETPRIV = "setpriv"
 PREFIX = "vr-fleet-"
+#: The lab's network process: every proxy and hung socket, served outside the process under test.
+NETWORK_SCRIPT = Path(__file__).with_name("fleetnet.py")
 #: Set in the environment, lets the reconciler accept the lab's URIs (they name a socket).
 ALLOW_SOCKET_ENV = {"VIRT_RECONCILE_ALLOW_URI_PARAMS": "socket"}
 #: Over the test driver's 16 CPUs and 3 GiB (its ``test`` domain has 8 GiB): the policy would refuse.
@@ -101,171 +119,152 @@ def ensure_user(name: str = LAB_USER) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-class _Loop:
-    """One asyncio event loop in one background thread, serving every socket of one lab."""
+class _Network:
+    """The lab's network process (``tests/fleetnet.py``): it owns every proxy and hung socket of
+    the lab, and applies each command before it answers. One command at a time, from any thread."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="fleetlab-net", daemon=True)
-        self._thread.start()
+    def __init__(self, folder: Path) -> None:
+        self.log = folder / "network.log"
+        command = [sys.executable, "-I", "-S", str(NETWORK_SCRIPT), str(os.getpid())]
+        with self.log.open("wb") as log:
+            # its own session, like the daemons: a Ctrl-C meant for the tests reaches it through close()
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True
+            )
+        self._lock = threading.Lock()
+        self._sent = 0  # the last command's number (0 is the line that says the loop is up)
+        self._received = b""  # read from the process, not yet a whole line
+        self._closed = False
 
-    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        """Run ``coroutine`` on the loop and return its result (from any other thread)."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+    @property
+    def pid(self) -> int:
+        """The network process's PID."""
+        return self.process.pid
+
+    def wait_ready(self, deadline: float) -> None:
+        """Wait until the process says its loop is up (it starts while the daemons do)."""
+        with self._lock:
+            self._answer(0, deadline)
+
+    def call(self, op: str, timeout: float = 10.0, **args: Any) -> Any:
+        """Send one command and return its result once the process has applied it."""
+        with self._lock:
+            if self._closed:
+                raise LabError(f"the lab's network is closed ({op})")
+            self._sent += 1
+            number = self._sent
+            assert self.process.stdin is not None
+            try:
+                self.process.stdin.write(json.dumps({"seq": number, "op": op, **args}).encode() + b"\n")
+                self.process.stdin.flush()
+            except OSError as err:
+                raise LabError(f"the lab's network process is gone: {self._tail()}") from err
+            answer = self._answer(number, time.monotonic() + timeout)
+        if not answer["ok"]:
+            raise LabError(f"the lab's network refused a command: {answer['error']}")
+        return answer.get("result")
+
+    def _answer(self, number: int, deadline: float) -> dict[str, Any]:
+        """Read answer lines until the one to command ``number`` (a late answer to an earlier command
+        that timed out is skipped); fail at the deadline or when the process ends."""
+        assert self.process.stdout is not None
+        pipe = self.process.stdout.fileno()
+        while True:
+            while b"\n" not in self._received:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([pipe], [], [], left)[0]:
+                    raise LabError(f"the lab's network did not answer in time: {self._tail()}")
+                chunk = os.read(pipe, 65536)
+                if not chunk:
+                    raise LabError(f"the lab's network process exited: {self._tail()}")
+                self._received += chunk
+            line, _, self._received = self._received.partition(b"\n")
+            answer: dict[str, Any] = json.loads(line)
+            if answer["seq"] == number:
+                return answer
+
+    def _tail(self, lines: int = 5) -> str:
+        """The last lines of the process's log, for an error message."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
 
     def close(self) -> None:
-        """Cancel every task (the connections end), then stop the loop and its thread."""
-
-        async def cancel_all() -> None:
-            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            self.call(cancel_all())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        if not self._thread.is_alive():
-            self.loop.close()
+        """Stop the process by its PID (it closes and removes every socket it listens on), wait for
+        it, and close the pipes. Safe to call twice."""
+        with self._lock:
+            self._closed = True
+        _stop([self.process])
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
 class _Endpoint:
-    """A unix socket the lab listens on; subclasses say what a connection gets."""
+    """A unix socket the lab's network process listens on: a handle whose every command returns
+    once the process applied it; subclasses say what a connection gets."""
 
-    def __init__(self, net: _Loop, path: Path) -> None:
+    kind = ""  # the network process's name for it
+
+    def __init__(self, network: _Network, path: Path, **options: Any) -> None:
         self.path = path
-        self.accepted = 0  # connections accepted so far
-        self._net = net
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._server = net.call(asyncio.start_unix_server(self._serve, path=str(path)))
+        self._network = network
+        network.call("listen", path=str(path), kind=self.kind, **options)
 
     @property
     def uri(self) -> str:
         """The test driver's URI through this socket."""
         return socket_uri(self.path)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
+    @property
+    def accepted(self) -> int:
+        """How many connections this socket accepted so far (asked of the network process)."""
+        return int(self._command("accepted"))
+
+    def _command(self, op: str, **args: Any) -> Any:
+        """One command about this endpoint, applied when it returns."""
+        return self._network.call(op, path=str(self.path), **args)
 
     def close(self) -> None:
         """Stop listening and close every connection; the socket file goes."""
-        with contextlib.suppress(Exception):
-            self._net.call(self._close())
+        with contextlib.suppress(LabError):
+            self._command("close")
         self.path.unlink(missing_ok=True)
-
-    async def _close(self) -> None:
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
 
 
 class HungSocket(_Endpoint):
     """A host that accepts connections and never answers: what it is sent is read and dropped, and
     a connection stays open until the client closes it (or the lab ends)."""
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self._writers.add(writer)
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while await reader.read(65536):
-                pass
-        writer.close()
-        self._writers.discard(writer)
+    kind = "hung"
 
 
 class LatencyProxy(_Endpoint):
     """Forwards each connection to ``target`` with a one-way delay of half the round trip on every
     chunk: chunks keep their order, and each waits only its own delay (latency, not a bandwidth cap).
     :meth:`go_silent` stops forwarding both ways without closing anything; :meth:`resume` delivers
-    what was held and goes on."""
+    what was held and goes on. A connection whose ``target`` refuses it is closed."""
 
-    def __init__(self, net: _Loop, path: Path, target: Path, latency_ms: float = 0.0) -> None:
+    kind = "proxy"
+
+    def __init__(self, network: _Network, path: Path, target: Path, latency_ms: float = 0.0) -> None:
         self.target = target
         self.delay = latency_ms / 2000.0  # seconds, one way
-        self._live = asyncio.Event()
-        self._live.set()
-        self._trigger = b""  # go silent on the first client chunk that holds it (b"": never)
-        super().__init__(net, path)
+        super().__init__(network, path, target=str(target), latency_ms=latency_ms)
 
     def go_silent(self) -> None:
         """From now on nothing passes either way; connections stay open (a host that stopped answering)."""
-        self._net.call(self._set(live=False))
+        self._command("silent")
 
     def go_silent_on(self, pattern: bytes) -> None:
         """Go silent, once, as soon as a client sends ``pattern`` (that chunk is held too): a host
-        that stops answering at an exact point of a session, e.g. the ``defineXML`` of one domain."""
-        self._net.call(self._set(trigger=pattern))
+        that stops answering at an exact point of a session, e.g. the ``defineXML`` of one domain.
+        The pattern is found across chunk boundaries."""
+        self._command("silent_on", pattern=pattern.hex())
 
     def resume(self) -> None:
         """Forward again, starting with what was held while silent."""
-        self._net.call(self._set(live=True))
-
-    async def _set(self, *, live: bool | None = None, trigger: bytes | None = None) -> None:
-        """Change the switch or the trigger on the loop's own thread."""
-        if live is not None:
-            (self._live.set if live else self._live.clear)()
-        if trigger is not None:
-            self._trigger = trigger
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        try:
-            up_reader, up_writer = await asyncio.open_unix_connection(str(self.target))
-        except OSError:
-            writer.close()  # the client sees the connection end instead of waiting forever
-            return
-        pair = {writer, up_writer}
-        self._writers |= pair
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer, True), self._pipe(up_reader, writer, False))
-        except asyncio.CancelledError:
-            pass  # the lab is closing (asyncio 3.11 would print a cancelled connection task)
-        finally:
-            for each in pair:
-                each.close()
-            self._writers -= pair
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, upstream: bool) -> None:
-        """Read chunks as they come, each stamped with when it is due; a second task delivers them.
-        Chunks from the client are searched for the silence trigger (across chunk boundaries)."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-        sender = asyncio.create_task(self._deliver(queue, sink))
-        tail = b""
-        try:
-            while True:
-                try:
-                    data = await source.read(65536)
-                except OSError:
-                    data = b""
-                if upstream and self._trigger and self._trigger in tail + data:
-                    self._trigger = b""
-                    self._live.clear()
-                tail = (tail + data)[-len(self._trigger) :] if upstream and self._trigger else b""
-                queue.put_nowait((loop.time() + self.delay, data))
-                if not data:
-                    break
-            await sender
-        finally:
-            sender.cancel()
-
-    async def _deliver(self, queue: asyncio.Queue[tuple[float, bytes]], sink: asyncio.StreamWriter) -> None:
-        """Write each chunk when it is due and the proxy is not silent; an empty chunk ends the sink."""
-        loop = asyncio.get_running_loop()
-        while True:
-            due, data = await queue.get()
-            if (wait := due - loop.time()) > 0:
-                await asyncio.sleep(wait)
-            await self._live.wait()
-            if not data:
-                sink.close()
-                return
-            sink.write(data)
-            try:
-                await sink.drain()
-            except OSError:
-                return
+        self._command("resume")
 
 
 @dataclass
@@ -331,8 +330,8 @@ class FleetLab:
         self.start_timeout = start_timeout
         self.hosts: list[LabHost] = []
         self.folder: Path | None = None
-        self.started_in = 0.0  # seconds from the first spawn until every daemon answered
-        self._net: _Loop | None = None
+        self.started_in = 0.0  # seconds from the first spawn until every daemon and the network answered
+        self._network: _Network | None = None
         self._endpoints: list[_Endpoint] = []
         self._sockets = 0
 
@@ -347,8 +346,8 @@ class FleetLab:
         return next(host for host in self.hosts if host.name == name)
 
     def start(self) -> None:
-        """Start every daemon at once, then wait until each answers; on any failure stop what was
-        started and raise :class:`LabError` saying why."""
+        """Start the network process and every daemon at once, then wait until each answers; on any
+        failure stop what was started and raise :class:`LabError` saying why."""
         if os.geteuid() != 0:
             raise LabError("the fleet lab starts libvirtd daemons as another user: it needs root")
         if not LIBVIRTD.exists() or shutil.which(SETPRIV) is None:
@@ -361,11 +360,12 @@ class FleetLab:
             self.folder.chmod(0o711)  # the lab user walks through to its own folders
             (self.folder / "owner").write_text(f"{os.getpid()}\n")
             (self.folder / "drivers").mkdir()
-            self._net = _Loop()
             began = time.monotonic()
+            self._network = _Network(self.folder)  # it starts while the daemons do
             for index in range(self.count):  # appended one by one: a failure still stops those started
                 self.hosts.append(self._spawn(f"hv{index:02d}", uid, gid))
             self._wait_until_all_answer(began + self.start_timeout)
+            self._network.wait_ready(began + self.start_timeout)
             self.started_in = time.monotonic() - began
             if self.latency_ms > 0:
                 for host in self.hosts:
@@ -414,6 +414,17 @@ class FleetLab:
             if pending:
                 time.sleep(0.01)
 
+    @property
+    def network_pid(self) -> int | None:
+        """The PID of the lab's network process (every proxy and hung socket), None when stopped."""
+        return self._network.pid if self._network is not None else None
+
+    def _running_network(self) -> _Network:
+        """The network process, or :class:`LabError` when the lab is not running."""
+        if self._network is None:
+            raise LabError("the lab is not running: start it before asking for proxies or hung sockets")
+        return self._network
+
     def _socket_path(self, kind: str) -> Path:
         assert self.folder is not None
         self._sockets += 1
@@ -422,16 +433,15 @@ class FleetLab:
     def proxy(self, target: LabHost | Path, latency_ms: float = 0.0) -> LatencyProxy:
         """A new proxy to a host's daemon (or to any unix socket), with its own socket and its own
         silent switch."""
-        assert self._net is not None
         name, upstream = (target.name, target.socket) if isinstance(target, LabHost) else ("to", target)
-        endpoint = LatencyProxy(self._net, self._socket_path(f"proxy-{name}"), upstream, latency_ms)
+        network, path = self._running_network(), self._socket_path(f"proxy-{name}")
+        endpoint = LatencyProxy(network, path, upstream, latency_ms)
         self._endpoints.append(endpoint)
         return endpoint
 
     def hung(self) -> HungSocket:
         """A new socket that accepts connections and never answers them."""
-        assert self._net is not None
-        endpoint = HungSocket(self._net, self._socket_path("hung"))
+        endpoint = HungSocket(self._running_network(), self._socket_path("hung"))
         self._endpoints.append(endpoint)
         return endpoint
 
@@ -446,19 +456,18 @@ class FleetLab:
             list(pool.map(define_all, xmls))
 
     def close(self) -> None:
-        """Close the kept connections and the lab's sockets, stop every daemon by its PID (TERM, then
-        KILL after 10 s) and remove the lab's folder. Safe to call twice."""
+        """Close the kept connections, stop the network process (every proxy and hung socket) and
+        every daemon, each by its PID (TERM, then KILL after 10 s), and remove the lab's folder. Safe
+        to call twice."""
         for host in self.hosts:
             if host.conn is not None:
                 with contextlib.suppress(libvirt.libvirtError):
                     host.conn.close()
                 host.conn = None
-        for endpoint in self._endpoints:
-            endpoint.close()
-        self._endpoints.clear()
-        if self._net is not None:
-            self._net.close()
-            self._net = None
+        self._endpoints.clear()  # stopping the network closes them all and removes their sockets
+        if self._network is not None:
+            self._network.close()
+            self._network = None
         _stop([host.process for host in self.hosts])
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
