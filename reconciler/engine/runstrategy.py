@@ -69,12 +69,14 @@ def settle(current: DomainSpec, desired: DomainSpec, live: DomainObservation, re
     """``current`` (read from libvirt) and ``desired`` (the manifest's) made comparable: both with
     the manifest's strategy, and the desired run state the one the strategy wants; ``recorded`` is
     the domain's off-on-purpose record, and the result says what it is to become."""
-    current = current.model_copy(update={"run_strategy": desired.run_strategy})
+    if current.run_strategy != desired.run_strategy:  # a copy only when it changes (thousands a plan)
+        current = current.model_copy(update={"run_strategy": desired.run_strategy})
     state = wanted_state(desired, live, recorded) or current.state
     why = ""
     if state == "running" and current.state == "stopped":
         off = f"shut off ({live.reason})" if live.reason else "shut off"
         why = f"{off}; runStrategy {desired.strategy} starts it"
-    return Settled(
-        current, desired.model_copy(update={"state": state}), why, off_on_purpose(desired, live, recorded)
-    )
+    off_now = off_on_purpose(desired, live, recorded)
+    if state != desired.state:
+        desired = desired.model_copy(update={"state": state})
+    return Settled(current, desired, why, off_now)
