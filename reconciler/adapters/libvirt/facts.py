@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import libvirt
 
 from reconciler.adapters.libvirt.connections import open_connection
 from reconciler.adapters.libvirt.environment import domain_xmls
 from reconciler.adapters.libvirt.errors import wrap
-from reconciler.ops.doctor import DaemonFacts
 from reconciler.spec.sizes import KIB
+
+if TYPE_CHECKING:
+    from reconciler.ops.doctor import DaemonFacts
 
 
 def local_swap(meminfo: Path = Path("/proc/meminfo")) -> int | None:
@@ -28,6 +31,8 @@ def local_swap(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 
 def daemon_facts(uri: str) -> DaemonFacts:
     """What ``doctor`` asks libvirtd: versions, and node info memory against the kernel's total."""
+    from reconciler.ops.doctor import DaemonFacts  # doctor's own module: plan and apply never need it
+
     conn = open_connection(uri, uri)
     try:
         info = conn.getInfo()

@@ -37,13 +37,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-from xml.sax.saxutils import escape
 
 import libvirt
 from lxml import etree
 
 from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
 from reconciler.files.state import state_folder
+from reconciler.libvirtxml.xmltext import escaped
 from reconciler.spec.hosturi import HostURI
 
 log = logging.getLogger("virt_reconcile.adapters.hostlock")
@@ -369,7 +369,7 @@ def _secret_xml(text: str, uuid: str | None) -> str:
     second secret for a usage already taken, atomically under its secret list's lock."""
     return (
         f"<secret ephemeral='no' private='yes'>{f'<uuid>{uuid}</uuid>' if uuid else ''}<description>"
-        f"{escape(text)}</description><usage type='volume'><volume>{LEASE_NAME}</volume></usage></secret>"
+        f"{escaped(text)}</description><usage type='volume'><volume>{LEASE_NAME}</volume></usage></secret>"
     )
 
 
@@ -378,7 +378,7 @@ def _network_xml(text: str, uuid: str | None) -> str:
     network of that name with another UUID. For the test driver, which has no secrets."""
     return (
         f"<network><name>{LEASE_NAME}</name>{f'<uuid>{uuid}</uuid>' if uuid else ''}<metadata>"
-        f"<lock:holder xmlns:lock='{LEASE_NS}'>{escape(text)}</lock:holder></metadata></network>"
+        f"<lock:holder xmlns:lock='{LEASE_NS}'>{escaped(text)}</lock:holder></metadata></network>"
     )
 
 
