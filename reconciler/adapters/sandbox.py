@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-from xml.sax.saxutils import quoteattr, unescape
 
 from lxml import etree
 
@@ -32,6 +31,7 @@ from reconciler.adapters.libvirt import hostlock
 from reconciler.errors import PermanentHostError
 from reconciler.files.atomic import write_atomically
 from reconciler.libvirtxml.parse import parse_ahead
+from reconciler.libvirtxml.xmltext import quoted
 from reconciler.spec.sizes import KIB, parse_size
 
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
@@ -236,14 +236,14 @@ def compose_node_xml(
         state = RUNNING if domain.active else SHUTOFF
         parts.append(f"{body}  <test:runstate xmlns:test='{TEST_NS}'>{state}</test:runstate>\n</domain>\n")
     parts.extend(
-        f"<sandbox:autostart xmlns:sandbox='{SANDBOX_NS}' domain={quoteattr(_domain_name(d.xml))}/>\n"
+        f"<sandbox:autostart xmlns:sandbox='{SANDBOX_NS}' domain={quoted(_domain_name(d.xml))}/>\n"
         for d in domains
         if d.autostart
     )
     parts.extend(
-        f"<sandbox:running xmlns:sandbox='{SANDBOX_NS}' domain={quoteattr(_domain_name(d.xml))} "
+        f"<sandbox:running xmlns:sandbox='{SANDBOX_NS}' domain={quoted(_domain_name(d.xml))} "
         f"instance='{d.instance}'"
-        + ("" if d.definition is None else f" definition={quoteattr(d.definition)}")
+        + ("" if d.definition is None else f" definition={quoted(d.definition)}")
         + "/>\n"
         for d in domains
         if d.active and d.instance >= 0
@@ -257,7 +257,7 @@ def compose_node_xml(
 def _pool_text(pool: SandboxPool) -> str:
     """A pool's element, then the marks the test driver would not keep (inactive, autostart)."""
     marks = [tag for tag, on in zip(_POOL_MARKS, (not pool.active, pool.autostart), strict=True) if on]
-    name = quoteattr(pool.name)
+    name = quoted(pool.name)
     flags = "".join(f"<sandbox:{tag} xmlns:sandbox='{SANDBOX_NS}' pool={name}/>\n" for tag in marks)
     return f"{pool.xml.rstrip()}\n{flags}"
 
@@ -293,7 +293,12 @@ def _parse_ahead(node_xml: str) -> None:
 def _domain_name(xml: str) -> str:
     """A domain's name from libvirt's XML, without parsing the whole document."""
     start = xml.index("<name>") + len("<name>")
-    return unescape(xml[start : xml.index("</name>", start)])
+    name = xml[start : xml.index("</name>", start)]
+    if "&" not in name:
+        return name
+    from xml.sax.saxutils import unescape  # rare: a name with markup characters
+
+    return unescape(name)
 
 
 def _read_bounded(stream: BinaryIO, size: int) -> bytes:
@@ -322,6 +327,12 @@ class SandboxFile:
         these is a ``PermanentHostError`` that says where it went wrong and never quotes the file:
         libvirt's own parse errors would, and they reach plans, pull requests, ``/status`` and logs.
         """
+        content = self.read_bytes()
+        return None if content is None else self.text_of(content)
+
+    def read_bytes(self) -> bytes | None:
+        """The file's bytes as :meth:`read` takes them (a regular file, bounded), not yet checked
+        to be a ``<node>`` document (:meth:`text_of` does); None when there is no file."""
         try:
             handle = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -340,9 +351,9 @@ class SandboxFile:
             raise self._refused(
                 f"is larger than {MAX_STATE_BYTES // 1024**2} MiB, the most a sandbox may hold"
             )
-        return self._node_xml(content)
+        return content
 
-    def _node_xml(self, content: bytes) -> str:
+    def text_of(self, content: bytes) -> str:
         """The text of a well-formed ``<node>`` document without a DTD; otherwise refused."""
         try:
             text = content.decode("utf-8")

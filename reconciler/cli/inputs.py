@@ -22,15 +22,36 @@ URI_TRANSPORTS_ENV = "VIRT_RECONCILE_ALLOW_URI_TRANSPORTS"
 
 if TYPE_CHECKING:
     from reconciler.adapters.gitfacts import GitFacts
+    from reconciler.adapters.libvirt.early import EarlyOpens
     from reconciler.engine.reconcile import Connector, ReconcileOptions
     from reconciler.spec.labels import Selector
     from reconciler.spec.models import Host
 
 
-def load(path: str, args: argparse.Namespace | None = None) -> ManifestSet:
+def load(path: str, args: argparse.Namespace | None = None, early: EarlyOpens | None = None) -> ManifestSet:
     """The manifests at ``path``, parsed through the on-disk cache, Host URIs held to the operator's
-    :func:`uri_rules` (the environment's, and the options of ``args`` when given)."""
-    return load_manifests(Path(path), ContentCache.default("manifests"), uri_rules=uri_rules(args))
+    :func:`uri_rules` (the environment's, and the options of ``args`` when given); each Host handed
+    to ``early`` as soon as its file is loaded."""
+    return load_manifests(
+        Path(path),
+        ContentCache.default("manifests"),
+        uri_rules=uri_rules(args),
+        on_host=early.start if early is not None else None,
+    )
+
+
+def early_opens(args: argparse.Namespace) -> EarlyOpens:
+    """Hosts opened while the manifests load (see ``adapters.libvirt.early``): those the command's
+    ``--host`` and ``--selector`` pick, ``--host-parallel`` at most. Use it as a context manager
+    around the whole pass."""
+    from reconciler.adapters.libvirt.early import EarlyOpens
+
+    names, chosen = set(args.host or ()), selector(args)
+
+    def wanted(host: Host) -> bool:
+        return (not names or host.name in names) and (not chosen or chosen.matches(host.metadata.labels))
+
+    return EarlyOpens(wanted, limit=args.host_parallel)
 
 
 def uri_rules(args: argparse.Namespace | None = None) -> UriRules:
@@ -56,12 +77,13 @@ def selector(args: argparse.Namespace) -> Selector:
     return Selector.parse(getattr(args, "selector", None) or [])
 
 
-def connector() -> Connector:
+def connector(early: EarlyOpens | None = None) -> Connector:
     """The libvirt adapter, imported only by the commands that talk to hosts. It opens a host
-    without its apply lock: whoever writes takes it (``Hypervisor.exclusive``), in host order."""
+    without its apply lock: whoever writes takes it (``Hypervisor.exclusive``), in host order;
+    with the connection ``early`` opened for it, if any."""
     from reconciler.adapters.libvirt import host as libvirt_host
 
-    return lambda host, write: libvirt_host.open_host(host, write=write)
+    return lambda host, write: libvirt_host.open_host(host, write=write, early=early)
 
 
 def ask_git(path: str) -> GitFacts:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from reconciler.errors import Problem
 from reconciler.spec.cloudinit import seed_volume_name
+from reconciler.spec.hosturi import UriRules
 from reconciler.spec.models import Domain, Host
 
 #: The line of a field path in a document, as the loader knows it.
@@ -106,3 +108,13 @@ def shared_hypervisors(hosts: Iterable[tuple[Host, Placed]]) -> list[Problem]:
                 )
             )
     return problems
+
+
+def checked_host(host: Host, file: str, root: Path, rules: UriRules) -> tuple[Host, str | None]:
+    """``host`` (from ``file``, relative to ``root``) with its sandbox path resolved against its
+    file's folder, and why manifests kept in ``root`` may not use its URI under ``rules`` (None
+    when they may)."""
+    uri, refusal = host.spec.address.checked(root, (root / file).parent, rules)
+    if uri.text != host.spec.uri:
+        host = host.model_copy(update={"spec": host.spec.model_copy(update={"uri": uri.text})})
+    return host, refusal

@@ -10,8 +10,9 @@ operator's :class:`UriRules` and to files inside the manifest root (``hosturi``)
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import ManifestError, Problem
 from reconciler.files.content_cache import ContentCache, content_digest
+from reconciler.spec import crosschecks
 from reconciler.spec.cloudinit import Seed, is_user_data, load_seed, referenced_files
 from reconciler.spec.crosschecks import Placed, seed_name_clashes, shared_disks, shared_hypervisors
 from reconciler.spec.hosturi import DEFAULT_URI_RULES, UriRules
@@ -171,13 +173,19 @@ def _manifest_paths(path: Path, problems: list[Problem]) -> list[tuple[str, str]
 
 
 def load_manifests(
-    path: Path | str, cache: ContentCache | None = None, *, uri_rules: UriRules = DEFAULT_URI_RULES
+    path: Path | str,
+    cache: ContentCache | None = None,
+    *,
+    uri_rules: UriRules = DEFAULT_URI_RULES,
+    on_host: Callable[[Host], None] | None = None,
 ) -> ManifestSet:
     """Load and validate every manifest below ``path``; raise ManifestError listing every problem.
 
     With a ``cache``, files whose content loaded cleanly before skip YAML parsing (same result).
     ``uri_rules`` is what the operator lets Host URIs use beyond the defaults (never the manifests:
-    see :class:`UriRules`); sandbox state files must lie inside the manifest root.
+    see :class:`UriRules`); sandbox state files must lie inside the manifest root. ``on_host`` sees
+    each valid Host, its URI allowed and resolved, as soon as its file is loaded (the CLI starts
+    opening the host while the other files load); the ManifestSet may still end up refused.
     """
     root = Path(path)
     if not root.exists():
@@ -186,7 +194,8 @@ def load_manifests(
     problems: list[Problem] = []
     if cache is not None:
         cache.begin(str(root.resolve()))
-    loaded = _load_tree(root, problems, cache)
+    early = functools.partial(_host_seen, on_host, base.resolve(), uri_rules) if on_host else None
+    loaded = _load_tree(root, problems, cache, early)
     if cache is not None:
         cache.finish()
     seed_files = referenced_files((m.spec.cloud_init, d.file) for m, d in loaded if isinstance(m, Domain))
@@ -203,9 +212,10 @@ def load_manifests(
 
 
 def _load_tree(
-    root: Path, problems: list[Problem], cache: ContentCache | None
+    root: Path, problems: list[Problem], cache: ContentCache | None, seen: Callable[..., None] | None = None
 ) -> list[tuple[BaseModel, _Document]]:
-    """Every valid document of every manifest file below ``root``, in file order."""
+    """Every valid document of every manifest file below ``root``, in file order (each handed to
+    ``seen`` as its file is loaded)."""
     loaded: list[tuple[BaseModel, _Document]] = []
     for file, display in _manifest_paths(root, problems):
         if FORBIDDEN.search(display):  # it would reach the ownership metadata in libvirt's XML
@@ -213,7 +223,11 @@ def _load_tree(
             continue
         read = read_manifest(file, display, problems)
         if read is not None and not is_user_data(read[0]):  # cloud-init user-data.yaml is no manifest
-            loaded.extend(_load_file(*read, display, problems, cache))
+            documents = _load_file(*read, display, problems, cache)
+            loaded.extend(documents)
+            if seen is not None:
+                for model, doc in documents:
+                    seen(model, doc)
     return loaded
 
 
@@ -282,6 +296,7 @@ def _parse_yaml(text: str, file: str, problems: list[Problem]) -> Iterator[_Docu
     """Parse every document of one file with the C loader, within the limits of ``yamltree``."""
     import yaml
 
+    from reconciler.spec import yamltree
     from reconciler.spec.yamltree import MAX_NODES, Loader, Refusal, construct, measure, record_lines
 
     loader = Loader(text)
@@ -305,7 +320,8 @@ def _parse_yaml(text: str, file: str, problems: list[Problem]) -> Iterator[_Docu
             if data is not None:
                 yield _checked(_Document(file, node.start_mark.line + 1, data, text, index), node, problems)
     except yaml.YAMLError as err:
-        problems.append(Problem(file, _error_line(err, text), None, f"YAML syntax error: {_reason(err)}"))
+        reason = f"YAML syntax error: {yamltree.error_reason(err)}"
+        problems.append(Problem(file, yamltree.error_line(err, text), None, reason))
     finally:
         loader.dispose()
 
@@ -321,26 +337,6 @@ def _checked(doc: _Document, node: yaml.Node, problems: list[Problem]) -> _Docum
         doc.refused = True
         problems.append(Problem(doc.file, doc.line_of(loc), dotted(loc), message))
     return doc
-
-
-def _error_line(err: yaml.YAMLError, text: str) -> int | None:
-    """The line a YAML error names; a reader error (a character YAML refuses) gives a byte offset."""
-    import yaml
-
-    if isinstance(err, yaml.reader.ReaderError):
-        return text.encode("utf-8", "surrogatepass")[: err.position].count(b"\n") + 1
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    return mark.line + 1 if mark is not None else None
-
-
-def _reason(err: yaml.YAMLError) -> str:
-    """What a YAML error says is wrong, without the text it quotes (a terminal must not see it raw)."""
-    import yaml
-
-    if isinstance(err, yaml.reader.ReaderError):
-        character = err.character if isinstance(err.character, int) else ord(err.character[:1] or "?")
-        return f"character U+{character:04X} is not allowed in YAML ({err.reason})"
-    return printable(str(getattr(err, "problem", None) or err))
 
 
 def _validate(doc: _Document, problems: list[Problem]) -> BaseModel | None:
@@ -410,16 +406,25 @@ def _add_host(
             )
         )
         return None
-    uri, refusal = host.spec.address.checked(manifests.root, (manifests.root / doc.file).parent, rules)
+    host, refusal = crosschecks.checked_host(host, doc.file, manifests.root, rules)
     if refusal is not None:
         problems.append(Problem(doc.file, doc.line_of(("spec", "uri")), "spec.uri", refusal))
-    if uri.text != host.spec.uri:
-        host = host.model_copy(update={"spec": host.spec.model_copy(update={"uri": uri.text})})
     manifests.hosts[name] = host
     manifests.domains.setdefault(name, {})
     manifests.pools.setdefault(name, {})
     manifests.sources[HostKey(name)] = Source(doc.file, doc.line)
     return host
+
+
+def _host_seen(
+    on_host: Callable[[Host], None], root: Path, rules: UriRules, model: Any, doc: _Document
+) -> None:
+    """Hand a Host whose URI ``rules`` allow to ``on_host``, as soon as its file is loaded."""
+    if (
+        isinstance(model, Host)
+        and (checked := crosschecks.checked_host(model, doc.file, root, rules))[1] is None
+    ):
+        on_host(checked[0])
 
 
 def _add_placed(

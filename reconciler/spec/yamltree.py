@@ -194,3 +194,19 @@ def record_lines(root: yaml.Node, file: str, problems: list[Problem]) -> dict[Lo
                 lines[(*loc, index)] = _line(item)
             stack.extend(reversed([(item, (*loc, index)) for index, item in enumerate(node.value)]))
     return lines
+
+
+def error_line(err: yaml.YAMLError, text: str) -> int | None:
+    """The line a YAML error names; a reader error (a character YAML refuses) gives a byte offset."""
+    if isinstance(err, yaml.reader.ReaderError):
+        return text.encode("utf-8", "surrogatepass")[: err.position].count(b"\n") + 1
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
+def error_reason(err: yaml.YAMLError) -> str:
+    """What a YAML error says is wrong, without the text it quotes (a terminal must not see it raw)."""
+    if isinstance(err, yaml.reader.ReaderError):
+        character = err.character if isinstance(err.character, int) else ord(err.character[:1] or "?")
+        return f"character U+{character:04X} is not allowed in YAML ({err.reason})"
+    return printable(str(getattr(err, "problem", None) or err))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -24,6 +23,7 @@ from lxml import etree
 from reconciler.adapters import sandbox
 from reconciler.adapters.libvirt import hostlock
 from reconciler.adapters.libvirt.connections import SpareConnections, open_connection
+from reconciler.adapters.libvirt.early import EarlyOpens, load_into_test_driver, sandbox_node_xml
 from reconciler.adapters.libvirt.environment import read_environment
 from reconciler.adapters.libvirt.errors import wrap as _wrap
 from reconciler.adapters.libvirt.facts import local_swap
@@ -441,9 +441,10 @@ def connect(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
 
 
 @contextmanager
-def open_host(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
+def open_host(host: Host, *, write: bool, early: EarlyOpens | None = None) -> Iterator[LibvirtHypervisor]:
     """Open ``host`` without taking its apply lock (the caller takes it: ``exclusive()``), except a
-    sandbox, whose state file is read under its lock when writing and saved on the way out.
+    sandbox, whose state file is read under its lock when writing and saved on the way out; with
+    the connection ``early`` opened for it while the manifests loaded, if any.
 
     The sandbox is saved even when apply stops half-way, exactly like a real host keeps the
     actions that completed before a crash; the next run re-plans from there. Reading (plan,
@@ -451,7 +452,9 @@ def open_host(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
     """
     uri = host.spec.address
     if not uri.is_sandbox:
-        conn = open_connection(host.name, uri.text, host.spec.timeouts)
+        conn = (early.take(host) if early else None) or open_connection(
+            host.name, uri.text, host.spec.timeouts
+        )
         hypervisor: LibvirtHypervisor | None = None
         try:
             hypervisor = LibvirtHypervisor(
@@ -468,16 +471,12 @@ def open_host(host: Host, *, write: bool) -> Iterator[LibvirtHypervisor]:
                 hypervisor.close()
             conn.close()
         return
-    path = uri.sandbox_path
-    capacity = host.spec.capacity
-    with sandbox.locked(path, write=write, host=host.name) as state:
-        node_xml = state.read()
-        if node_xml is None:
-            node_xml = sandbox.new_node_xml(capacity.cpus, capacity.memory)
-        with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="sandbox-") as loaded:
-            loaded.write(node_xml)
-            loaded.flush()
-            conn = open_connection(host.name, f"test://{loaded.name}")
+    with sandbox.locked(uri.sandbox_path, write=write, host=host.name) as state:
+        if early is not None:
+            taken, node_xml = early.take_sandbox(host, state)
+        else:
+            taken, node_xml = None, sandbox_node_xml(host, state)
+        conn = taken or load_into_test_driver(host.name, node_xml)
         try:
             hypervisor = LibvirtHypervisor(host.name, conn, in_process=True)
             autostart, hypervisor.instances = sandbox.node_marks(node_xml)

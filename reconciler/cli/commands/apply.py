@@ -6,16 +6,21 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_OK, EXIT_REFUSED
-from reconciler.cli.inputs import ask_git, connector, load, reconcile_options, selector
+from reconciler.cli.inputs import ask_git, connector, early_opens, load, reconcile_options, selector
 from reconciler.engine.actions import Action, ActionKind
 from reconciler.engine.apply import ApplySettings, Hooks
 from reconciler.engine.plan import HostPlan
-from reconciler.engine.reconcile import Outcome, reconcile, select_hosts
+from reconciler.engine.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.files.content_cache import ContentCache
 from reconciler.report import Printer, render_host_text, render_result, summary_line
 from reconciler.report import escape_markup as escape
+
+if TYPE_CHECKING:
+    from reconciler.adapters.gitfacts import GitFacts
+    from reconciler.spec.manifests import ManifestSet
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,13 +28,22 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         return _apply_saved(args)
     git = ask_git(args.path)  # answers while the manifests load
-    manifests = load(args.path, args)
-    select_hosts(manifests, args.host, selector(args))
     out = Printer(sys.stdout)
+    with early_opens(args) as early:  # the hosts open while the manifests load
+        manifests = load(args.path, args, early)
+        outcome = _reconcile(args, manifests, connector(early), git, out)
+    return _verdict(out, outcome)
+
+
+def _reconcile(
+    args: argparse.Namespace, manifests: ManifestSet, connect: Connector, git: GitFacts, out: Printer
+) -> Outcome:
+    """Plan the selected hosts, ask when asked to, and apply, printing as it goes."""
+    select_hosts(manifests, args.host, selector(args))
     hooks = replace(_hooks(out), confirm=None if args.auto_approve else ask_on_terminal(out))
-    outcome: Outcome = reconcile(
+    return reconcile(
         manifests,
-        connector(),
+        connect,
         reconcile_options(
             args,
             manifests,
@@ -41,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
         hooks,
         parse_cache=ContentCache.default("domains"),
     )
-    return _verdict(out, outcome)
 
 
 def ask_on_terminal(out: Printer) -> Callable[[Sequence[Action]], bool] | None:

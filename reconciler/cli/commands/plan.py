@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.cli.exit_codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_REFUSED
-from reconciler.cli.inputs import ask_git, connector, load, reconcile_options, selector
+from reconciler.cli.inputs import ask_git, connector, early_opens, load, reconcile_options, selector
 from reconciler.engine.apply import Hooks
 from reconciler.engine.reconcile import Connector, Outcome, reconcile, select_hosts
 from reconciler.files.content_cache import ContentCache
@@ -18,6 +18,7 @@ from reconciler.report import Printer, render_host_text, summary_line
 from reconciler.report import escape_markup as escape
 
 if TYPE_CHECKING:
+    from reconciler.adapters.gitfacts import GitFacts
     from reconciler.offline.snapshot import SnapshotHypervisor
     from reconciler.spec.manifests import ManifestSet
     from reconciler.spec.models import Host
@@ -26,18 +27,36 @@ if TYPE_CHECKING:
 def run(args: argparse.Namespace) -> int:
     """Print the plan; exit 0 no changes, 2 changes, 3 refused by policy, 1 a host failed."""
     git = ask_git(args.path)  # answers while the manifests load
-    manifests = load(args.path, args)
-    select_hosts(manifests, args.host, selector(args))
     out = Printer(sys.stdout)
+    if args.state:  # no host to open: snapshot files
+        manifests = load(args.path, args)
+        outcome = _plan(args, manifests, snapshot_connector(Path(args.state)), git, out)
+    else:
+        with early_opens(args) as early:  # the hosts open while the manifests load
+            manifests = load(args.path, args, early)
+            outcome = _plan(args, manifests, connector(early), git, out)
+    return _show(args, manifests, outcome, out)
+
+
+def _plan(
+    args: argparse.Namespace, manifests: ManifestSet, connect: Connector, git: GitFacts, out: Printer
+) -> Outcome:
+    """The plan of the selected hosts, each host's text printed as soon as it is planned."""
+    select_hosts(manifests, args.host, selector(args))
     text = args.format == "text"
-    connect = snapshot_connector(Path(args.state)) if args.state else connector()
-    outcome = reconcile(
+    return reconcile(
         manifests,
         connect,
         reconcile_options(args, manifests, git),
         Hooks(on_plan=(lambda host: render_host_text(out, host, blank_after=True)) if text else None),
         parse_cache=None if args.state else ContentCache.default("domains"),
     )
+
+
+def _show(args: argparse.Namespace, manifests: ManifestSet, outcome: Outcome, out: Printer) -> int:
+    """The rest of the plan's output (its summary, or the whole plan as markdown or JSON), the plan
+    saved with ``--out``, and the exit code."""
+    text = args.format == "text"
     if text:
         out.print(f"[bold]{escape(summary_line(outcome.plan))}[/bold]")
     elif args.format == "markdown":
