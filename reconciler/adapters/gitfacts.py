@@ -27,6 +27,39 @@ _COMMIT = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _NOT_A_REPOSITORY = "not a git repository"
 #: Never take the index lock to refresh it (a status beside another git command), no prompts.
 _ENVIRONMENT = {"GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+#: What ``git rev-parse --local-env-vars`` lists: set by git for its hooks (an apply run from one),
+#: they would point git at another repository than the folder's, or past its ownership check.
+_REPOSITORY_VARIABLES = frozenset(
+    [
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_CONFIG",
+        "GIT_CONFIG_PARAMETERS",
+        "GIT_CONFIG_COUNT",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_IMPLICIT_WORK_TREE",
+        "GIT_GRAFT_FILE",
+        "GIT_INDEX_FILE",
+        "GIT_NO_REPLACE_OBJECTS",
+        "GIT_REPLACE_REF_BASE",
+        "GIT_PREFIX",
+        "GIT_INTERNAL_SUPER_PREFIX",
+        "GIT_SHALLOW_FILE",
+        "GIT_COMMON_DIR",
+    ]
+)
+
+
+def git_environment() -> dict[str, str]:
+    """This process's environment for git, without what would make it read another repository
+    (:data:`_REPOSITORY_VARIABLES`, and the ``GIT_CONFIG_KEY_n``/``GIT_CONFIG_VALUE_n`` pairs)."""
+    kept = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in _REPOSITORY_VARIABLES and not name.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))
+    }
+    return {**kept, **_ENVIRONMENT}
 
 
 @dataclass(frozen=True)
@@ -97,33 +130,41 @@ class GitFacts:
         return self._answers
 
     def _ask(self) -> None:
-        """Run the three git processes side by side and keep what they print."""
+        """Run the three git processes side by side and keep what they print; whatever happens,
+        every process started is waited for and the answers are set (None: git could not run)."""
         commands = (
             ["git", "rev-parse", "--show-toplevel", "HEAD"],
             ["git", "config", "--get", "remote.origin.url"],
             ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", "."],
         )
+        running: list[subprocess.Popen[bytes]] = []
         try:
-            running = [self._start(command) for command in commands]
-            done = [self._finish(process) for process in running]
-            self._answers = _Answers(*done)
-        except OSError:  # no git on this machine, or the folder went away
+            environment = git_environment()
+            for command in commands:
+                running.append(self._start(command, environment))
+            self._answers = _Answers(*(self._finish(process) for process in running))
+        except Exception:  # no git on this machine, the folder gone: answered as "git could not run"
             self._answers = _Answers(None, None, None)
         finally:
+            for process in running:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
             self._asked.set()
 
-    def _start(self, command: list[str]) -> subprocess.Popen[str]:
+    def _start(self, command: list[str], environment: dict[str, str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             command,
             cwd=self.folder,
-            env={**os.environ, **_ENVIRONMENT},
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
         )
 
     @staticmethod
-    def _finish(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    def _finish(process: subprocess.Popen[bytes]) -> subprocess.CompletedProcess[str]:
+        """What one process printed, as text (a file name that is not UTF-8 kept as escapes)."""
         out, err = process.communicate()
-        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+        text = (out.decode(errors="surrogateescape"), err.decode(errors="surrogateescape"))
+        return subprocess.CompletedProcess(process.args, process.returncode, *text)

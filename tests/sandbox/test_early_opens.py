@@ -4,6 +4,7 @@ for, never for a host the command does not pick, and never stale."""
 from __future__ import annotations
 
 import argparse
+import threading
 from pathlib import Path
 
 import libvirt
@@ -85,7 +86,7 @@ def test_another_host_of_the_same_name_is_not_given_the_early_connection(tmp_pat
         assert early.take(moved) is None
 
 
-def test_an_early_open_that_failed_fails_the_host_when_taken(tmp_path):
+def test_a_sandbox_whose_early_load_failed_is_read_again_under_its_lock(tmp_path):
     write(tmp_path, "hosts.yaml", host_yaml("hv1", "state/hv1.xml"))
     (tmp_path / "state" / "hv1.xml").mkdir(parents=True)  # a folder where the state file should be
     with early_opens(args()) as early:
@@ -109,5 +110,19 @@ def test_refused_manifests_close_what_was_opened_early(tmp_path, monkeypatch):
     early = EarlyOpens(lambda host: True)
     with pytest.raises(ManifestError, match="memory"), early:
         load(str(tmp_path), early=early)
+    for thread in threading.enumerate():  # an opening still under way closes itself when it ends
+        if thread.name == "vr-early-open":
+            thread.join(30)
     assert len(closed) == 2 and len(set(map(id, closed))) == 2  # each host's, once
     assert cli("plan", str(tmp_path)).code == 1
+
+
+def test_two_hosts_on_one_hypervisor_are_opened_once_and_refused(tmp_path):
+    write(
+        tmp_path, "hosts.yaml", host_yaml("hv1", "state/hv.xml") + "---\n" + host_yaml("hv2", "state/hv.xml")
+    )
+    started: list[str] = []
+    early = EarlyOpens(lambda host: started.append(host.name) is None)
+    with pytest.raises(ManifestError), early:
+        load(str(tmp_path), early=early)
+    assert started == ["hv1"]  # the second Host of that hypervisor is not even asked about

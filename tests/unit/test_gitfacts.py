@@ -130,3 +130,24 @@ def test_a_folder_that_went_away_is_outside_git(tmp_path):
     facts = GitFacts(gone)
     assert (facts.revision(), facts.root_identity()) == ("", f"dir:{gone.resolve()}")
     assert revision_of(gone) == ""
+
+
+def test_git_variables_of_a_hook_do_not_point_git_at_another_repository(tmp_path, monkeypatch):
+    """An apply run from a git hook inherits GIT_DIR, GIT_INDEX_FILE...: the revision and root are
+    still the manifest folder's own, and another user's checkout is still refused."""
+    top = checkout(tmp_path / "mine")
+    other = checkout(tmp_path / "other", origin="git@github.com:team-b/other.git")
+    (other / "manifests" / "extra.yaml").write_text("kind: Domain\n")  # the other one is dirty
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(other / ".git" / "index"))
+    facts = GitFacts(top / "manifests")
+    assert facts.revision() == git(top, "--git-dir", str(top / ".git"), "rev-parse", "HEAD")
+    assert facts.root_identity() == "git:github.com/team-a/infra:manifests"
+
+
+def test_a_file_name_that_is_not_utf8_makes_the_folder_dirty_and_nothing_else(tmp_path):
+    top = checkout(tmp_path)
+    head = git(top, "rev-parse", "HEAD")
+    (top / "manifests" / os.fsdecode(b"caf\xe9.yaml")).write_text("kind: Domain\n")
+    assert GitFacts(top / "manifests").revision() == head + "+dirty"

@@ -37,7 +37,7 @@ class _Opening:
     """One host being opened early: the connection (or the error), and for a sandbox the state
     file's text it was loaded from."""
 
-    key: tuple[str, str, str]  # name, URI, timeouts: a host taken must be the host that was opened
+    host: Host  # a host taken must be this very host (same URI, timeouts, capacity...)
     done: threading.Event = field(default_factory=threading.Event)
     conn: libvirt.virConnect | None = None
     error: BaseException | None = None
@@ -48,13 +48,15 @@ class _Opening:
 
 class EarlyOpens:
     """Connections opened while the manifests load, for the first ``limit`` hosts ``wanted`` picks
-    (the command's selection and ``--host-parallel``: no more hosts are opened at once than the
-    pass itself opens); use it as a context manager: what is not taken is closed on the way out."""
+    (the command's selection; ``--host-parallel``: as many hosts are opened early as the pass opens
+    at once, so with the pass's own openings at most twice that many handshakes overlap); use it
+    as a context manager: what is not taken is closed on the way out."""
 
     def __init__(self, wanted: Callable[[Host], bool], limit: int = 16) -> None:
         self._wanted = wanted
         self._limit = limit
         self._openings: dict[str, _Opening] = {}
+        self._hypervisors: set[str] = set()  # one opening per hypervisor (two Hosts on one are refused)
         self._lock = threading.Lock()
 
     def __enter__(self) -> EarlyOpens:
@@ -64,12 +66,17 @@ class EarlyOpens:
         self.close()
 
     def start(self, host: Host) -> None:
-        """Start opening ``host`` in a thread of its own, when it is wanted (once per name) and
-        fewer than ``limit`` hosts were started."""
-        if host.name in self._openings or len(self._openings) >= self._limit or not self._wanted(host):
+        """Start opening ``host`` in a thread of its own, when it is wanted, fewer than ``limit``
+        hosts were started, and neither its name nor its hypervisor was seen before (a second Host
+        of either is an error of the manifests: nothing more is opened for it)."""
+        key = host.spec.address.hypervisor_key
+        if host.name in self._openings or key in self._hypervisors or len(self._openings) >= self._limit:
             return
-        opening = _Opening(_key(host))
+        if not self._wanted(host):
+            return
+        opening = _Opening(host)
         self._openings[host.name] = opening
+        self._hypervisors.add(key)
         threading.Thread(target=self._open, args=(host, opening), name="vr-early-open", daemon=True).start()
 
     def take(self, host: Host) -> libvirt.virConnect | None:
@@ -82,25 +89,41 @@ class EarlyOpens:
         """The test driver loaded early for this sandbox host when its ``state`` file, read again
         now (under its lock, when writing), holds the same bytes as it did then; and the node XML
         to go on with (the early text, checked then: it is not parsed again). The early opening is
-        awaited first, so the file's last read is this one."""
-        opening = self._claim(host)
-        now = state.read_bytes()
-        if opening is not None and opening.conn is not None and opening.state == now:
-            return opening.conn, opening.node_xml
-        if opening is not None and opening.conn is not None:  # changed in between: load it again
-            _close(opening.conn)
-        return None, _node_xml(host, state, now)
+        awaited first, so the file's last read is this one; an early load that failed is not
+        raised: the file read now, under the lock, says what holds."""
+        try:
+            opening = self._claim(host)
+        except Exception:
+            opening = None
+        early = opening.conn if opening is not None else None
+        try:
+            now = state.read_bytes()
+            if early is not None and opening is not None and opening.state == now:
+                return early, opening.node_xml
+            node_xml = _node_xml(host, state, now)
+        except BaseException:
+            if early is not None:
+                _close(early)
+            raise
+        if early is not None:  # changed in between: load it again from what was read now
+            _close(early)
+        return None, node_xml
 
     def close(self) -> None:
         """Close every connection nobody took; one still opening closes itself when it ends."""
-        with self._lock:  # decided under the lock the opening threads end under: closed once
+        with self._lock:
             openings, self._openings = list(self._openings.values()), {}
-            finished = [opening for opening in openings if opening.done.is_set()]
-            for opening in openings:
-                opening.abandoned = True
-        for opening in finished:
-            if opening.conn is not None:
-                _close(opening.conn)
+        for opening in openings:
+            self._abandon(opening)
+
+    def _abandon(self, opening: _Opening) -> None:
+        """Close an opening's connection now if it is open, else when it opens (decided under the
+        lock the opening threads end under: closed once)."""
+        with self._lock:
+            finished = opening.done.is_set()
+            opening.abandoned = True
+        if finished and opening.conn is not None:
+            _close(opening.conn)
 
     def _claim(self, host: Host) -> _Opening | None:
         """This host's opening, awaited and no longer this object's to close; None when there is
@@ -109,8 +132,12 @@ class EarlyOpens:
             opening = self._openings.pop(host.name, None)
         if opening is None:
             return None
-        opening.done.wait()
-        if opening.key != _key(host):  # another host of that name (not what was loaded): not ours
+        try:
+            opening.done.wait()
+        except BaseException:  # interrupted (Ctrl-C): the connection is nobody's, so it is closed
+            self._abandon(opening)
+            raise
+        if opening.host != host:  # another host of that name (not what was loaded): not ours
             if opening.conn is not None:
                 _close(opening.conn)
             return None
@@ -162,10 +189,6 @@ def _load_sandbox(host: Host, opening: _Opening) -> None:
     opening.state = state.read_bytes()
     opening.node_xml = _node_xml(host, state, opening.state)
     opening.conn = load_into_test_driver(host.name, opening.node_xml)
-
-
-def _key(host: Host) -> tuple[str, str, str]:
-    return host.name, host.spec.uri, repr(host.spec.timeouts)
 
 
 def _close(conn: libvirt.virConnect) -> None:
