@@ -29,6 +29,14 @@ __all__ = ["build_parser", "handler", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
+#: The collector's thresholds while a one-pass command runs. A plan of thousands of domains makes
+#: models, parses and dicts that nearly all live to its end, and no cycles worth freeing: at the
+#: default 700 allocations a young collection, the collector ran 450 times in a fleet's no-op plan
+#: (4,000 domains), 0.1 s for nothing. Restored when the command returns.
+ONE_PASS_GC_THRESHOLDS = (100_000, 50, 100)
+#: Commands that run until stopped keep the default thresholds (their garbage must go in time).
+LONG_RUNNING = frozenset({"daemon"})
+
 
 def handler(command: str) -> Handler:
     """The function that runs ``command``, its module imported now."""
@@ -53,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
     words = sys.argv[1:] if argv is None else list(argv)
     args = parse(build_parser(only=command_named(words)), words)
+    thresholds = gc.get_threshold()
+    if args.command not in LONG_RUNNING:
+        gc.set_threshold(*ONE_PASS_GC_THRESHOLDS)
     try:
         return _load(args.command)(args)
     except ManifestError as problem:
@@ -65,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def _load(command: str) -> Handler:
