@@ -259,7 +259,9 @@ def markdown(figures: dict[str, float], hosts: int, domains: int, latency: float
             "",
             *goals,
             f"- With the default `--host-parallel 16`, {hosts} hosts are worked in two waves; one lane "
-            "per host (`--host-parallel` at least the number of hosts) works them all at once.",
+            "per host (`--host-parallel` at least the number of hosts) works them all at once. The "
+            f"lab's {hosts} daemons and its proxy process share this machine's CPUs with the client, "
+            "which real hypervisors would not: the fleet's figures move by ±0.2 s from run to run.",
             f"- Against the one-by-one floor: {', '.join(ratios)}.",
             f"- Stopping every domain with one hung host in the fleet (a socket that accepts and never "
             f"answers, connect timeout {CONNECT_TIMEOUT} s): {hung:.2f} s, against the timeout plus the "
