@@ -70,13 +70,12 @@ class EarlyOpens:
         hosts were started, and neither its name nor its hypervisor was seen before (a second Host
         of either is an error of the manifests: nothing more is opened for it)."""
         key = host.spec.address.hypervisor_key
-        if host.name in self._openings or key in self._hypervisors or len(self._openings) >= self._limit:
-            return
-        if not self._wanted(host):
-            return
-        opening = _Opening(host)
-        self._openings[host.name] = opening
-        self._hypervisors.add(key)
+        with self._lock:
+            seen = host.name in self._openings or key in self._hypervisors
+            if seen or len(self._hypervisors) >= self._limit or not self._wanted(host):
+                return
+            opening = self._openings[host.name] = _Opening(host)
+            self._hypervisors.add(key)
         threading.Thread(target=self._open, args=(host, opening), name="vr-early-open", daemon=True).start()
 
     def take(self, host: Host) -> libvirt.virConnect | None:
