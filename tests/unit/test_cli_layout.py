@@ -83,15 +83,16 @@ def test_validate_imports_only_what_it_needs():
     assert not loaded & unwanted, loaded & unwanted
 
 
-def modules_loaded_by(args: list[str], cache: Path) -> set[str]:
-    """The modules a fresh interpreter holds after running the CLI with ``args`` (exit 0 or 2)."""
+def modules_loaded_by(args: list[str], cache: Path, **environ: str) -> set[str]:
+    """The modules a fresh interpreter holds after running the CLI with ``args`` (exit 0 or 2), with
+    ``environ`` added to this process's environment."""
     code = (
         "import sys\n"
         "from reconciler.cli import main\n"
         f"assert main({args!r}) in (0, 2)\n"
         "sys.stderr.write('\\n'.join(sys.modules))\n"
     )
-    env = {**os.environ, "VIRT_RECONCILE_CACHE_DIR": str(cache), "NO_COLOR": "1"}
+    env = {**os.environ, "VIRT_RECONCILE_CACHE_DIR": str(cache), "NO_COLOR": "1", **environ}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return set(result.stderr.splitlines())
 
@@ -121,6 +122,16 @@ def test_validate_loads_no_xml_engine_renderer_or_colour(tmp_path):
     }
     assert not loaded_from(loaded, heavy)
     assert {"reconciler.spec.models", "reconciler.report.printer"} <= loaded
+
+
+def test_models_are_built_without_looking_for_pydantic_plugins(tmp_path, monkeypatch):
+    """Start-up time: pydantic's plugin discovery (importlib.metadata, and every installed
+    distribution's entry points read) is skipped; its own switch, PYDANTIC_DISABLE_PLUGINS, set even
+    empty, brings pydantic's loader back."""
+    monkeypatch.delenv("PYDANTIC_DISABLE_PLUGINS", raising=False)
+    args = ["validate", str(REPO / "manifests")]
+    assert "importlib.metadata" not in modules_loaded_by(args, tmp_path / "cache")
+    assert "importlib.metadata" in modules_loaded_by(args, tmp_path / "cache", PYDANTIC_DISABLE_PLUGINS="")
 
 
 def test_validate_of_unchanged_manifests_loads_no_yaml_parser(tmp_path):
