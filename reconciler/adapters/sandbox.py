@@ -28,6 +28,7 @@ from typing import BinaryIO
 from lxml import etree
 
 from reconciler.adapters.libvirt import hostlock
+from reconciler.adapters.libvirt.lockholders import LockLimits
 from reconciler.errors import PermanentHostError
 from reconciler.files.atomic import write_atomically
 from reconciler.libvirtxml.parse import parse_ahead
@@ -397,5 +398,5 @@ def locked(path: Path, *, write: bool, host: str | None = None) -> Iterator[Sand
         yield SandboxFile(path, host)
         return
     name = host or str(path)
-    with hostlock.file_lock(path.with_name(path.name + ".lock"), name, hostlock.LockLimits.from_env(name)):
+    with hostlock.file_lock(path.with_name(path.name + ".lock"), name, LockLimits.from_env(name)):
         yield SandboxFile(path, host)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from lxml import etree
 
-from reconciler.adapters.libvirt import hostlock
+from reconciler.adapters.libvirt import leases, lockholders
 from reconciler.errors import TemporaryHostError
 from reconciler.spec.hosturi import HostURI
 from tests.e2e.conftest import E2E, URI
@@ -144,25 +144,25 @@ def test_two_plain_virt_reconcile_applies_at_once(e2e: E2E) -> None:
 
 # --- the secret lease (remote hosts) on the real daemon -----------------------------------------
 
-QUICK = hostlock.LockLimits(wait=0.5, poll=0.05, poll_max=0.1)
+QUICK = lockholders.LockLimits(wait=0.5, poll=0.05, poll_max=0.1)
 REMOTE = HostURI(URI)  # the lease is what a remote host gets; this daemon's secret driver holds it
 
 
 @pytest.fixture
 def secret_leases(conn: libvirt.virConnect):
     """The secret lease kind on the real daemon; any lease a test leaves is removed afterwards."""
-    leases = hostlock.lease_kind(conn, REMOTE)
-    assert leases.current() is None, "a virt-reconcile-lock secret is already defined on this daemon"
-    yield leases
-    found = leases.current()
+    kind = leases.lease_kind(conn, REMOTE)
+    assert kind.current() is None, "a virt-reconcile-lock secret is already defined on this daemon"
+    yield kind
+    found = kind.current()
     if found is not None:
-        leases.remove(found[0])
+        kind.remove(found[0])
 
 
 def test_the_secret_lease_keeps_a_second_holder_out_and_names_the_first(conn, secret_leases) -> None:
     other = libvirt.open(URI)
     try:
-        with hostlock.hypervisor_lease(conn, REMOTE, "hv", QUICK) as what:
+        with leases.hypervisor_lease(conn, REMOTE, "hv", QUICK) as what:
             assert what.startswith("the libvirt secret for usage 'virt-reconcile-lock' (")
             uuid = what.split("(")[1].rstrip(")")
             secret = other.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, "virt-reconcile-lock")
@@ -170,13 +170,13 @@ def test_the_secret_lease_keeps_a_second_holder_out_and_names_the_first(conn, se
             assert f"hostname={socket.gethostname()} pid={os.getpid()}" in secret.XMLDesc(0)
             with (
                 pytest.raises(TemporaryHostError) as refused,
-                hostlock.hypervisor_lease(other, REMOTE, "hv", QUICK),
+                leases.hypervisor_lease(other, REMOTE, "hv", QUICK),
             ):
                 pass
             assert f"pid {os.getpid()} on {socket.gethostname()}" in str(refused.value)
             assert f"(lease {uuid}); gave up after waiting 0.5s" in str(refused.value)
         assert secret_leases.current() is None  # released: the secret is gone
-        with hostlock.hypervisor_lease(other, REMOTE, "hv", QUICK):
+        with leases.hypervisor_lease(other, REMOTE, "hv", QUICK):
             pass
     finally:
         other.close()
@@ -184,8 +184,8 @@ def test_the_secret_lease_keeps_a_second_holder_out_and_names_the_first(conn, se
 
 def test_a_stale_secret_lease_is_broken(conn, secret_leases, caplog) -> None:
     hour_ago = time.time() - 3600
-    dead = secret_leases.create(hostlock.Holder("admin-box", 4242, hour_ago, hour_ago).text())
-    with hostlock.hypervisor_lease(conn, REMOTE, "hv", QUICK):
+    dead = secret_leases.create(lockholders.Holder("admin-box", 4242, hour_ago, hour_ago).text())
+    with leases.hypervisor_lease(conn, REMOTE, "hv", QUICK):
         uuid, text = secret_leases.current() or ("", "")
         assert uuid != dead and f"pid={os.getpid()}" in text
     assert f"hv: breaking the libvirt secret for usage 'virt-reconcile-lock' ({dead})" in caplog.text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -25,19 +26,19 @@ import pytest
 
 from reconciler.adapters import sandbox
 from reconciler.adapters.libvirt import host as libvirt_host
-from reconciler.adapters.libvirt import hostlock
+from reconciler.adapters.libvirt import hostlock, leases, lockholders
 from reconciler.engine.apply import Hooks
 from reconciler.engine.plan import HostPlan
 from reconciler.engine.reconcile import Outcome, ReconcileOptions, reconcile
-from reconciler.errors import TemporaryHostError
+from reconciler.errors import PermanentHostError, TemporaryHostError
 from reconciler.spec.hosturi import HostURI
 from reconciler.spec.manifests import load_manifests
 from tests.helpers import REPO, cli, domain_yaml, write
 
 SYSTEM = HostURI("qemu:///system")
 DEFAULT = HostURI("test:///default")
-QUICK = hostlock.LockLimits(wait=0.4, poll=0.02, poll_max=0.05)
-PATIENT = hostlock.LockLimits(wait=10, poll=0.02, poll_max=0.05)
+QUICK = lockholders.LockLimits(wait=0.4, poll=0.02, poll_max=0.05)
+PATIENT = lockholders.LockLimits(wait=10, poll=0.02, poll_max=0.05)
 LOG = "virt_reconcile.adapters.hostlock"
 
 
@@ -55,9 +56,9 @@ def default_conns() -> Iterator[tuple[libvirt.virConnect, libvirt.virConnect]]:
     try:
         yield first, second
     finally:
-        found = hostlock.lease_kind(first, DEFAULT).current()
+        found = leases.lease_kind(first, DEFAULT).current()
         if found is not None:
-            hostlock.lease_kind(first, DEFAULT).remove(found[0])
+            leases.lease_kind(first, DEFAULT).remove(found[0])
         first.close()
         second.close()
 
@@ -77,15 +78,44 @@ def in_thread(target, *args) -> tuple[threading.Thread, list]:
     return thread, outcome
 
 
-def take_local(limits: hostlock.LockLimits) -> float:
+def take_local(limits: lockholders.LockLimits) -> float:
     """Take and release the local lock of qemu:///system; when it was taken (monotonic)."""
     with hostlock.local_lock(SYSTEM, "hv", limits):
         return time.monotonic()
 
 
-def take_lease(conn: libvirt.virConnect, limits: hostlock.LockLimits) -> float:
-    with hostlock.hypervisor_lease(conn, DEFAULT, "hv", limits):
+def take_lease(conn: libvirt.virConnect, limits: lockholders.LockLimits) -> float:
+    with leases.hypervisor_lease(conn, DEFAULT, "hv", limits):
         return time.monotonic()
+
+
+def ended_pid() -> int:
+    """The pid of a process of this machine that has ended."""
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    return int(ended.stdout)
+
+
+@contextlib.contextmanager
+def lease_held_by_another_run(conn: libvirt.virConnect, limits: lockholders.LockLimits) -> Iterator[str]:
+    """The lease taken and held by another thread, as another run of this process (a daemon's other
+    host lane) holds it; yields what is held."""
+    taken: queue.Queue[str] = queue.Queue()
+    release = threading.Event()
+
+    def hold() -> None:
+        with leases.hypervisor_lease(conn, DEFAULT, "hv", limits) as what:
+            taken.put(what)
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        yield taken.get(timeout=30)
+    finally:
+        release.set()
+        thread.join()
 
 
 # --- local hypervisors: flock ------------------------------------------------------------------
@@ -119,9 +149,9 @@ def test_a_second_local_lock_waits_for_the_first_then_takes_it(lock_dir, caplog)
 def test_a_local_lock_held_by_another_process_is_named_and_dies_with_it(lock_dir):
     code = (
         "import sys\n"
-        "from reconciler.adapters.libvirt import hostlock\n"
+        "from reconciler.adapters.libvirt import hostlock, lockholders\n"
         "from reconciler.spec.hosturi import HostURI\n"
-        "with hostlock.local_lock(HostURI('qemu:///system'), 'hv', hostlock.LockLimits()):\n"
+        "with hostlock.local_lock(HostURI('qemu:///system'), 'hv', lockholders.LockLimits()):\n"
         "    print('held', flush=True)\n"
         "    sys.stdin.read()\n"
     )
@@ -166,10 +196,10 @@ def test_without_a_usable_run_folder_the_lock_goes_to_the_state_dir_with_a_warni
 
 def test_a_second_lease_waits_for_the_first_then_takes_it(default_conns):
     first, second = default_conns
-    with hostlock.hypervisor_lease(first, DEFAULT, "hv", QUICK) as what:
+    with leases.hypervisor_lease(first, DEFAULT, "hv", QUICK) as what:
         assert what.startswith("the libvirt network 'virt-reconcile-lock' (")
-        uuid, text = hostlock.lease_kind(second, DEFAULT).current() or ("", "")
-        holder = hostlock.Holder.parse(text)
+        uuid, text = leases.lease_kind(second, DEFAULT).current() or ("", "")
+        holder = lockholders.Holder.parse(text)
         assert holder is not None and (holder.hostname, holder.pid) == (socket.gethostname(), os.getpid())
         waiter, taken = in_thread(take_lease, second, PATIENT)
         time.sleep(0.3)
@@ -177,7 +207,7 @@ def test_a_second_lease_waits_for_the_first_then_takes_it(default_conns):
         released = time.monotonic()
     waiter.join(timeout=5)
     assert len(taken) == 1 and isinstance(taken[0], float) and taken[0] >= released
-    assert hostlock.lease_kind(second, DEFAULT).current() is None  # removed on release
+    assert leases.lease_kind(second, DEFAULT).current() is None  # removed on release
     with pytest.raises(libvirt.libvirtError):
         second.networkLookupByUUIDString(uuid)
 
@@ -185,7 +215,7 @@ def test_a_second_lease_waits_for_the_first_then_takes_it(default_conns):
 def test_past_the_wait_the_error_names_the_lease_holder(default_conns):
     first, second = default_conns
     with (
-        hostlock.hypervisor_lease(first, DEFAULT, "hv", QUICK) as what,
+        lease_held_by_another_run(first, QUICK) as what,
         pytest.raises(TemporaryHostError) as refused,
     ):
         take_lease(second, QUICK)
@@ -202,10 +232,10 @@ def test_past_the_wait_the_error_names_the_lease_holder(default_conns):
 def test_a_stale_lease_is_broken_with_a_warning(default_conns, caplog):
     first, second = default_conns
     hour_ago = time.time() - 3600
-    dead = hostlock.Holder("admin-box", 4242, hour_ago, hour_ago)
-    hostlock.lease_kind(first, DEFAULT).create(dead.text())
-    with hostlock.hypervisor_lease(second, DEFAULT, "hv", QUICK):
-        _uuid, text = hostlock.lease_kind(first, DEFAULT).current() or ("", "")
+    dead = lockholders.Holder("admin-box", 4242, hour_ago, hour_ago)
+    leases.lease_kind(first, DEFAULT).create(dead.text())
+    with leases.hypervisor_lease(second, DEFAULT, "hv", QUICK):
+        _uuid, text = leases.lease_kind(first, DEFAULT).current() or ("", "")
         assert f"pid={os.getpid()}" in text
     assert "hv: breaking the libvirt network 'virt-reconcile-lock'" in caplog.text
     assert "pid 4242 on admin-box since " in caplog.text and "stale after 300s" in caplog.text
@@ -213,29 +243,98 @@ def test_a_stale_lease_is_broken_with_a_warning(default_conns, caplog):
 
 def test_a_fresh_lease_of_another_machine_is_not_broken(default_conns):
     first, second = default_conns
-    alive = hostlock.Holder("admin-box", 4242, time.time() - 3600, time.time())
-    hostlock.lease_kind(first, DEFAULT).create(alive.text())
+    alive = lockholders.Holder("admin-box", 4242, time.time() - 3600, time.time())
+    leases.lease_kind(first, DEFAULT).create(alive.text())
     with pytest.raises(TemporaryHostError, match="pid 4242 on admin-box"):
         take_lease(second, QUICK)
 
 
 def test_a_held_lease_is_renewed_so_a_long_apply_never_goes_stale(default_conns):
     first, second = default_conns
-    short = hostlock.LockLimits(wait=1.2, stale=0.4, renew=0.1, poll=0.02, poll_max=0.05)
-    with hostlock.hypervisor_lease(first, DEFAULT, "hv", short):
+    short = lockholders.LockLimits(wait=1.2, stale=0.4, renew=0.1, poll=0.02, poll_max=0.05)
+    with lease_held_by_another_run(first, short):
         time.sleep(0.6)  # older than the stale limit, but renewed meanwhile
         with pytest.raises(TemporaryHostError, match=f"pid {os.getpid()}"):
             take_lease(second, short)
 
 
+def test_a_lease_this_run_holds_already_is_refused_at_once_not_waited_for(default_conns):
+    """Two Host entries reaching one hypervisor by two URIs (a name and an address): the run that
+    holds the lease for the first must not wait for itself on the second."""
+    first, second = default_conns
+    patient = lockholders.LockLimits(wait=5, poll=0.02, poll_max=0.05)  # waited out: a TemporaryHostError
+    own = "held by this run already, for another Host entry"
+    with (
+        leases.hypervisor_lease(first, DEFAULT, "hv-by-name", patient) as what,
+        pytest.raises(PermanentHostError, match=own),
+    ):
+        take_lease(second, patient)
+    assert what.split("(")[1].rstrip(")") not in leases._HELD_LEASES  # released with the block
+
+
+def test_a_lease_whose_holder_ended_on_this_machine_is_broken_at_once(default_conns, caplog):
+    """A run that could not remove its lease (its host went silent) and has ended since holds
+    nothing: the next run on this machine breaks its lease without waiting for the stale limit."""
+    first, second = default_conns
+    pid = ended_pid()
+    now = time.time()
+    here = lockholders.where_pids_are()
+    kind = leases.lease_kind(second, DEFAULT)
+    kind.create(lockholders.Holder(socket.gethostname(), pid, now, now, *here).text())
+    with caplog.at_level(logging.WARNING, LOG):
+        take_lease(first, QUICK)  # QUICK waits 0.4 s and the lease is fresh: only "ended" breaks it
+    assert f"pid {pid} on {socket.gethostname()}" in caplog.text
+    assert "has ended without removing it" in caplog.text
+    assert kind.current() is None
+
+
+@pytest.mark.parametrize(
+    "holder",
+    [
+        pytest.param(lambda pid, here: (os.getppid(), here), id="alive-on-this-machine"),
+        pytest.param(lambda pid, here: (pid, ("", "")), id="ended-but-recorded-no-place"),
+        pytest.param(lambda pid, here: (pid, ("another-boot", here[1])), id="ended-on-another-boot"),
+    ],
+)
+def test_a_fresh_lease_is_waited_for_unless_its_holder_surely_ended(default_conns, holder):
+    first, second = default_conns
+    pid, (boot, pidns) = holder(ended_pid(), lockholders.where_pids_are())
+    now = time.time()
+    kind = leases.lease_kind(second, DEFAULT)
+    uuid = kind.create(lockholders.Holder(socket.gethostname(), pid, now, now, boot, pidns).text())
+    try:
+        with pytest.raises(TemporaryHostError, match="another apply holds"):
+            take_lease(first, QUICK)
+    finally:
+        kind.remove(uuid)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "-1", "ten"])
+@pytest.mark.parametrize("env", [lockholders.WAIT_ENV, lockholders.STALE_ENV])
+def test_lock_limits_from_the_environment_are_finite_numbers_of_seconds(monkeypatch, env, value):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(PermanentHostError, match=f"{env}='{value}' is not a number of seconds"):
+        lockholders.LockLimits.from_env("hv")
+
+
+def test_a_lease_is_never_stale_after_zero_seconds(monkeypatch):
+    monkeypatch.setenv(lockholders.STALE_ENV, "0")
+    with pytest.raises(PermanentHostError, match="cannot be stale after 0 seconds"):
+        lockholders.LockLimits.from_env("hv")
+    monkeypatch.setenv(lockholders.STALE_ENV, "30")
+    monkeypatch.setenv(lockholders.WAIT_ENV, "0")  # no wait at all: fail at once if held
+    limits = lockholders.LockLimits.from_env("hv")
+    assert (limits.wait, limits.stale) == (0, 30)
+
+
 def test_release_leaves_alone_a_lease_taken_since_by_someone_else(default_conns):
     first, second = default_conns
-    leases = hostlock.lease_kind(second, DEFAULT)
-    with hostlock.hypervisor_lease(first, DEFAULT, "hv", QUICK):
-        mine, _text = leases.current() or ("", "")
-        leases.remove(mine)  # broken as stale by another run, which then took its own
-        theirs = leases.create(hostlock.Holder("admin-box", 4242, time.time(), time.time()).text())
-    assert (leases.current() or ("",))[0] == theirs
+    kind = leases.lease_kind(second, DEFAULT)
+    with leases.hypervisor_lease(first, DEFAULT, "hv", QUICK):
+        mine, _text = kind.current() or ("", "")
+        kind.remove(mine)  # broken as stale by another run, which then took its own
+        theirs = kind.create(lockholders.Holder("admin-box", 4242, time.time(), time.time()).text())
+    assert (kind.current() or ("",))[0] == theirs
 
 
 # --- through connect(): apply holds the lock from observation to the last action ---------------
@@ -246,10 +345,10 @@ def test_plan_takes_no_lease_and_apply_holds_one(tmp_path, default_conns):
     write(tmp_path, "hosts.yaml", host_doc("test:///default", cpus=8))
     host = load_manifests(tmp_path).hosts["hv1"]
     with libvirt_host.connect(host, write=False):
-        assert hostlock.lease_kind(first, DEFAULT).current() is None
+        assert leases.lease_kind(first, DEFAULT).current() is None
     with libvirt_host.connect(host, write=True):
-        assert hostlock.lease_kind(first, DEFAULT).current() is not None
-    assert hostlock.lease_kind(first, DEFAULT).current() is None
+        assert leases.lease_kind(first, DEFAULT).current() is not None
+    assert leases.lease_kind(first, DEFAULT).current() is None
 
 
 def host_doc(uri: str, cpus: int) -> str:
@@ -319,7 +418,7 @@ def test_a_sandbox_plan_takes_no_lock_and_creates_no_file(sandbox):
 
 
 def test_a_sandbox_apply_past_the_wait_fails_naming_the_holder(sandbox, monkeypatch):
-    monkeypatch.setenv(hostlock.WAIT_ENV, "0.3")
+    monkeypatch.setenv(lockholders.WAIT_ENV, "0.3")
     sandbox.domains(a={})
     with sandbox_lock(sandbox.state):
         applier, applied = in_thread(lambda: cli("apply", str(sandbox.root)))
