@@ -25,6 +25,7 @@ wait for new input (a new revision, a new command line).
     ├── StatusError                 yes   a daemon's /status could not be read (it may be starting)
     └── HostError                   -     talking to a host failed (wraps libvirt errors)
         ├── TemporaryHostError      yes   connection lost, daemon busy, timeout
+        │   └── LockBusyError       yes   another run holds the host's apply lock
         └── PermanentHostError      no    wrong address, refused credentials or definition, unsupported
 """
 
@@ -140,6 +141,10 @@ class TemporaryHostError(HostError):
     """A host error that may go away on retry (connection lost, timeout)."""
 
     retryable = True
+
+
+class LockBusyError(TemporaryHostError):
+    """Another run holds the host's apply lock (and kept it past the wait, if there was one)."""
 
 
 class PermanentHostError(HostError):

@@ -200,7 +200,7 @@ class FakeHypervisor:
         if error is not None:
             raise error
 
-    def exclusive(self) -> contextlib.AbstractContextManager[object]:
+    def exclusive(self, wait: bool = True) -> contextlib.AbstractContextManager[object]:
         """No other process reaches an in-memory host: nothing to lock."""
         return contextlib.nullcontext()
 

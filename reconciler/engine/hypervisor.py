@@ -162,9 +162,10 @@ class Hypervisor(Protocol):
 
     name: str
 
-    def exclusive(self) -> AbstractContextManager[object]:
+    def exclusive(self, wait: bool = True) -> AbstractContextManager[object]:
         """Hold the host's apply lock for the block: no other run observes, checks and applies it
-        meanwhile. Taken before observing, in one global order of hosts (see ``engine.sessions``)."""
+        meanwhile. Taken before observing (see ``engine.sessions``). While another run holds it,
+        wait for it (up to the wait limit), or with ``wait=False`` raise ``LockBusyError`` at once."""
         ...
 
     def observe(self) -> HostObservation:

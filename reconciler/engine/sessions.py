@@ -3,10 +3,11 @@ bounded pool, kept open until the pass ends, and each host's failure kept to tha
 
 Hosts reached in-process (the sandbox, ``test:///``) answer as function calls and take their lock
 when opened, so they are opened one by one in one global order. Every other host is opened and
-observed in the pool; the apply locks of the hosts a pass changes are then taken one by one in the
-same global order (by hypervisor), so two runs over overlapping hosts never wait on each other in
-a circle. A host that does not answer fails within its own timeouts (the adapter's connect
-deadline and libvirt keepalive), never holding up the others.
+observed in the pool. The apply locks of the hosts a pass changes are taken in the pool too, none
+waited for; when another run holds one, every lock taken is let go and all are taken one by one in
+the global order (by hypervisor), waiting as needed, so two runs over overlapping hosts never wait
+on each other in a circle. A host that does not answer fails within its own timeouts (the
+adapter's connect deadline and libvirt keepalive), never holding up the others.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TypeVar
 
 from reconciler.engine.hypervisor import HostEnvironment, HostObservation, Hypervisor
 from reconciler.engine.preflight import wanted_paths, wanted_secrets
-from reconciler.errors import HostError
+from reconciler.errors import HostError, LockBusyError
 from reconciler.spec.models import Domain, Host
 
 T = TypeVar("T")
@@ -46,6 +47,7 @@ class HostSessions:
         self._parallel = max(1, parallel)
         self._pool: ThreadPoolExecutor | None = None
         self._stacks: dict[str, ExitStack] = {}  # each host's connection and lock, closed together
+        self._locks: dict[str, ExitStack] = {}  # each locked host's lock (inside its stack)
         self.hypervisors: dict[str, Hypervisor] = {}
         self.observed: dict[str, HostObservation] = {}
         self.errors: dict[str, HostError] = {}
@@ -103,15 +105,18 @@ class HostSessions:
         remote = [host.name for host in ordered if not host.spec.address.in_process]
         by_name = {host.name: host for host in ordered}
         opened = self.each(remote, lambda name: self._enter(by_name[name]))
-        for host in ordered:
-            if host.spec.address.in_process:
-                self._open_one(host)  # instant, and locked while opened
-            elif (
-                (hypervisor := opened[host.name]) is not None
-                and self._write
-                and not self._lock(host.name, hypervisor)
-            ):
-                opened[host.name] = None
+        if self._write and len(remote) == len(ordered) > 1:
+            self._lock_side_by_side(opened)
+        else:
+            for host in ordered:
+                if host.spec.address.in_process:
+                    self._open_one(host)  # instant, and locked while opened
+                elif (
+                    (hypervisor := opened[host.name]) is not None
+                    and self._write
+                    and not self._lock(host.name, hypervisor)
+                ):
+                    opened[host.name] = None
         live = {name: hypervisor for name, hypervisor in opened.items() if hypervisor is not None}
         for name, seen in self.each(list(live), lambda name: self._observe(name, live[name])).items():
             if seen is not None:
@@ -158,14 +163,40 @@ class HostSessions:
         stack.push(self._closer(host.name, context))
         return hypervisor
 
-    def _lock(self, name: str, hypervisor: Hypervisor) -> bool:
-        """Take a host's apply lock until the sessions close; False (the error kept) if it cannot be."""
+    def _lock(self, name: str, hypervisor: Hypervisor, *, wait: bool = True) -> bool | None:
+        """Take a host's apply lock until the sessions close: True; False (the error kept) if it
+        cannot be taken; None, not waiting (``wait=False``), while another run holds it."""
+        lock = ExitStack()
+        self._stacks[name].enter_context(lock)  # released with the host, unless let go before
         try:
-            self._stacks[name].enter_context(hypervisor.exclusive())
+            lock.enter_context(hypervisor.exclusive(wait=wait))
+        except LockBusyError as err:
+            if not wait:
+                return None
+            self.errors[name] = err
+            return False
         except HostError as err:
             self.errors[name] = err
             return False
+        self._locks[name] = lock
         return True
+
+    def _lock_side_by_side(self, opened: dict[str, Hypervisor | None]) -> None:
+        """Take the opened hosts' apply locks side by side, none waited for: a host that does not
+        answer fails alone, within its own timeouts, instead of holding up the hosts after it.
+        When another run holds one, every lock taken is let go and all are taken again one by one
+        in the global order (``opened`` is in it), waiting as needed: a run then waits only while
+        holding the locks before the one it waits for, so two runs never wait in a circle."""
+        live = {name: hypervisor for name, hypervisor in opened.items() if hypervisor is not None}
+        taken = self.each(list(live), lambda name: self._lock(name, live[name], wait=False))
+        if None in taken.values():
+            for lock in self._locks.values():
+                lock.close()
+            self._locks.clear()
+            taken = {name: taken[name] is not False and self._lock(name, live[name]) for name in live}
+        for name, locked in taken.items():
+            if not locked:
+                opened[name] = None
 
     def _observe(self, name: str, hypervisor: Hypervisor) -> HostObservation | None:
         """A host's observation; None (the error kept) if it cannot be made."""

@@ -333,7 +333,7 @@ class SnapshotHypervisor:
         self._host = host
         self._observed = observation(host)
 
-    def exclusive(self) -> contextlib.AbstractContextManager[object]:
+    def exclusive(self, wait: bool = True) -> contextlib.AbstractContextManager[object]:
         """Nothing to lock: a snapshot never changes."""
         return contextlib.nullcontext()
 

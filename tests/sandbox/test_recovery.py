@@ -25,8 +25,8 @@ class CrashAfter:
     def __init__(self, inner, limit: int) -> None:
         self.inner, self.limit, self.name = inner, limit, inner.name
 
-    def exclusive(self):  # the lock is not a change either
-        return self.inner.exclusive()
+    def exclusive(self, wait=True):  # the lock is not a change either
+        return self.inner.exclusive(wait)
 
     def observe(self):
         return self.inner.observe()

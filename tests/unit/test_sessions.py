@@ -1,6 +1,7 @@
 """A pass works its hosts side by side (engine.sessions, engine.apply): hosts opened, observed,
-asked and applied at once within ``host_parallel``; apply locks taken one by one in hypervisor
-order; one host's failure kept to that host; results still shown grouped by host, in manifest order.
+asked and applied at once within ``host_parallel``; apply locks taken side by side without waiting,
+or, when another run holds one, let go and taken one by one in hypervisor order; one host's failure
+kept to that host; results still shown grouped by host, in manifest order.
 
 Concurrency is made deterministic with barriers and events (a serial implementation breaks a
 barrier instead of hanging), never with sleeps or timed assertions.
@@ -20,7 +21,7 @@ from reconciler.engine.actions import ActionKind
 from reconciler.engine.apply import ActionResult, Hooks, InOrder, apply_fleet
 from reconciler.engine.reconcile import Outcome, ReconcileOptions, reconcile
 from reconciler.engine.sessions import in_key_order
-from reconciler.errors import HostError, PermanentHostError, TemporaryHostError
+from reconciler.errors import HostError, LockBusyError, PermanentHostError, TemporaryHostError
 from reconciler.spec.manifests import load_manifests
 from reconciler.spec.models import Host
 from tests.daemon_helpers import FakeHypervisor
@@ -53,7 +54,9 @@ class Journal:
 
 class JournalledHost(FakeHypervisor):
     """An in-memory host that journals its lock, observe, environment and define calls, runs a hook
-    before each (``hooks[method]``), and raises ``errors[method]`` instead when set."""
+    before each (``hooks[method]``), and raises ``errors[method]`` instead when set. While ``busy``,
+    another run holds its lock: a try without waiting (journalled ``busy``) raises LockBusyError; a
+    wait (journalled ``wait``) ends the other run's hold."""
 
     def __init__(self, name: str, journal: Journal) -> None:
         super().__init__(name)
@@ -61,6 +64,7 @@ class JournalledHost(FakeHypervisor):
         self.hooks: dict[str, Callable[[], object]] = {}
         self.errors: dict[str, Exception] = {}
         self.locked = False
+        self.busy = False
         self.defined_while_locked: list[bool] = []
 
     def _enter(self, method: str) -> None:
@@ -71,7 +75,12 @@ class JournalledHost(FakeHypervisor):
             raise self.errors[method]
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self, wait: bool = True) -> Iterator[None]:
+        if self.busy:
+            self.journal.add("wait" if wait else "busy", self.name)
+            if not wait:
+                raise LockBusyError(self.name, "another apply holds the lock")
+            self.busy = False
         self._enter("lock")
         self.locked = True
         try:
@@ -208,11 +217,11 @@ MACHINES = {"one": "c.example", "two": "a.example", "three": "b.example"}  # key
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(MACHINES)))
-def test_apply_locks_are_taken_in_hypervisor_order_whatever_the_manifest_order(tmp_path: Path, order):
+def test_apply_locks_are_held_from_before_observation_to_after_the_last_change(tmp_path: Path, order):
     fleet = Fleet(list(MACHINES))
     outcome = run(tmp_path, fleet, remote({name: MACHINES[name] for name in order}))
     assert not outcome.failed
-    assert fleet.journal.of("lock") == ["two", "three", "one"]
+    assert sorted(fleet.journal.of("lock")) == sorted(MACHINES)  # taken side by side: none was busy
     for name in MACHINES:
         journal = fleet.journal
         assert (
@@ -220,6 +229,47 @@ def test_apply_locks_are_taken_in_hypervisor_order_whatever_the_manifest_order(t
         )
         assert journal.index("define", name) < journal.index("unlock", name) < journal.index("close", name)
         assert fleet.hosts[name].defined_while_locked == [True]
+
+
+def test_a_host_that_hangs_while_locked_holds_up_no_other_host_s_lock(tmp_path: Path):
+    """``two`` comes first in the global order and does not answer while its lease is taken (until
+    its call timeout): the other hosts are locked meanwhile, not one timeout after another."""
+    fleet = Fleet(list(MACHINES))
+    others_locked = threading.Event()
+    fleet.journal.on_event = lambda what, host: (
+        others_locked.set() if {"three", "one"} <= set(fleet.journal.of("lock")) else None
+    )
+    while_two_hangs: list[bool] = []  # whether the others were locked while two's lock hung
+    fleet.hosts["two"].hooks["lock"] = lambda: while_two_hangs.append(others_locked.wait(WAIT))
+    fleet.hosts["two"].errors["lock"] = TemporaryHostError("two", "no answer within the call timeout")
+    outcome = run(tmp_path, fleet, remote(MACHINES))
+    assert while_two_hangs == [True], "the other hosts waited for two's lock"
+    assert outcome.plan.hosts["two"].host_error is fleet.hosts["two"].errors["lock"]
+    assert outcome.plan.hosts["one"].host_error is None and outcome.plan.hosts["three"].host_error is None
+
+
+def test_when_another_run_holds_a_lock_all_are_let_go_and_taken_in_hypervisor_order(tmp_path: Path):
+    """``three`` is held by another run: the locks taken side by side are let go, then every host is
+    locked one by one in the global order (two, three, one), so the run waits for three holding
+    only the locks before it, as the other run does: no two runs wait on each other in a circle."""
+    fleet = Fleet(list(MACHINES))
+    fleet.hosts["three"].busy = True
+    outcome = run(tmp_path, fleet, remote(MACHINES))
+    assert not outcome.failed and all(applied(fleet, name) for name in MACHINES)
+    events = fleet.journal.events
+    waited = events.index(("wait", "three"))
+    let_go = [index for index, (kind, _) in enumerate(events[:waited]) if kind == "unlock"]
+    assert sorted(events[index][1] for index in let_go) == ["one", "two"]  # taken side by side, let go
+    assert [name for kind, name in events[let_go[-1] + 1 :] if kind == "lock"] == ["two", "three", "one"]
+    order = ["two", "three", "one"]
+    held: set[str] = set()
+    for kind, name in events:
+        if kind == "lock":
+            held.add(name)
+        elif kind == "unlock":
+            held.discard(name)
+        elif kind == "wait":
+            assert all(order.index(other) < order.index(name) for other in held), (name, held)
 
 
 def test_a_plan_takes_no_lock_and_opens_read_only(tmp_path: Path):
@@ -288,7 +338,7 @@ def test_a_host_failing_to_open_lock_or_observe_fails_alone(tmp_path: Path, stag
     assert applied(fleet, "one") and applied(fleet, "three")
     for name in ("one", "three"):
         assert [(r.action.kind, r.ok) for r in outcome.results[name]] == [(ActionKind.START, True)]
-    assert fleet.journal.of("lock") == (["three", "one"] if stage == "open" else ["two", "three", "one"])
+    assert sorted(fleet.journal.of("lock")) == sorted(["three", "one"] if stage == "open" else MACHINES)
     assert sorted(fleet.journal.of("close")) == sorted(MACHINES if stage != "open" else ["one", "three"])
 
 

@@ -106,13 +106,14 @@ class LibvirtHypervisor(VolumeActions, SeedActions):
         self.instances: sandbox.InstanceIds | None = None  # a sandbox's instance ids, kept in its file
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold the host's apply lock (``hostlock``: a lock file here, a lease on a remote host).
-        Held already through this connection (``connect(write=True)``), it is not taken twice."""
+    def exclusive(self, wait: bool = True) -> Iterator[None]:
+        """Hold the host's apply lock (``hostlock``: a lock file here, a lease on a remote host),
+        waiting for another run's up to the wait limit, or not at all (``LockBusyError``). Held
+        already through this connection (``connect(write=True)``), it is not taken twice."""
         if self._address is None or self._locked:
             yield
             return
-        with hostlock.host_lock(self.conn, self._address, self.name, wire=self._main_wire()):
+        with hostlock.host_lock(self.conn, self._address, self.name, wire=self._main_wire(), wait=wait):
             self._locked = True
             try:
                 yield

@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -48,14 +49,18 @@ def host_lock(
     limits: LockLimits | None = None,
     *,
     wire: Wire | None = None,
+    wait: bool = True,
 ) -> Iterator[str]:
-    """Hold ``host``'s lock (flock for a local hypervisor, a lease in it otherwise) for the block.
+    """Hold ``host``'s lock (flock for a local hypervisor, a lease in it otherwise) for the block;
+    while another run holds it, wait up to the wait limit, or not at all (``wait=False``).
 
     Yields what is held, for logs. ``conn`` is only used for a lease; ``wire``, held around each
     call the lease's renewal and removal make on it, keeps them from overlapping other calls on
     ``conn`` (whoever shares the connection holds it around theirs).
     """
     limits = limits or LockLimits.from_env(host)
+    if not wait:
+        limits = replace(limits, wait=0)
     if uri.is_local:
         with local_lock(uri, host, limits) as path:
             yield f"lock file {path}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.errors import PermanentHostError, TemporaryHostError
+from reconciler.errors import LockBusyError, PermanentHostError
 
 log = logging.getLogger("virt_reconcile.adapters.hostlock")
 WAIT_ENV = "VIRT_RECONCILE_LOCK_WAIT"
@@ -162,7 +162,7 @@ def wait_for(host: str, what: str, attempt: Callable[[], str | None], limits: Lo
     while holder is not None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TemporaryHostError(
+            raise LockBusyError(
                 host,
                 f"another apply holds {what}: {holder}; gave up after waiting {limits.wait:g}s "
                 f"({WAIT_ENV} sets the wait)",
