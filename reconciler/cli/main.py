@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from reconciler.cli.exit_codes import EXIT_ERROR
+from reconciler.cli.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED
 from reconciler.cli.parser import COMMANDS, build_parser, command_named
 from reconciler.errors import ManifestError, ReconcilerError
 
@@ -74,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         _stderr().print(f"[red]error:[/red] {escape(str(failure))}")
         return EXIT_ERROR
+    except KeyboardInterrupt:  # Ctrl-C: the hosts' work in flight ended first, their locks let go
+        _stderr().print("[red]interrupted[/red]: the next run plans from what it finds")
+        return EXIT_INTERRUPTED
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)

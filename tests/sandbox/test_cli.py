@@ -43,7 +43,9 @@ def test_unreachable_host_is_an_error_naming_it(tmp_path):
     result = cli("plan", str(tmp_path))
     assert result.code == 1
     assert "gone: cannot connect to test://" in result.out
-    assert cli("apply", str(tmp_path)).code == 1
+    applied = cli("apply", str(tmp_path))
+    assert applied.code == 1
+    assert "Apply failed: 0 action(s) done, 0 failed; errors on gone (above)." in applied.out
 
 
 def test_any_libvirt_uri_works_as_a_host(tmp_path):

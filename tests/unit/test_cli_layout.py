@@ -47,6 +47,17 @@ def test_version_is_reconciler_version(capsys):
     assert capsys.readouterr().out == f"virt-reconcile {reconciler.__version__}\n"
 
 
+def test_ctrl_c_exits_130_saying_interrupted_without_a_traceback(monkeypatch, capsys):
+    from reconciler.cli.commands import validate
+
+    def interrupted(_args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate, "run", interrupted)
+    assert main(["validate", str(REPO / "manifests")]) == 130
+    assert capsys.readouterr().err == "interrupted: the next run plans from what it finds\n"
+
+
 def test_installed_metadata_carries_the_same_version():
     try:
         installed = metadata.version("virt-reconcile")

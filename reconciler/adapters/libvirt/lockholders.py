@@ -158,7 +158,8 @@ def wait_for(host: str, what: str, attempt: Callable[[], str | None], limits: Lo
     holder = attempt()
     if holder is None:
         return
-    log.warning("%s: waiting up to %gs for %s, held by %s", host, limits.wait, what, holder)
+    if limits.wait > 0:  # a try without waiting (the first, side by side) says nothing yet
+        log.warning("%s: waiting up to %gs for %s, held by %s", host, limits.wait, what, holder)
     while holder is not None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
