@@ -8,7 +8,15 @@ import sys
 import types
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 
 from reconciler.spec.durations import DURATION_PATTERN, format_duration, parse_manifest_duration
@@ -38,6 +46,21 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["10s", "1m"]}),
 ]
+
+
+def duration_between(shortest: float, longest: float) -> AfterValidator:
+    """A check that a :data:`Duration` lies within its bounds (``Annotated[Duration, ...]``), saying
+    them in duration units (``1h``), not as bare seconds."""
+
+    def within(seconds: float) -> float:
+        if not shortest <= seconds <= longest:
+            bounds = f"{format_duration(shortest)} and {format_duration(longest)}"
+            raise ValueError(f"must be between {bounds}, not {format_duration(seconds)}")
+        return seconds
+
+    return AfterValidator(within)
+
+
 #: Numbers and booleans are taken as YAML wrote them: ``vcpus: true`` is not 1, ``autostart: 1`` not true.
 Count = Annotated[int, Field(strict=True)]
 Flag = Annotated[bool, Field(strict=True)]

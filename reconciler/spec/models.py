@@ -21,7 +21,7 @@ from reconciler.spec.annotations import Annotations, suspended
 from reconciler.spec.cloudinit import CloudInit
 from reconciler.spec.consoles import Graphics
 from reconciler.spec.disks import Disk
-from reconciler.spec.fieldtypes import Count, Duration, Flag, Model, Name, Size
+from reconciler.spec.fieldtypes import Count, Duration, Flag, Model, Name, Size, duration_between
 from reconciler.spec.hostpolicy import Capacity, Overcommit
 from reconciler.spec.hosturi import HostURI
 from reconciler.spec.labels import label_key_problem, label_value_problem
@@ -48,11 +48,11 @@ MAX_TIMEOUT = 3600.0
 class Timeouts(Model):
     """How long to wait for a host before its pass fails for that host alone (the others go on)."""
 
-    connect: Annotated[Duration, Field(ge=0.1, le=MAX_TIMEOUT)] = Field(  # type: ignore[assignment]
+    connect: Annotated[Duration, duration_between(0.1, MAX_TIMEOUT)] = Field(  # type: ignore[assignment]
         default="10s",
         description="Longest wait for a connection (and libvirt's handshake) to the host; default 10s.",
     )
-    call: Annotated[Duration, Field(ge=1, le=MAX_TIMEOUT)] = Field(  # type: ignore[assignment]
+    call: Annotated[Duration, duration_between(1, MAX_TIMEOUT)] = Field(  # type: ignore[assignment]
         default="60s",
         description="Longest silence from a connected host (libvirt keepalive) before every call in "
         "flight fails and the host's pass ends with a temporary error; default 60s.",

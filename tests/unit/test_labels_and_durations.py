@@ -266,8 +266,12 @@ def test_timeouts_default_to_ten_seconds_to_connect_and_a_minute_per_call(tmp_pa
         ("", "  timeouts:\n    connect: 10\n", "h.yaml:9: spec.timeouts.connect: must be a duration string"),
         ("", "  timeouts:\n    call: 5d\n", "h.yaml:9: spec.timeouts.call: '5d' is not a duration"),
         ("", "  timeouts:\n    call: 2.5\n", "h.yaml:9: spec.timeouts.call: must be a duration string"),
-        ("", "  timeouts: {connect: 50ms}\n", "h.yaml:8: spec.timeouts.connect: "),
-        ("", "  timeouts: {call: 2h}\n", "h.yaml:8: spec.timeouts.call: "),
+        (
+            "",
+            "  timeouts: {connect: 50ms}\n",
+            "h.yaml:8: spec.timeouts.connect: must be between 100ms and 1h, not 50ms",
+        ),
+        ("", "  timeouts: {call: 2h}\n", "h.yaml:8: spec.timeouts.call: must be between 1s and 1h, not 2h"),
         (
             "",
             "  timeouts: {conect: 1s}\n",
