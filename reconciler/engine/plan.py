@@ -308,7 +308,10 @@ def _plan_arrival(plan: PlanDraft, domain: Domain, owner: Owner, fleet: Fleet | 
         return
     dark = [host for host in fleet.unobservable if host != plan.host]
     if dark:
-        reason = f"not defined: {dark[0]} could not be observed, and {name} may still run there (a move)"
+        why = fleet.unobservable[dark[0]].removeprefix(f"{dark[0]}: ")  # shown here even when unselected
+        reason = (
+            f"not defined: {dark[0]} could not be observed ({why}), and {name} may still run there (a move)"
+        )
         plan.held.append(Held(plan.host, name, reason))
         return
     plan_define(plan, domain, owner)

@@ -224,7 +224,8 @@ def test_a_domain_is_not_defined_while_its_old_host_cannot_be_observed(sandbox):
     write(sandbox.root, "vms.yaml", domain_yaml("web", host="hv2"))
     result = cli("apply", str(sandbox.root))
     assert result.code == 1
-    assert "hv1 could not be observed, and web may still run there" in result.out
+    assert "hv1 could not be observed (sandbox state file " in result.out
+    assert "is not XML (line 1, column 25)), and web may still run there" in result.out
     assert names(sandbox, "state/hv2.xml") == set()
 
 
