@@ -288,6 +288,24 @@ def test_a_lease_whose_holder_ended_on_this_machine_is_broken_at_once(default_co
     assert kind.current() is None
 
 
+def test_a_lease_this_process_could_not_remove_is_broken_when_met_again(default_conns, caplog):
+    """A daemon's pass whose host stopped answering before its lease was removed: its next pass on
+    that host (same process, holder alive) breaks the lease at once instead of waiting 5 minutes."""
+    _first, second = default_conns
+    lost = libvirt.open(DEFAULT.text)
+    with caplog.at_level(logging.WARNING, LOG), leases.hypervisor_lease(lost, DEFAULT, "hv", QUICK):
+        lost.close()  # the connection is gone when the lease is let go: it cannot be removed
+    assert "hv: could not remove the libvirt network 'virt-reconcile-lock'" in caplog.text
+    kind = leases.lease_kind(second, DEFAULT)
+    left = kind.current()
+    assert left is not None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, LOG):
+        take_lease(second, QUICK)  # the lease is fresh and its holder (this process) alive
+    assert f"breaking the libvirt network 'virt-reconcile-lock' ({left[0]})" in caplog.text
+    assert "this process could not remove it when it let it go" in caplog.text
+
+
 @pytest.mark.parametrize(
     "holder",
     [

@@ -155,6 +155,8 @@ def hypervisor_lease(
             with wire:
                 leases.remove(uuid)
         except libvirt.libvirtError as err:
+            with _HELD_LOCK:
+                _LEFT_BEHIND.add(uuid)  # this process breaks it at once when it meets it again
             log.warning("%s: could not remove %s (%s): %s", host, leases.what, uuid, err)
 
 
@@ -182,7 +184,9 @@ def _take_lease(leases: Leases, me: Holder, host: str, limits: LockLimits) -> st
             uuid, text = found
             _refuse_own(leases, uuid, host)
             holder = Holder.parse(text)
-            if holder is not None and holder.ended():
+            if _left_behind(uuid):
+                why = "this process could not remove it when it let it go"
+            elif holder is not None and holder.ended():
                 why = f"{holder} has ended without removing it"
             elif holder is None or time.time() - holder.renewed <= limits.stale:
                 return f"{describe(text)} (lease {uuid})"
@@ -197,10 +201,22 @@ def _take_lease(leases: Leases, me: Holder, host: str, limits: LockLimits) -> st
     return taken[0]
 
 
+#: The leases this process let go but could not remove (their host did not answer): nobody holds them.
+_LEFT_BEHIND: set[str] = set()
 #: The leases this process holds now: UUID -> the thread that took it. A run takes every host's
 #: lock it waits for in one thread, in order, so one found again by that thread is its own.
 _HELD_LEASES: dict[str, int] = {}
 _HELD_LOCK = threading.Lock()
+
+
+def _left_behind(uuid: str) -> bool:
+    """Whether lease ``uuid`` is one this process let go but could not remove (a daemon's next pass
+    on that host would otherwise wait for the stale limit); it is forgotten once met again."""
+    with _HELD_LOCK:
+        if uuid not in _LEFT_BEHIND:
+            return False
+        _LEFT_BEHIND.discard(uuid)
+        return True
 
 
 def _refuse_own(leases: Leases, uuid: str, host: str) -> None:
