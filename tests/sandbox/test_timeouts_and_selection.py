@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -146,7 +147,7 @@ def test_a_second_open_while_the_first_still_waits_is_refused_at_once(beside_a_h
     code, document = plan_json(beside_a_hung_host)
     assert code == 1
     [error] = document["hosts"]["hung"]["errors"]
-    assert error.endswith(": an earlier attempt to connect still has no answer")
+    assert ": an earlier attempt to connect still has no answer (for " in error
     assert [(a["action"], a["domain"]) for a in document["actions"]] == [("update", "web")]
     assert len(hung.clients) == 1  # the hung host was not dialled a second time
     hung.close()  # the first attempt ends: the next open is a new attempt, refused by the socket
@@ -156,6 +157,29 @@ def test_a_second_open_while_the_first_still_waits_is_refused_at_once(beside_a_h
         return "earlier attempt" not in error and "no answer within" not in error
 
     wait_until(refused_anew, "a fresh attempt once the first one ended")
+
+
+def test_an_open_left_waiting_for_ever_does_not_lock_the_host_out(hung, monkeypatch):
+    """An abandoned open may wait for ever (a peer that vanished without a word) while the host is
+    back: after ``retry_after`` a new one is tried, up to STUCK_PER_URI left waiting at once."""
+    from reconciler.adapters.libvirt import connections
+
+    uri = f"test+unix:///default?socket={hung.path}"
+
+    def refused(why: str) -> None:
+        with pytest.raises(connections.OpenTimeout, match=re.escape(why)):
+            connections.open_within(uri, 0.2, 5)
+
+    refused("no answer within 0.2s")
+    refused("an earlier attempt to connect still has no answer (for 0s; another in 30s)")
+    monkeypatch.setattr(connections, "retry_after", lambda _connect: 0.0)
+    monkeypatch.setattr(connections, "STUCK_PER_URI", 2)
+    refused("no answer within 0.2s")  # dialled again
+    wait_until(lambda: len(hung.clients) == 2, "a second attempt reached the socket")
+    refused("2 earlier attempts to connect still have no answer; none more until one ends")
+    assert len(hung.clients) == 2
+    hung.close()  # both attempts end: the next open is a new attempt, refused by the socket
+    wait_until(lambda: not connections._WAITING.get(uri), "the abandoned attempts ended")
 
 
 def test_a_saved_plan_keeps_each_hosts_timeouts(tmp_path: Path):

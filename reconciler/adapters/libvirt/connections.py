@@ -4,8 +4,11 @@ both need.
 libvirt has no timeout of its own for opening a connection: on a socket that accepts and never
 answers (a hung libvirtd, a dropped network behind an SSH tunnel) ``virConnectOpen`` waits forever.
 So the open runs in a thread of its own and the caller waits at most the host's ``connect``
-timeout; an open that answers later is closed at once. While one open of a URI is still waiting,
-another is refused straight away, so a dead host costs one waiting thread, not one per attempt.
+timeout; an open that answers later is closed at once. While an abandoned open of a URI still
+waits, another is refused straight away for a while (``retry_after``: a dead host costs one
+waiting thread, not one per attempt), then tried again, since the one waiting may wait forever on
+a peer that vanished (a rebooted machine, a dropped NAT entry) while the host is back; at most
+``STUCK_PER_URI`` abandoned opens of one URI wait at once.
 
 Once open, a connection to a libvirt daemon sends keepalive pings; a peer silent for about the
 host's ``call`` timeout is declared dead by libvirt, which closes the connection, so every call in
@@ -30,10 +33,13 @@ from reconciler.spec.models import Timeouts
 
 _EVENT_LOOP_LOCK = threading.Lock()
 _EVENT_LOOP_RUNNING = threading.Event()
-#: URIs whose open has outlived its deadline and still waits for an answer (opens still within
-#: their deadline are not here: several connections to one host may be opened at once).
-_WAITING: dict[str, threading.Thread] = {}
+#: Per URI, the opens that outlived their deadline and still wait for an answer, with when each was
+#: abandoned (opens still within their deadline are not here: several connections to one host may
+#: be opened at once).
+_WAITING: dict[str, list[tuple[threading.Thread, float]]] = {}
 _WAITING_LOCK = threading.Lock()
+#: The most abandoned opens of one URI left waiting at once (a thread and a socket each).
+STUCK_PER_URI = 4
 #: Connections being opened to one URI at once (handshakes: an SSH login each over qemu+ssh, where
 #: sshd's MaxStartups, 10 by default, drops the excess): the readers and spares of several hosts'
 #: work wait their turn instead.
@@ -60,6 +66,28 @@ def start_event_loop() -> None:
 
         threading.Thread(target=run, name="libvirt-events", daemon=True).start()
         _EVENT_LOOP_RUNNING.set()
+
+
+def retry_after(connect_timeout: float) -> float:
+    """Seconds after an open was abandoned before another open of its URI is tried."""
+    return max(30.0, 3 * connect_timeout)
+
+
+def _still_waiting(uri: str, connect_timeout: float) -> str | None:
+    """Why a new open of ``uri`` is not tried now (abandoned opens of it still wait), or None.
+    Called holding ``_WAITING_LOCK``; forgets the abandoned opens that have ended."""
+    waiting = [(thread, since) for thread, since in _WAITING.get(uri, ()) if thread.is_alive()]
+    _WAITING[uri] = waiting
+    if not waiting:
+        del _WAITING[uri]
+        return None
+    if len(waiting) >= STUCK_PER_URI:
+        return f"{len(waiting)} earlier attempts to connect still have no answer; none more until one ends"
+    age = time.monotonic() - max(since for _, since in waiting)
+    if age < retry_after(connect_timeout):
+        again = retry_after(connect_timeout) - age
+        return f"an earlier attempt to connect still has no answer (for {age:.0f}s; another in {again:.0f}s)"
+    return None
 
 
 def keepalive_for(call_timeout: float) -> tuple[int, int]:
@@ -96,8 +124,9 @@ class _Attempt:
         finally:
             self.permit.release()
             with _WAITING_LOCK:
-                if _WAITING.get(self.uri) is threading.current_thread():
-                    del _WAITING[self.uri]
+                me = threading.current_thread()
+                if self.uri in _WAITING:
+                    _WAITING[self.uri] = [entry for entry in _WAITING[self.uri] if entry[0] is not me]
         with self.lock:
             if self.abandoned:
                 if conn is not None:
@@ -113,9 +142,9 @@ def open_within(uri: str, connect_timeout: float, call_timeout: float) -> libvir
     or :class:`OpenTimeout`."""
     start_event_loop()
     with _WAITING_LOCK:
-        earlier = _WAITING.get(uri)
-        if earlier is not None and earlier.is_alive():
-            raise OpenTimeout("an earlier attempt to connect still has no answer")
+        why = _still_waiting(uri, connect_timeout)
+        if why is not None:
+            raise OpenTimeout(why)
         permit = _OPENING.setdefault(uri, threading.BoundedSemaphore(OPENING_PER_URI))
     started = time.monotonic()
     if not permit.acquire(timeout=connect_timeout):  # released by the attempt's thread when it ends
@@ -129,8 +158,8 @@ def open_within(uri: str, connect_timeout: float, call_timeout: float) -> libvir
     with attempt.lock:
         if not answered and not attempt.done.is_set():
             attempt.abandoned = True
-            with _WAITING_LOCK:  # opens of this URI are refused until this one gives up
-                _WAITING[uri] = thread
+            with _WAITING_LOCK:  # opens of this URI are refused for a while (``_still_waiting``)
+                _WAITING.setdefault(uri, []).append((thread, time.monotonic()))
             raise OpenTimeout(f"no answer within {connect_timeout:g}s")
     if attempt.error is not None:
         raise attempt.error
