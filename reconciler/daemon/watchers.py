@@ -51,6 +51,10 @@ class Watcher(Protocol):
 EventsFactory = Callable[[Host, Callable[[str, str], None], Callable[[str], None]], Watcher]
 
 
+#: Seconds the daemon's shutdown waits, in all, for its event connections to close.
+CLOSE_WAIT = 5.0
+
+
 def _close_quietly(watcher: Watcher) -> None:
     """Close an event connection no longer wanted; an error closing it changes nothing."""
     with contextlib.suppress(Exception):
@@ -276,16 +280,24 @@ class DomainWatchers:
             return self._schedule.waiting()
 
     def close(self) -> None:
-        """Stop the reconnect thread and close every event connection."""
+        """Stop the reconnect thread and close every event connection, side by side: closing one to
+        a host gone silent waits for libvirt to give up on it (up to its call timeout), which the
+        daemon's shutdown waits for only ``CLOSE_WAIT`` seconds, once, for all of them."""
         with self._wake:
             self._closed = True
-            watchers = list(self._watchers.values())
+            watchers = list(self._watchers.items())
             self._watchers.clear()
             self._uris.clear()
             self._wake.notify_all()
             thread = self._thread
-        for watcher in watchers:
-            with contextlib.suppress(Exception):
-                watcher.close()
+        closing = [
+            threading.Thread(target=_close_quietly, args=(watcher,), name=f"events-close-{name}", daemon=True)
+            for name, watcher in watchers
+        ]
+        for closer in closing:
+            closer.start()
+        deadline = time.monotonic() + CLOSE_WAIT
+        for closer in closing:
+            closer.join(max(0.0, deadline - time.monotonic()))
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.daemon import watchers as watchers_module
 from reconciler.daemon.retries import JITTER
 from reconciler.daemon.watchers import (
     RECONNECT_BASE,
@@ -225,6 +226,25 @@ def test_a_host_with_a_new_address_or_no_longer_kept_is_closed(rig):
     assert first.closed and other.closed
     assert hosts.last("hv1").host.spec.uri == "qemu+tls://hv1.example/system" and hosts.last("hv1").open
     assert watchers.waiting() == set(), "a host no longer kept is not reopened"
+
+
+def test_closing_waits_for_no_silent_host(rig, monkeypatch):
+    """The daemon's shutdown closes every event connection side by side, waiting CLOSE_WAIT in all:
+    one to a host gone silent (its close waits for libvirt to give up) holds up neither the others'
+    nor the shutdown."""
+    watchers, _, hosts, _ = rig
+    watchers.ensure(manifests(hv1="qemu+ssh://hv1/system", hv2="qemu+ssh://hv2/system"), ["hv1", "hv2"])
+    release = threading.Event()
+    hosts.last("hv1").close = lambda: release.wait(60)  # type: ignore[method-assign]
+    monkeypatch.setattr(watchers_module, "CLOSE_WAIT", 0.1)
+    closer = threading.Thread(target=watchers.close)
+    closer.start()
+    try:
+        closer.join(30)
+        assert not closer.is_alive(), "the shutdown waited for the silent host's close"
+        assert hosts.last("hv2").closed
+    finally:
+        release.set()
 
 
 def test_after_close_a_loss_is_ignored(rig):
