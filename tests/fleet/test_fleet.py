@@ -322,3 +322,28 @@ def test_apply_survives_a_host_going_silent_with_calls_in_flight(make_lab, tmp_p
     assert re.search(r"hv01-vm\d: failed", result.out), result.out
     assert all(running(lab, name, f"{name}-vm{i}") for name in ("hv00", "hv02") for i in range(2))
     assert victims[0] not in lab["hv01"].domain_names()
+
+
+def test_hosts_silent_while_their_lease_is_taken_cost_one_timeout_not_one_each(make_lab, tmp_path):
+    """Three hosts go silent as apply takes their leases: each fails within its call timeout, side
+    by side, and the fourth (last in the lock order) is applied then, not after three timeouts in
+    turn. The deadline, 2.5 call timeouts, lies between the two (far above what the run needs
+    beyond its one timeout)."""
+    lab = make_lab(hosts=4, latency_ms=2)
+    silent, healthy, call = ["hv00", "hv01", "hv02"], "hv03", 12.0
+    hosts = [h.document(timeouts={"connect": "2s", "call": f"{call:g}s"}) for h in lab.hosts]
+    manifests(tmp_path, hosts, [domain(f"d-{h.name}", h.name) for h in lab.hosts])
+    assert cli("apply", str(tmp_path)).code == 0
+    manifests(tmp_path, hosts, [domain(f"d-{h.name}", h.name, state="stopped") for h in lab.hosts])
+    for name in silent:
+        lab[name].proxy.go_silent_on(b"virt-reconcile-lock")
+    try:
+        result, _elapsed = run_process("apply", str(tmp_path), deadline=2.5 * call)
+    finally:
+        for name in silent:
+            lab[name].proxy.resume()
+    assert result.code == 1, result.out + result.err
+    assert not running(lab, healthy, f"d-{healthy}")
+    assert all(running(lab, name, f"d-{name}") for name in silent)  # nothing changed there
+    for name in silent:
+        assert f"{name}: cannot take the libvirt network 'virt-reconcile-lock'" in result.out
