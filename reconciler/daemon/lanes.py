@@ -8,6 +8,11 @@ what the host must reach). At most ``parallel`` lanes reconcile at once. A pass 
 hosts beside its own: a domain moving between two hosts is one move only when both are in the
 run, so the pass names those peers and the lane runs once more with them, holding every involved
 host's lane lock (taken in one global order, so two lanes never wait on each other in a circle).
+
+A revision that drops a host (relabelled out of the selector, removed from git, renamed) retires its
+lane (:meth:`HostLanes.keep`): the job waiting there is cancelled, a job that would start for it does
+nothing (checked under the lanes' lock as it starts, so no job slips past a newer revision), a pass
+already running finishes (it holds the host's lock), and the lane's thread ends once idle.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from reconciler.daemon.decision import Reason
@@ -44,7 +49,7 @@ LaneWork = Callable[[Mapping[str, LaneJob]], frozenset[str]]
 
 
 class HostLanes:
-    """The daemon's per-host worker threads, started on first use and kept for the daemon's life."""
+    """The daemon's per-host worker threads, started on first use and kept while their host is managed."""
 
     def __init__(self, work: LaneWork, *, parallel: int, stop: threading.Event) -> None:
         self._work = work
@@ -56,6 +61,22 @@ class HostLanes:
         self._running: set[str] = set()
         self._threads: dict[str, threading.Thread] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._managed: frozenset[str] | None = None  # None until told (:meth:`keep`): every host
+
+    def keep(self, hosts: Iterable[str]) -> set[str]:
+        """Only ``hosts`` are managed from now on: the job waiting in any other lane is cancelled and
+        that lane ends once idle; the hosts whose waiting job was cancelled."""
+        with self._guard:
+            self._managed = frozenset(hosts)
+            cancelled = {host for host in self._pending if host not in self._managed}
+            for host in cancelled:
+                del self._pending[host]
+            self._guard.notify_all()
+            return cancelled
+
+    def _manages(self, host: str) -> bool:
+        """Whether ``host`` is managed (the guard held)."""
+        return self._managed is None or host in self._managed
 
     def submit(self, host: str, job: LaneJob) -> None:
         """Ask ``host``'s lane to reconcile ``job`` (replacing any job still waiting there)."""
@@ -98,22 +119,12 @@ class HostLanes:
     # ------------------------------------------------------------------------------------ a lane
 
     def _lane(self, host: str) -> None:
-        """Take this host's jobs one at a time until the daemon stops."""
+        """Take this host's jobs one at a time until the daemon stops or the host is dropped."""
         while True:
             with self._guard:
-                while host not in self._pending and not self._stop.is_set():
-                    self._guard.wait(1.0)
-                if self._stop.is_set():
-                    self._pending.pop(host, None)
-                    self._guard.notify_all()
+                job = self._next(host)
+                if job is None:
                     return
-                job = self._pending.pop(host)
-                self._running.add(host)
-                if job.reason is Reason.DRIFT:  # a burst of events: one pass
-                    settled = time.monotonic() + DRIFT_SETTLE_SECONDS
-                    while (left := settled - time.monotonic()) > 0 and not self._stop.is_set():
-                        self._guard.wait(left)
-                    job = self._pending.pop(host, job)
             try:
                 self._run(host, job)
             except Exception:  # the work reports its own errors; this is a bug's, and the lane lives on
@@ -123,11 +134,42 @@ class HostLanes:
                     self._running.discard(host)
                     self._guard.notify_all()
 
+    def _next(self, host: str) -> LaneJob | None:
+        """The lane's next job (the guard held), now marked running; None when the lane ends: the
+        daemon stops, or its host is no longer managed (a job for it cancelled, the lane retired)."""
+        while host not in self._pending and self._serving(host):
+            self._guard.wait(1.0)
+        job = None
+        if self._serving(host):
+            job = self._pending.pop(host)
+            self._running.add(host)
+            if job.reason is Reason.DRIFT:  # a burst of events: one pass
+                settled = time.monotonic() + DRIFT_SETTLE_SECONDS
+                while (left := settled - time.monotonic()) > 0 and self._serving(host):
+                    self._guard.wait(left)
+                job = self._pending.pop(host, job)
+            if not self._serving(host):  # stopped, or dropped while it settled
+                self._running.discard(host)
+                job = None
+        if job is None:
+            self._pending.pop(host, None)
+            if not self._stop.is_set() and self._threads.get(host) is threading.current_thread():
+                del self._threads[host]  # retired: a job for the host, managed again, starts a new lane
+            self._guard.notify_all()
+        return job
+
+    def _serving(self, host: str) -> bool:
+        """Whether ``host``'s lane goes on (the guard held): the daemon runs and the host is managed."""
+        return not self._stop.is_set() and self._manages(host)
+
     def _run(self, host: str, job: LaneJob) -> None:
         """One pass of ``host``; again with the peers it named, all of their lanes held."""
         peers = self._together({host: job})
         if peers and not self._stop.is_set():
-            known = {peer for peer in peers if peer in job.manifests.hosts}
+            with self._guard:  # a peer dropped meanwhile is not written
+                known = {peer for peer in peers if peer in job.manifests.hosts and self._manages(peer)}
+            if not known:
+                return
             log.info(
                 "%s: reconciling again with %s (a domain moves between them)", host, ", ".join(sorted(known))
             )

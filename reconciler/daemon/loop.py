@@ -224,6 +224,7 @@ class Daemon:
         if manifests is None:
             return  # reported, or the daemon stops
         self.metrics.revision_loaded(ok=True)
+        self._keep_only(manifests)
         selected = self._selected(manifests, revision)
         decision = decide(triggers, before, revision, selected)
         try:
@@ -334,6 +335,15 @@ class Daemon:
         if name not in manifests.hosts or (self.config.hosts and name not in self.config.hosts):
             return False
         return self.config.selector.matches(manifests.hosts[name].metadata.labels)
+
+    def _keep_only(self, manifests: ManifestSet) -> None:
+        """Forget the hosts not managed at ``manifests`` (relabelled out, removed, renamed; a --host
+        they lack stays, in error): out of /status and the metrics, waiting jobs, retries, wake-ups."""
+        names = self.config.hosts or manifests.hosts
+        kept = {name for name in names if name not in manifests.hosts or self._keeps(manifests, name)}
+        for host in self.lanes.keep(kept) | self.status.keep_only(kept) | self.metrics.keep_only(kept):
+            self.retries.forget(host)
+            self.wakeups.forget(host)
 
     def _lane_pass(self, jobs: Mapping[str, LaneJob]) -> frozenset[str]:
         """A lane's pass: reconcile its host (and the peers of a move, when asked) together, report

@@ -9,6 +9,11 @@ A pass that says again what its hosts' last entry said (the same revision, resul
 resync finding nothing, a retry meeting the same error every minute) is merged into that entry,
 which counts the passes (``count``) from the first (``first``) to the last (``time``).
 
+Only the hosts this daemon manages are shown: once a revision's manifests are taken up, a host it
+no longer manages (relabelled out of its selector, removed from git, renamed) is dropped
+(:meth:`StatusStore.keep_only`), and a late report of one (its pass was running) is ignored. The
+history keeps its entries: they are what happened.
+
 The loop thread and the host lanes write; HTTP threads read. Every change and every read holds one
 lock, and a reader gets a copy: a document never shows half of an update (one host new, another old).
 A ``status.json`` from an older version (no domains, no history) loads as far as it goes.
@@ -206,6 +211,7 @@ class StatusStore:
         self._history: list[PassRecord] = []  # newest first, at most HISTORY
         self._running: dict[int, PassInProgress] = {}  # by the token pass_started returned
         self._tokens = itertools.count(1)
+        self._managed: frozenset[str] | None = None  # None until a revision is taken up: all known
 
     @classmethod
     def load(cls, path: Path) -> StatusStore:
@@ -246,9 +252,25 @@ class StatusStore:
         with self._lock:
             self._hosts[name] = status
 
+    def keep_only(self, managed: Iterable[str]) -> set[str]:
+        """A revision was taken up and ``managed`` are the hosts this daemon manages at it: every
+        other host is dropped, and later reports of one are ignored; the names dropped."""
+        with self._lock:
+            self._managed = frozenset(managed)
+            dropped = set(self._hosts) - self._managed
+            for name in dropped:
+                del self._hosts[name]
+            return dropped
+
+    def _manages(self, name: str) -> bool:
+        """Whether ``name`` may be shown (the lock held): every host before a revision is taken up."""
+        return self._managed is None or name in self._managed
+
     def missing_host(self, name: str, message: str) -> None:
         """A selected host the manifests do not define: an error at the last reconciled revision."""
         with self._lock:
+            if not self._manages(name):
+                return
             applied = self._hosts.get(name, HostStatus()).appliedRevision
             self._hosts[name] = HostStatus(self._reconciled, "error", applied, message, now())
 
@@ -258,6 +280,8 @@ class StatusStore:
         """A host's pass ended with ``result``: its status replaced (its applied revision moves to
         ``revision`` when ``ok``, the host now matching it)."""
         with self._lock:
+            if not self._manages(name):
+                return  # its pass ran while a newer revision dropped it
             applied = revision if ok else self._hosts.get(name, HostStatus()).appliedRevision
             self._hosts[name] = HostStatus(revision, result, applied, message, now(), **asdict(report))
 
@@ -312,9 +336,10 @@ class StatusStore:
             }
 
     def every_host_failed(self, hosts: Iterable[str], revision: str, message: str) -> list[str]:
-        """Every host known, and ``hosts``, are in error at ``revision`` (invalid manifests); their names."""
+        """Every host known, and those of ``hosts`` still managed, are in error at ``revision``
+        (invalid manifests); their names."""
         with self._lock:
-            failed = sorted(set(self._hosts) | set(hosts))
+            failed = sorted(set(self._hosts) | {name for name in hosts if self._manages(name)})
             self._failed(failed, revision, message)
             return failed
 
@@ -327,6 +352,8 @@ class StatusStore:
         """``hosts`` in error at ``revision``; what was last known of their domains stays shown."""
         time = now()
         for name in hosts:
+            if not self._manages(name):
+                continue  # dropped meanwhile: only the history tells of it
             known = self._hosts.get(name, HostStatus())
             self._hosts[name] = replace(known, revision=revision, result="error", message=message, time=time)
 

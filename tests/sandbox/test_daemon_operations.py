@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 from tests.daemon_helpers import LOG_PREFIX, DaemonProcess
 from tests.helpers import cli, domain_yaml
@@ -71,3 +72,38 @@ def test_every_log_line_has_its_time_and_level_and_json_lines_parse(tmp_path, re
         )
     finally:
         logged.stop()
+
+
+def labelled(name: str, role: str) -> str:
+    """A sandbox Host of 4 CPUs (no CPU overcommit) labelled ``role``, its state file its own."""
+    document = host(cpus=4).replace("{name: hv1}", f"{{name: {name}, labels: {{role: {role}}}}}")
+    return document.replace("state/hv1.xml", f"state/{name}.xml")
+
+
+def test_a_host_relabelled_out_of_the_selector_leaves_status_metrics_and_the_status_file(
+    tmp_path, repo, daemons
+):
+    web = domain_yaml("web", host="hv1", vcpus=2)
+    big = domain_yaml("big", host="hv2", vcpus=8, state="stopped")  # over hv2's 4 CPUs: refused
+    hosts = {"web": labelled("hv1", "web") + "---\n" + labelled("hv2", "web")}
+    first = repo.commit({"hosts.yaml": hosts["web"], "domains.yaml": web + "---\n" + big})
+    daemon = daemons(repo, "--selector", "role=web")
+    daemon.wait_for("hv1", result="applied", revision=first)
+    daemon.wait_for("hv2", result="refused", revision=first)
+    assert 'host="hv2"' in daemon.get("/metrics")[1].decode()
+    assert cli("status", "--url", daemon.url).code == 1
+
+    second = repo.commit({"hosts.yaml": labelled("hv1", "web") + "---\n" + labelled("hv2", "db")})
+    assert daemon.webhook() == 202
+    saved = tmp_path / "state" / "status.json"
+    deadline = time.monotonic() + 30  # a limit on what must happen, far above what it takes
+    while json.loads(saved.read_text()).get("reconciledRevision") != second:
+        assert time.monotonic() < deadline, daemon.log[-10:]
+        time.sleep(0.05)
+    assert set(json.loads(saved.read_text())["hosts"]) == {"hv1"}
+    document = daemon.status()
+    assert set(document["hosts"]) == {"hv1"}
+    assert any(entry["hosts"] == ["hv2"] for entry in document["history"])  # the history keeps it
+    assert 'host="hv2"' not in daemon.get("/metrics")[1].decode()
+    shown = cli("status", "--url", daemon.url)
+    assert shown.code == 0, shown.out
