@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,14 @@ class GitFacts:
         relative = self.folder.relative_to(top).as_posix() if self.folder.is_relative_to(top) else "."
         return f"git:{repository_name(url) if url else str(top)}:{relative}"
 
+    def contained_revisions(self, commits: frozenset[str]) -> frozenset[str]:
+        """Of ``commits`` (recorded revisions' commits), those HEAD contains: HEAD itself or its
+        ancestors. Asked in two git processes whatever their number (none outside git)."""
+        top, head = self._top_and_head()
+        if top is None or not head or not commits:
+            return frozenset()
+        return ancestry(self.folder, [head], commits).contained
+
     def _top_and_head(self) -> tuple[Path | None, str]:
         """The work tree's top level and HEAD's commit ('' before the first commit); None outside
         git. Raise ``GitRefusedError`` when git will not answer, or is missing in a checkout."""
@@ -168,3 +177,55 @@ class GitFacts:
         out, err = process.communicate()
         text = (out.decode(errors="surrogateescape"), err.decode(errors="surrogateescape"))
         return subprocess.CompletedProcess(process.args, process.returncode, *text)
+
+
+@dataclass(frozen=True)
+class Ancestry:
+    """What git says of some commits against one head: those it contains, those it lacks."""
+
+    contained: frozenset[str]
+    missing: frozenset[str]  # not in the repository (newer, another branch, or past a shallow clone)
+
+
+def ancestry(folder: Path, heads: Sequence[str], commits: frozenset[str]) -> Ancestry:
+    """Which of ``commits`` are one of ``heads`` or an ancestor of one, in the repository of
+    ``folder``: one ``git cat-file --batch-check`` drops what the repository lacks, one ``git
+    rev-list KNOWN --not HEADS`` lists those no head reaches. A commit git cannot answer for is not
+    contained."""
+    names = sorted(commits)
+    environment = git_environment()
+    found = _run(["git", "cat-file", "--batch-check=%(objectname) %(objecttype)"], folder, environment, names)
+    if found is None:
+        return Ancestry(frozenset(), frozenset())
+    known: dict[str, str] = {}  # full commit name -> the name asked
+    for name, line in zip(names, found.splitlines(), strict=False):
+        full, _, kind = line.partition(" ")
+        if kind == "commit":
+            known[full] = name
+    missing = frozenset(name for name in names if name not in known.values())
+    if not known:
+        return Ancestry(frozenset(), missing)
+    outside = _run(["git", "rev-list", *known, "--not", *heads, "--"], folder, environment)
+    if outside is None:
+        return Ancestry(frozenset(), missing)
+    unreached = set(outside.split())
+    return Ancestry(frozenset(name for full, name in known.items() if full not in unreached), missing)
+
+
+def _run(
+    command: list[str], folder: Path, environment: dict[str, str], lines: Sequence[str] = ()
+) -> str | None:
+    """What one git command prints given ``lines`` on its input; None when it fails."""
+    try:
+        done = subprocess.run(
+            command,
+            cwd=folder,
+            env=environment,
+            input="".join(f"{line}\n" for line in lines),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return None
+    return done.stdout if done.returncode == 0 else None

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("virt_reconcile.adapters.gitsource")
 
 FIRST_FETCH_DEPTH = 50  # commits of history fetched by a new clone (later fetches add what is new)
+DEEPEN_GAP = 60.0  # seconds between two tries to fetch a shallow clone's whole history
 
 
 def root_identity(folder: Path) -> str:
@@ -209,6 +211,7 @@ class GitCheckout:
         self.trust = trust
         self.require_fast_forward = require_fast_forward
         self.notice = ""  # a history rewrite checked out anyway, or ""
+        self._deepen_after = 0.0  # time.monotonic() before which a shallow clone is not deepened again
 
     def update(self) -> str:
         """Fetch, check the branch's newest commit, check it out, and return its SHA.
@@ -231,6 +234,50 @@ class GitCheckout:
             detail = getattr(err, "stderr", "") or str(err)
             text = f"git {self.url} ({self.branch}): {' '.join(str(detail).split())}"
             raise SourceError(without_credentials(text)) from err
+
+    def contained(self, head: str, commits: frozenset[str]) -> frozenset[str]:
+        """Of ``commits``, those ``head`` (a commit of the clone) contains: itself or an ancestor,
+        or one this clone checked out before (its HEAD's reflog): a revision the branch moved away
+        from by a force-push is the past the daemon follows the branch back from, not a newer one.
+
+        The clone starts shallow, so a commit it lacks may be an old ancestor past its depth: then
+        its whole history is fetched once (tried again at most every :data:`DEEPEN_GAP` seconds
+        while that fails) and the commits it lacked asked again; until then they are not contained.
+        """
+        from reconciler.adapters.gitfacts import ancestry
+
+        found = ancestry(self.directory, [head], commits)
+        contained, missing = found.contained, found.missing
+        shallow = (self.directory / ".git" / "shallow").is_file()
+        if missing and shallow and time.monotonic() >= self._deepen_after and self._deepened():
+            found = ancestry(self.directory, [head], missing)
+            contained, missing = contained | found.contained, found.missing
+        rest = commits - contained - missing
+        past = self._past_heads(head) if rest else []
+        return contained | ancestry(self.directory, past, rest).contained if past else contained
+
+    def _deepened(self) -> bool:
+        """Fetch the shallow clone's whole history; False (logged) when that fails."""
+        import git
+
+        self._deepen_after = time.monotonic() + DEEPEN_GAP
+        try:
+            git.Repo(self.directory).remotes.origin.fetch(self.branch, unshallow=True)
+        except (git.GitCommandError, git.InvalidGitRepositoryError, ValueError) as err:
+            detail = without_credentials(" ".join(str(getattr(err, "stderr", "") or err).split()))
+            log.warning("source: the clone's history could not be fetched whole: %s", detail)
+            return False
+        return True
+
+    def _past_heads(self, head: str) -> list[str]:
+        """The commits this clone checked out before ``head`` (its HEAD's reflog), newest first."""
+        import git
+
+        try:
+            listed = git.Repo(self.directory).git.reflog("show", "--format=%H", "HEAD", "--")
+        except (git.GitCommandError, git.InvalidGitRepositoryError, ValueError):
+            return []
+        return [sha for sha in dict.fromkeys(str(listed).split()) if sha != head]
 
     def _fetched(self) -> git.Repo:
         """The clone, its branch fetched. A new clone is an empty repository plus a fetch, not

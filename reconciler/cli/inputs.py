@@ -124,5 +124,7 @@ def reconcile_options(
         root=git.root_identity() if manifests.whole_tree else "",
         whole_tree=manifests.whole_tree,
         ignore_sync_windows=getattr(args, "ignore_sync_windows", False),  # apply's override only
+        contained_revisions=git.contained_revisions,
+        overwrite_newer=getattr(args, "overwrite_newer", False),
         **extra,
     )

@@ -37,6 +37,18 @@ def _plan(plan: argparse.ArgumentParser) -> None:
         "--allow-delete", action="store_true", help="plan to undefine managed domains gone from git"
     )
     with_allow_mass_delete(plan)
+    _with_overwrite_newer(plan)
+
+
+def _with_overwrite_newer(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite-newer``: change and prune domains a revision this checkout lacks wrote (held
+    otherwise), for a rollback by force-push or a branch switch."""
+    parser.add_argument(
+        "--overwrite-newer",
+        action="store_true",
+        help="change domains written by a revision this checkout does not contain (a newer commit, "
+        "another branch; held otherwise): a rollback or a branch switch",
+    )
 
 
 def _apply(apply: argparse.ArgumentParser) -> None:
@@ -81,6 +93,7 @@ def _apply(apply: argparse.ArgumentParser) -> None:
     )
     windows = "apply now on hosts outside their sync windows (Host spec.syncWindows)"
     apply.add_argument("--ignore-sync-windows", action="store_true", help=windows)
+    _with_overwrite_newer(apply)
 
 
 def _import(importer: argparse.ArgumentParser) -> None:

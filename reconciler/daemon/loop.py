@@ -47,7 +47,7 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.retries import Retries, backoff_delay
 from reconciler.daemon.snapshots import SnapshotPublisher
-from reconciler.daemon.sources import Source
+from reconciler.daemon.sources import Source, revision_answers
 from reconciler.daemon.status import HostReport, PassRecord, StatusStore, now, pass_record
 from reconciler.daemon.verdict import HostVerdict, judge
 from reconciler.daemon.wakeups import Wakeups, next_boundary
@@ -387,6 +387,9 @@ class Daemon:
                 allow_delete=self.config.allow_delete,
                 revision=revision,
                 root=self.source.identity,
+                contained_revisions=revision_answers(
+                    self.source, revision, lambda: self.trigger(Trigger.POLL)
+                ),
                 settings=ApplySettings(shutdown_timeout=self.config.shutdown_timeout),
                 host_parallel=self.config.host_parallel,
                 now=moment,

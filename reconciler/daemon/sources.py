@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from reconciler.errors import DaemonConfigError, SourceCheckError
+
+FETCH_SOON_GAP = 10.0  # seconds: the least time between two fetches asked for by held domains
 
 
 class Source(Protocol):
@@ -81,10 +86,39 @@ class GitSource:
             require_fast_forward=checks.require_fast_forward,
         )
         self.manifests = state_dir / "checkout" / path
+        self._lock = threading.Lock()  # lanes ask side by side
+        self._known_at = ""  # the revision the commits of ``_known`` are contained in
+        self._known: frozenset[str] = frozenset()  # kept for the daemon's lifetime: ancestry never changes
+        self._fetch_asked = -FETCH_SOON_GAP  # time.monotonic() when a held domain last asked for a fetch
 
     def update(self) -> str:
         """Fetch, check and check out the branch tip (a history rewrite let through is logged)."""
         return self.checkout.update()
+
+    def contained_revisions(self, revision: str, commits: frozenset[str]) -> frozenset[str]:
+        """Of ``commits``, those ``revision`` contains (itself or an ancestor). Positive answers are
+        kept: asked once per commit while the revision moves forward (an ancestor of a revision is
+        one of every revision after it); a history rewrite asks again."""
+        with self._lock:
+            if revision != self._known_at:
+                before = self._known_at
+                forward = bool(before) and before in self.checkout.contained(revision, frozenset({before}))
+                self._known = self._known | {before} if forward else frozenset()
+                self._known_at = revision
+            asked = commits - self._known
+            if asked:
+                self._known |= self.checkout.contained(revision, asked)
+            return commits & self._known
+
+    def fetch_due(self) -> bool:
+        """Whether a pass that held domains a newer revision wrote should ask for a fetch now: at
+        most once every :data:`FETCH_SOON_GAP` seconds, so an unreachable remote is not hammered."""
+        with self._lock:
+            moment = time.monotonic()
+            if moment - self._fetch_asked < FETCH_SOON_GAP:
+                return False
+            self._fetch_asked = moment
+            return True
 
     @property
     def notice(self) -> str:
@@ -137,6 +171,25 @@ class DirectorySource:
             with contextlib.suppress(OSError):
                 digest.update(file.read_bytes())
         return "dir:" + digest.hexdigest()[:12]
+
+
+def revision_answers(
+    source: Source, revision: str, fetch: Callable[[], None]
+) -> Callable[[frozenset[str]], frozenset[str]] | None:
+    """What a pass at ``revision`` uses to hold domains a newer revision wrote
+    (``ReconcileOptions.contained_revisions``); None for a directory source (nothing to compare).
+    A commit not contained asks for a fetch soon (``fetch``): the newer revision is likely there."""
+    if not isinstance(source, GitSource):
+        return None
+    git_source = source
+
+    def contained(commits: frozenset[str]) -> frozenset[str]:
+        found = git_source.contained_revisions(revision, commits)
+        if found != commits and git_source.fetch_due():
+            fetch()
+        return found
+
+    return contained
 
 
 def is_bare_repository(path: Path) -> bool:

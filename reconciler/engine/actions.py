@@ -150,12 +150,14 @@ class Orphan:
 @dataclass(frozen=True)
 class Held:
     """A domain the manifests want here that this plan will not touch yet, and why (a move that
-    cannot be done safely now: its other host is not in the run, blocked, or could not be seen)."""
+    cannot be done safely now: its other host is not in the run, blocked, or could not be seen), or
+    a managed domain a revision this run does not contain wrote (a stale run must not undo it)."""
 
     host: str
     domain: str
     reason: str
     peer: str = ""  # the host that must join the run for the move to go ahead ("" for other reasons)
+    revision: str = ""  # held for the newer revision that wrote it: that commit ("" for other reasons)
 
 
 @dataclass(frozen=True)

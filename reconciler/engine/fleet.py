@@ -204,8 +204,14 @@ def _asked_once(host: str, environment_of: EnvironmentOf) -> Callable[[Sequence[
 
 
 def _blocked_moves(plans: Mapping[str, HostPlan]) -> dict[str, str]:
-    """Each moving domain whose source or target plan is blocked, with the reason to show."""
-    held = {}
+    """Each moving domain whose source or target plan is blocked, with the reason to show; and each
+    domain a host holds for the newer revision that wrote it: the other half of its move waits too."""
+    held = {
+        item.domain: f"held on {plan.host}: {item.reason}"
+        for plan in plans.values()
+        for item in plan.held
+        if item.revision
+    }
     for plan in plans.values():
         for action in plan.actions:
             if action.kind is not ActionKind.MOVE:

@@ -9,6 +9,8 @@ changes nor prunes it.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from enum import StrEnum
 
 from reconciler.spec.models import Owner
@@ -62,3 +64,37 @@ def owner_to_write(found: Owner | None, wanted: Owner) -> Owner:
     if relation(found.root, wanted.root) is not Relation.PART:
         return wanted
     return wanted.model_copy(update={"root": found.root})
+
+
+#: A commit name, abbreviated or whole (SHA-1 or SHA-256): what a git revision records.
+_COMMIT = re.compile(r"^[0-9a-f]{7,64}$")
+
+
+def commit_of(revision: str) -> str:
+    """The commit a recorded revision names, its ``+dirty`` suffix dropped; "" when it names none
+    (empty, or a directory source's ``dir:`` digest): such a revision is never held against."""
+    commit = revision.removesuffix("+dirty")
+    return commit if _COMMIT.match(commit) else ""
+
+
+@dataclass(frozen=True)
+class RevisionCheck:
+    """Which recorded revisions this run's revision contains, asked of git once per pass for the
+    distinct commits the observed domains record: a domain written by a revision this run does not
+    contain (a newer commit, or another branch) is held, so a stale run never undoes it."""
+
+    run: str  # this run's revision, as recorded (``+dirty`` kept for the message)
+    contained: frozenset[str]  # the recorded commits (besides the run's own) that it contains
+
+    def newer(self, recorded: str) -> bool:
+        """Whether ``recorded`` (a domain's ownership revision) is one this run does not contain."""
+        commit = commit_of(recorded)
+        return bool(commit) and commit != commit_of(self.run) and commit not in self.contained
+
+    def reason(self, recorded: str) -> str:
+        """Why a domain written by ``recorded`` is held (the ``Held`` text)."""
+        run = commit_of(self.run)[:12] + ("+dirty" if self.run.endswith("+dirty") else "")
+        return (
+            f"written by revision {commit_of(recorded)[:12]}, which this run's revision {run} does not "
+            "contain (a newer commit, or another branch): pull it first, or apply --overwrite-newer"
+        )

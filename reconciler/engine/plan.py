@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from reconciler.engine.actions import Action, ActionKind, Conflict, Held, Orphan
 from reconciler.engine.domainplan import PlanDraft, plan_change, plan_define, plan_restarts
 from reconciler.engine.hypervisor import DomainObservation, HostEnvironment, HostObservation, SpaceFact
-from reconciler.engine.ownership import Relation, relation
+from reconciler.engine.ownership import Relation, RevisionCheck, commit_of, relation
 from reconciler.engine.policy import HostPolicy, PolicyReport, estimated_pools
 from reconciler.engine.pools import plan_pools
 from reconciler.engine.preflight import Preflight, preflight
@@ -135,6 +135,7 @@ class DesiredHost:
     deferred: str = ""  # why changes wait now (the host's sync windows); "" when they may be applied
     pools: Mapping[str, Pool] = field(default_factory=dict)  # the storage pools it must have (engine.pools)
     seeds: Mapping[str, Seed] = field(default_factory=dict)  # each cloudInit domain's seed (engine.seeds)
+    revisions: RevisionCheck | None = None  # hold domains a newer revision wrote (None: no check)
 
 
 def build_host_plan(
@@ -154,7 +155,8 @@ def build_host_plan(
     """
     plan = PlanDraft(host=desired.name, uri=desired.uri)
     seen = _read_observed(plan, observed)
-    alone = _left_alone(desired, seen)
+    suspended = _left_alone(desired, seen)
+    alone = suspended | _written_later(plan, desired, seen, suspended, fleet)  # both untouched by this plan
     for name, domain in desired.domains.items():
         if name not in alone:
             _plan_domain(plan, domain, desired, seen.get(name), fleet)
@@ -189,7 +191,7 @@ def build_host_plan(
         before=plan.before,
         policy=verdict,
         observed=observed,
-        suspended=tuple(sorted(alone)),
+        suspended=tuple(sorted(suspended)),
         host_suspended=desired.host_suspended,
         deferred=desired.deferred,
         pending_restarts=() if desired.restart_pending else tuple(plan.waiting),
@@ -205,6 +207,41 @@ def _left_alone(desired: DesiredHost, seen: Seen) -> set[str]:
     if desired.host_suspended:
         return set(desired.domains) | managed
     return {name for name in desired.suspended if name in desired.domains or name in managed}
+
+
+def _written_later(
+    plan: PlanDraft, desired: DesiredHost, seen: Seen, suspended: set[str], fleet: Fleet | None
+) -> set[str]:
+    """The managed domains a revision this run does not contain wrote (a newer commit, another
+    branch) and this plan would act on: each held with the reason, neither changed nor pruned, so a
+    stale run (a daemon not yet fetched, an old checkout) never undoes what a newer one did. Not
+    those of another root, nor those this run would leave as they are (it undoes nothing there)."""
+    check, root = desired.revisions, desired.deletion.root
+    if check is None:
+        return set()
+    held: set[str] = set()
+    for name, (_, parsed) in seen.items():
+        owner = parsed.owner if parsed is not None else None
+        if owner is None or name in suspended or not check.newer(owner.revision):
+            continue
+        if root and relation(owner.root, root) is Relation.OTHER:
+            continue  # another tree's domain: a conflict or kept, never touched anyway
+        if name in desired.domains and not _would_change(desired, name, seen[name], fleet):
+            continue
+        commit = commit_of(owner.revision)
+        plan.held.append(Held(plan.host, name, check.reason(owner.revision), revision=commit))
+        held.add(name)
+    return held
+
+
+def _would_change(
+    desired: DesiredHost, name: str, found: tuple[DomainObservation, ParsedDomain | None], fleet: Fleet | None
+) -> bool:
+    """Whether this plan would act on wanted domain ``name``, found on the host: planned on a scratch
+    draft (only for a domain a newer revision wrote), whose actions and records are then dropped."""
+    scratch = PlanDraft(host=desired.name, uri=desired.uri)
+    _plan_domain(scratch, desired.domains[name], desired, found, fleet)
+    return bool(scratch.actions or scratch.metadata_writes or scratch.errors)
 
 
 def acted_on(actions: Iterable[Action]) -> set[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from reconciler.engine.actions import Action
@@ -27,14 +27,15 @@ from reconciler.engine.apply import (
 )
 from reconciler.engine.fleet import plan_fleet
 from reconciler.engine.hypervisor import HostObservation, Hypervisor
+from reconciler.engine.ownership import RevisionCheck, commit_of
 from reconciler.engine.plan import DesiredHost, HostPlan, Plan
 from reconciler.engine.policy import HostPolicy
 from reconciler.engine.pruning import DeletionRules
 from reconciler.engine.sessions import DEFAULT_HOST_PARALLEL, Connector, HostSessions
 from reconciler.engine.volumes import volumes_deleted_with
-from reconciler.errors import HostError, SelectionError
+from reconciler.errors import DomainXMLError, HostError, SelectionError
 from reconciler.files.content_cache import ContentCache
-from reconciler.libvirtxml.parse import cached_parses
+from reconciler.libvirtxml.parse import cached_parses, parse_domain
 from reconciler.spec.labels import Selector
 from reconciler.spec.manifests import DomainKey, ManifestSet
 from reconciler.spec.models import Domain, Owner
@@ -89,6 +90,10 @@ class ReconcileOptions:
     ignore_sync_windows: bool = False  # apply now on hosts outside their sync windows (an explicit override)
     now: datetime | None = None  # the time sync windows and import marks are judged at; None: the clock's
     restart_pending: bool = False  # restart running domains whose definition waits for a restart
+    #: Of the recorded commits given, those ``revision`` contains (git: the same commit or an
+    #: ancestor); a domain written by any other is held. None: no check (no git, dir: sources).
+    contained_revisions: Callable[[frozenset[str]], frozenset[str]] | None = None
+    overwrite_newer: bool = False  # change and prune domains a newer revision wrote (apply --overwrite-newer)
 
 
 def select_hosts(
@@ -198,6 +203,9 @@ def reconcile(
         if _may_receive_a_move(desired, sessions.observed, selected):
             sessions.look_at([host for name, host in manifests.hosts.items() if name not in selected])
         with _parse_scopes(parse_cache, manifests, sessions.observed):
+            check = revision_check(options, sessions.observed)
+            if check is not None:
+                desired = {name: replace(host, revisions=check) for name, host in desired.items()}
             plans = plan_fleet(
                 desired,
                 sessions.observed,
@@ -222,6 +230,29 @@ def reconcile(
                 )
     outcome.host_errors.update(sessions.late_errors)
     return outcome
+
+
+def revision_check(
+    options: ReconcileOptions, observed: Mapping[str, HostObservation]
+) -> RevisionCheck | None:
+    """Which of the commits the observed domains record this run's revision contains, asked once
+    for them all, and only for those other than its own (right after an apply, none: no git asked).
+    None when nothing is checked: no git revision, no way to ask, or ``--overwrite-newer``."""
+    run = commit_of(options.revision)
+    if not run or options.contained_revisions is None or options.overwrite_newer:
+        return None
+    recorded: set[str] = set()
+    for seen in observed.values():
+        for domain in seen.domains:
+            try:
+                owner = parse_domain(domain.xml).owner
+            except DomainXMLError:
+                continue
+            commit = commit_of(owner.revision) if owner is not None else ""
+            if commit and commit != run:
+                recorded.add(commit)
+    contained = options.contained_revisions(frozenset(recorded)) if recorded else frozenset()
+    return RevisionCheck(options.revision, frozenset(contained))
 
 
 def _write_metadata(
