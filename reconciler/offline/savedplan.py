@@ -19,20 +19,28 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from reconciler.engine.actions import Action, ActionKind, Conflict, Phase, SeedUpload, VolumeChange
-from reconciler.engine.apply import DEFAULT_SETTINGS, NO_HOOKS, ApplySettings, Hooks, apply_host_plan
+from reconciler.engine.apply import (
+    DEFAULT_SETTINGS,
+    NO_HOOKS,
+    ActionResult,
+    ApplySettings,
+    Hooks,
+    InOrder,
+    apply_host_plan,
+)
 from reconciler.engine.diff import Change
 from reconciler.engine.hypervisor import HostObservation
 from reconciler.engine.plan import DesiredHost, HostPlan, Plan, build_host_plan
 from reconciler.engine.policy import HostPolicy
-from reconciler.engine.reconcile import Connector, Outcome
+from reconciler.engine.reconcile import Outcome
 from reconciler.engine.seediso import build_seed_iso
-from reconciler.errors import SavedPlanError, StalePlanError
+from reconciler.engine.sessions import DEFAULT_HOST_PARALLEL, Connector, HostSessions, in_key_order
+from reconciler.errors import HostError, SavedPlanError, StalePlanError
 from reconciler.files.atomic import write_atomically
 from reconciler.files.keys import KEY_FILE_ENV, SigningKey
 from reconciler.offline.recheck import recheck_actions
@@ -337,43 +345,25 @@ def apply_saved(
     connect: Connector,
     settings: ApplySettings = DEFAULT_SETTINGS,
     hooks: Hooks = NO_HOOKS,
+    *,
+    host_parallel: int = DEFAULT_HOST_PARALLEL,
 ) -> Outcome:
     """Apply exactly the actions of a saved plan, after checking no host moved, every action holds
     up against the host it will run on, and the policy holds.
 
-    Every host is observed and checked before anything changes: one stale host, or one action that
-    does not hold up, refuses the whole plan.
+    Every host is opened, locked and observed (side by side, locks in the global order's rules of
+    :class:`HostSessions`) and checked before anything changes: a host that could not be reached,
+    one stale host, or one action that does not hold up refuses the whole plan. The hosts are then
+    applied side by side, ``host_parallel`` at once: a saved plan holds no move, so no host's
+    actions wait on another's; each host runs :func:`apply_host_plan`, its results shown grouped
+    by host in the plan's order.
     """
     outcome = Outcome(Plan(revision=saved.revision))
-    # Hosts opened (and their apply locks taken) in the one global order every apply uses.
-    order = sorted(saved.hosts, key=lambda name: saved.hosts[name].host(name).spec.address.hypervisor_key)
-    with ExitStack() as stack:
-        hypervisors = {}
-        for name in order:
-            hypervisor = stack.enter_context(connect(saved.hosts[name].host(name), True))
-            stack.enter_context(hypervisor.exclusive())
-            hypervisors[name] = hypervisor
-        stale, refused = [], []
-        for name, hypervisor in hypervisors.items():
-            try:
-                host_plan = _recheck(name, saved.hosts[name], hypervisor.observe())
-            except SavedPlanError as err:
-                refused.append(f"{name}: {err}")
-                continue
-            if host_plan is None:
-                stale.append(name)
-            else:
-                outcome.plan.hosts[name] = host_plan
-        source = saved.source or "the saved plan"
-        if refused:
-            raise SavedPlanError(
-                f"{source}: refusing the saved plan, nothing was applied: " + "; ".join(refused)
-            )
-        if stale:
-            raise StalePlanError(
-                f"{source}: the saved plan is stale: {', '.join(stale)} changed since it was made; nothing "
-                "was applied (plan again)"
-            )
+    names = list(saved.hosts)  # the plan's order: plans and results are shown in it
+    with HostSessions(connect, write=True, parallel=host_parallel) as sessions:
+        sessions.open([saved.hosts[name].host(name) for name in names])
+        _raise_host_errors(sessions.errors, saved)  # a host not reached: the plan is refused
+        outcome.plan.hosts.update(_checked(saved, sessions.observed))
         for host_plan in outcome.plan.hosts.values():
             if hooks.on_plan is not None:
                 hooks.on_plan(host_plan)
@@ -384,12 +374,65 @@ def apply_saved(
             for a in host.actions
             if a.asks_first
         ]
-        if leaving and hooks.confirm is not None and not hooks.confirm(leaving):
-            outcome.cancelled = True
-            return outcome
-        for name, host_plan in outcome.plan.hosts.items():
-            outcome.results[name] = apply_host_plan(hypervisors[name], host_plan, settings, hooks)
+        outcome.cancelled = bool(leaving) and hooks.confirm is not None and not hooks.confirm(leaving)
+        in_order = InOrder(names, hooks)
+
+        def apply_one(name: str) -> list[ActionResult]:
+            seen = in_order.hooks(name)
+            try:
+                return apply_host_plan(sessions.hypervisors[name], outcome.plan.hosts[name], settings, seen)
+            finally:
+                seen.finished()
+
+        if not outcome.cancelled:
+            outcome.results = sessions.each(names, apply_one)
+    _raise_host_errors(sessions.late_errors, saved)  # a host failed as it closed (a sandbox saving)
     return outcome
+
+
+def _raise_host_errors(errors: Mapping[str, HostError], saved: SavedPlan) -> None:
+    """Raise the hosts' errors, if any, as when hosts were opened and closed one by one: a single
+    one as it is; several in one error of the first one's kind naming every host, the first in the
+    global lock order first. Raised before anything is applied, it refuses the whole plan."""
+    failed = [errors[name] for name in _in_lock_order(saved) if name in errors]
+    if not failed:
+        return
+    first = failed[0]
+    if len(failed) == 1:
+        raise first
+    told = str(first).removeprefix(f"{first.host}: ")
+    raise type(first)(first.host, "; ".join([told, *(str(error) for error in failed[1:])])) from first
+
+
+def _in_lock_order(saved: SavedPlan) -> list[str]:
+    """The plan's hosts in the one global order every apply locks them in."""
+    return [host.name for host in in_key_order(entry.host(name) for name, entry in saved.hosts.items())]
+
+
+def _checked(saved: SavedPlan, observed: Mapping[str, HostObservation]) -> dict[str, HostPlan]:
+    """Every host's plan re-derived on its observed state, in the plan's order; the whole plan
+    refused when an action does not hold up on some host, or some host is stale."""
+    plans: dict[str, HostPlan] = {}
+    stale, refused = [], []
+    for name in _in_lock_order(saved):  # refusals listed as when hosts were checked one by one
+        try:
+            host_plan = _recheck(name, saved.hosts[name], observed[name])
+        except SavedPlanError as err:
+            refused.append(f"{name}: {err}")
+            continue
+        if host_plan is None:
+            stale.append(name)
+        else:
+            plans[name] = host_plan
+    source = saved.source or "the saved plan"
+    if refused:
+        raise SavedPlanError(f"{source}: refusing the saved plan, nothing was applied: " + "; ".join(refused))
+    if stale:
+        raise StalePlanError(
+            f"{source}: the saved plan is stale: {', '.join(stale)} changed since it was made; nothing "
+            "was applied (plan again)"
+        )
+    return {name: plans[name] for name in saved.hosts}
 
 
 def _recheck(name: str, entry: SavedHost, observed: HostObservation) -> HostPlan | None:

@@ -108,6 +108,8 @@ def _hooks(out: Printer) -> Hooks:
 
 
 def _apply_saved(args: argparse.Namespace) -> int:
+    """``apply --plan FILE``: exactly the saved plan's actions, its hosts worked side by side
+    (``--host-parallel``), once every host is re-observed and re-checked."""
     from pathlib import Path
 
     from reconciler.files.keys import verifying_key
@@ -124,6 +126,7 @@ def _apply_saved(args: argparse.Namespace) -> int:
         connector(),
         _settings(args),
         replace(_hooks(out), confirm=None if args.auto_approve else ask_on_terminal(out)),
+        host_parallel=args.host_parallel,  # hosts opened, checked and applied side by side
     )
     return _verdict(out, outcome)
 
