@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import io
+import queue
 import socket
 import textwrap
 import threading
-from collections.abc import Callable
-from contextlib import redirect_stderr, redirect_stdout
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
+import libvirt
 import pytest
 
+from reconciler.adapters.libvirt import leases
+from reconciler.adapters.libvirt.lockholders import LockLimits
 from reconciler.cli.main import main
 from reconciler.engine.hypervisor import DomainObservation
 from reconciler.libvirtxml.render import render_domain
+from reconciler.spec.hosturi import HostURI
 from reconciler.spec.models import Domain, DomainSpec, Owner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,3 +135,27 @@ def serve(path: Path, answer: Callable[[socket.socket], None]) -> socket.socket:
 
     threading.Thread(target=run, daemon=True).start()
     return server
+
+
+@contextmanager
+def lease_held_by_another_run(
+    conn: libvirt.virConnect, uri: HostURI, limits: LockLimits, host: str = "hv"
+) -> Iterator[str]:
+    """A host's lease taken on ``conn`` and held by another thread, as another run of this process
+    (a daemon's other host lane) holds it; yields what is held. (One that this very thread holds is
+    its own run's: refused at once, never waited for.)"""
+    taken: queue.Queue[str] = queue.Queue()
+    release = threading.Event()
+
+    def hold() -> None:
+        with leases.hypervisor_lease(conn, uri, host, limits) as what:
+            taken.put(what)
+            release.wait(60)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        yield taken.get(timeout=60)
+    finally:
+        release.set()
+        thread.join()

@@ -9,15 +9,11 @@ the secret lease that remote hosts use, on this real daemon's secret driver.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -29,7 +25,7 @@ from reconciler.adapters.libvirt import leases, lockholders
 from reconciler.errors import TemporaryHostError
 from reconciler.spec.hosturi import HostURI
 from tests.e2e.conftest import E2E, URI
-from tests.helpers import REPO
+from tests.helpers import REPO, lease_held_by_another_run
 
 WIDE = 60  # vCPUs of each apply's domain: either fits under the limit alone, the two do not
 ROOM = 100  # the limit is what the host already counts plus this
@@ -163,31 +159,10 @@ def secret_leases(conn: libvirt.virConnect):
         kind.remove(found[0])
 
 
-@contextlib.contextmanager
-def held_by_another_run(conn: libvirt.virConnect) -> Iterator[str]:
-    """The secret lease taken and held by another thread, as another run of this process (a
-    daemon's other host lane) holds it (one this very thread holds is its own: refused at once)."""
-    taken: queue.Queue[str] = queue.Queue()
-    release = threading.Event()
-
-    def hold() -> None:
-        with leases.hypervisor_lease(conn, REMOTE, "hv", QUICK) as what:
-            taken.put(what)
-            release.wait(60)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        yield taken.get(timeout=60)
-    finally:
-        release.set()
-        thread.join()
-
-
 def test_the_secret_lease_keeps_a_second_holder_out_and_names_the_first(conn, secret_leases) -> None:
     other = libvirt.open(URI)
     try:
-        with held_by_another_run(conn) as what:
+        with lease_held_by_another_run(conn, REMOTE, QUICK) as what:
             assert what.startswith("the libvirt secret for usage 'virt-reconcile-lock' (")
             uuid = what.split("(")[1].rstrip(")")
             secret = other.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, "virt-reconcile-lock")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from reconciler.engine.reconcile import Outcome, ReconcileOptions, reconcile
 from reconciler.errors import PermanentHostError, TemporaryHostError
 from reconciler.spec.hosturi import HostURI
 from reconciler.spec.manifests import load_manifests
-from tests.helpers import REPO, cli, domain_yaml, write
+from tests.helpers import REPO, cli, domain_yaml, lease_held_by_another_run, write
 
 SYSTEM = HostURI("qemu:///system")
 DEFAULT = HostURI("test:///default")
@@ -95,27 +94,6 @@ def ended_pid() -> int:
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
     )
     return int(ended.stdout)
-
-
-@contextlib.contextmanager
-def lease_held_by_another_run(conn: libvirt.virConnect, limits: lockholders.LockLimits) -> Iterator[str]:
-    """The lease taken and held by another thread, as another run of this process (a daemon's other
-    host lane) holds it; yields what is held."""
-    taken: queue.Queue[str] = queue.Queue()
-    release = threading.Event()
-
-    def hold() -> None:
-        with leases.hypervisor_lease(conn, DEFAULT, "hv", limits) as what:
-            taken.put(what)
-            release.wait(30)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        yield taken.get(timeout=30)
-    finally:
-        release.set()
-        thread.join()
 
 
 # --- local hypervisors: flock ------------------------------------------------------------------
@@ -215,7 +193,7 @@ def test_a_second_lease_waits_for_the_first_then_takes_it(default_conns):
 def test_past_the_wait_the_error_names_the_lease_holder(default_conns):
     first, second = default_conns
     with (
-        lease_held_by_another_run(first, QUICK) as what,
+        lease_held_by_another_run(first, DEFAULT, QUICK) as what,
         pytest.raises(TemporaryHostError) as refused,
     ):
         take_lease(second, QUICK)
@@ -252,7 +230,7 @@ def test_a_fresh_lease_of_another_machine_is_not_broken(default_conns):
 def test_a_held_lease_is_renewed_so_a_long_apply_never_goes_stale(default_conns):
     first, second = default_conns
     short = lockholders.LockLimits(wait=1.2, stale=0.4, renew=0.1, poll=0.02, poll_max=0.05)
-    with lease_held_by_another_run(first, short):
+    with lease_held_by_another_run(first, DEFAULT, short):
         time.sleep(0.6)  # older than the stale limit, but renewed meanwhile
         with pytest.raises(TemporaryHostError, match=f"pid {os.getpid()}"):
             take_lease(second, short)

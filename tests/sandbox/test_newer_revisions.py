@@ -5,24 +5,13 @@ untouched, the reason shown) until ``--overwrite-newer`` (sandbox host, the real
 from __future__ import annotations
 
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
+from tests.daemon_helpers import git
 from tests.helpers import cli, domain_yaml, host_yaml, write
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-
-
-def git(folder: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
 
 
 def test_a_stale_checkout_holds_what_a_newer_revision_applied(tmp_path):

@@ -13,18 +13,9 @@ import pytest
 from reconciler.adapters.gitfacts import GitFacts, ancestry
 from reconciler.adapters.gitsource import FIRST_FETCH_DEPTH
 from reconciler.daemon.sources import GitSource
+from tests.daemon_helpers import git
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-
-
-def git(folder: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
 
 
 def commit(top: Path, text: str) -> str:

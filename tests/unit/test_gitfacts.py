@@ -12,18 +12,9 @@ import pytest
 from reconciler.adapters.gitfacts import GitFacts
 from reconciler.adapters.gitsource import root_identity
 from reconciler.errors import GitRefusedError
+from tests.daemon_helpers import git
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-
-
-def git(folder: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
 
 
 def checkout(tmp_path: Path, *, origin: str | None = "git@github.com:team-a/infra.git") -> Path:
