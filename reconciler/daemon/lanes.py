@@ -184,7 +184,9 @@ class HostLanes:
             lock.acquire()
         try:
             with self._slots:  # taken once the lanes are held: waiting on a peer costs no slot
-                return self._work(jobs) - set(jobs)
+                with self._guard:  # a host dropped while this waited for its lane or a slot: not written
+                    jobs = {name: job for name, job in jobs.items() if self._serving(name)}
+                return self._work(jobs) - set(jobs) if jobs else frozenset()
         finally:
             for lock in reversed(locks):
                 lock.release()

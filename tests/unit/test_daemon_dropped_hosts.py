@@ -175,6 +175,42 @@ def test_a_job_waiting_for_a_host_that_a_newer_revision_drops_never_runs(tmp_pat
     assert shown(daemon) == {"hv1"}  # r1's late report did not bring hv2 back
 
 
+def test_a_job_that_waited_for_a_slot_while_its_host_was_dropped_writes_nothing(tmp_path: Path):
+    """More hosts than --host-parallel: hv2's lane has taken its job and waits for the one slot
+    hv1's pass holds when a newer revision drops hv2; once the slot is free, hv2 is not written."""
+    (tmp_path / "hosts.yaml").write_text(host_yaml("hv1") + "---\n" + host_yaml("hv2", state="state/hv2.xml"))
+    manifests = load_manifests(tmp_path)
+    ran: list[list[str]] = []
+    in_hv1, release = threading.Event(), threading.Event()
+
+    def work(jobs: Mapping[str, LaneJob]) -> frozenset[str]:
+        ran.append(sorted(jobs))
+        if "hv1" in jobs:
+            in_hv1.set()
+            release.wait(WAIT)
+        return frozenset()
+
+    stop = threading.Event()
+    lanes = HostLanes(work, parallel=1, stop=stop)
+    try:
+        lanes.submit("hv1", LaneJob(manifests, "r1", Reason.REVISION))
+        assert in_hv1.wait(WAIT)  # hv1's pass holds the only slot
+        lanes.submit("hv2", LaneJob(manifests, "r1", Reason.REVISION))
+        waited = 0
+        while "hv2" not in lanes._running:  # until its lane has taken the job (then it waits for a slot)
+            assert waited < WAIT * 100 and len(ran) == 1, "hv2's lane never took its job"
+            threading.Event().wait(0.01)
+            waited += 1
+        assert lanes.keep(["hv1"]) == set()  # r2 drops hv2: nothing left waiting to cancel
+        release.set()
+        assert lanes.wait_idle(WAIT)
+        assert ran == [["hv1"]]
+    finally:
+        release.set()
+        stop.set()
+        lanes.close(WAIT)
+
+
 def test_a_job_submitted_for_a_host_no_longer_managed_does_nothing(tmp_path: Path):
     (tmp_path / "hosts.yaml").write_text(host_yaml("hv1") + "---\n" + host_yaml("hv2", state="state/hv2.xml"))
     manifests = load_manifests(tmp_path)
