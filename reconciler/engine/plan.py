@@ -226,7 +226,7 @@ def _written_later(
             continue
         if root and relation(owner.root, root) is Relation.OTHER:
             continue  # another tree's domain: a conflict or kept, never touched anyway
-        if name in desired.domains and not _would_change(desired, name, seen[name], fleet):
+        if not _would_change(desired, name, seen[name], fleet):
             continue
         commit = commit_of(owner.revision)
         plan.held.append(Held(plan.host, name, check.reason(owner.revision), revision=commit))
@@ -237,10 +237,16 @@ def _written_later(
 def _would_change(
     desired: DesiredHost, name: str, found: tuple[DomainObservation, ParsedDomain | None], fleet: Fleet | None
 ) -> bool:
-    """Whether this plan would act on wanted domain ``name``, found on the host: planned on a scratch
-    draft (only for a domain a newer revision wrote), whose actions and records are then dropped."""
+    """Whether this plan would act on domain ``name``, found on the host (wanted here: change it; an
+    orphan: undefine or move it out, not keep it): planned on a scratch draft (only for a domain a
+    newer revision wrote), whose actions and records are then dropped."""
     scratch = PlanDraft(host=desired.name, uri=desired.uri)
-    _plan_domain(scratch, desired.domains[name], desired, found, fleet)
+    if name in desired.domains:
+        _plan_domain(scratch, desired.domains[name], desired, found, fleet)
+    elif fleet is not None and fleet.target_of(name, desired.name) is not None:
+        return True  # the source half of a move (held or not: the move is this run's)
+    else:
+        plan_orphans(scratch, {name: found}, desired.domains, desired.deletion, fleet)
     return bool(scratch.actions or scratch.metadata_writes or scratch.errors)
 
 

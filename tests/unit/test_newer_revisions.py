@@ -95,6 +95,14 @@ def test_a_domain_a_newer_revision_added_is_never_pruned():
     assert kinds(plan(desired([], check()), [live("gone", OLD)])) == [("undefine", "gone")]
 
 
+def test_an_orphan_a_newer_revision_added_that_this_run_keeps_holds_nothing():
+    """Prune off: the run keeps the orphan anyway (undoes nothing), so it is an orphan, not held,
+    and the run does not exit 1 for it."""
+    host = plan(desired([], check(), prune=False), [live("new", NEW)])
+    assert (kinds(host), host.held, [o.domain for o in host.orphans]) == ([], (), ["new"])
+    assert not Plan(hosts={"hv1": host}).has_errors
+
+
 def test_the_neighbours_of_a_held_domain_are_still_planned():
     want = desired([domain_model("web", vcpus=4), domain_model("db", vcpus=4)], check())
     host = plan(want, [live("web", NEW, vcpus=2, active=False), live("db", HEAD, vcpus=2, active=False)])
