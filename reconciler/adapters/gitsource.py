@@ -270,14 +270,20 @@ class GitCheckout:
         return True
 
     def _past_heads(self, head: str) -> list[str]:
-        """The commits this clone checked out before ``head`` (its HEAD's reflog), newest first."""
+        """The commits this clone checked out before it last checked out ``head`` (its HEAD's
+        reflog, older than ``head``'s newest entry), newest first: never one checked out after it
+        (a lane's pass still at ``head`` once the loop took up a newer revision must not count that
+        newer one as its past). None when ``head`` is not in the reflog."""
         import git
 
         try:
-            listed = git.Repo(self.directory).git.reflog("show", "--format=%H", "HEAD", "--")
+            listed = str(git.Repo(self.directory).git.reflog("show", "--format=%H", "HEAD", "--")).split()
         except (git.GitCommandError, git.InvalidGitRepositoryError, ValueError):
             return []
-        return [sha for sha in dict.fromkeys(str(listed).split()) if sha != head]
+        if head not in listed:
+            return []
+        older = listed[listed.index(head) + 1 :]
+        return [sha for sha in dict.fromkeys(older) if sha != head]
 
     def _fetched(self) -> git.Repo:
         """The clone, its branch fetched. A new clone is an empty repository plus a fetch, not

@@ -118,3 +118,17 @@ def test_the_daemon_follows_its_branch_back_from_a_revision_it_checked_out_befor
     # third: checked out before, then left by the branch; other: another branch, never checked out.
     assert source.contained_revisions(commits["second"], asked) == {commits["third"], commits["first"]}
     assert not is_ancestor(tmp_path / "state" / "checkout", commits["third"], commits["second"])
+
+
+def test_a_pass_still_at_an_older_revision_never_counts_a_newer_one_checked_out_since(history, tmp_path):
+    """A lane's pass at ``second`` (it began before the loop took up ``third``, or waited for a
+    slot) must hold what ``third`` wrote: only commits checked out before its own revision are its
+    past, never one the clone checked out after it."""
+    top, commits = history
+    git(top, "branch", "-q", "-f", "main", commits["second"])
+    source = GitSource(f"file://{top}", "main", "manifests", tmp_path / "state")
+    assert source.update() == commits["second"]
+    git(top, "branch", "-q", "-f", "main", commits["third"])
+    assert source.update() == commits["third"]  # the loop has taken up the newer revision
+    assert source.contained_revisions(commits["second"], frozenset({commits["third"]})) == frozenset()
+    assert source.contained_revisions(commits["third"], frozenset({commits["second"]})) == {commits["second"]}
