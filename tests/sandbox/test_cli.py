@@ -45,7 +45,7 @@ def test_unreachable_host_is_an_error_naming_it(tmp_path):
     assert "gone: cannot connect to test://" in result.out
     applied = cli("apply", str(tmp_path))
     assert applied.code == 1
-    assert "Apply failed: 0 action(s) done, 0 failed; errors on gone (above)." in applied.out
+    assert "Apply failed: 0 action(s) done, 0 failed; errors or held domains on gone (above)." in applied.out
 
 
 def test_any_libvirt_uri_works_as_a_host(tmp_path):

@@ -141,9 +141,11 @@ def _verdict(out: Printer, outcome: Outcome) -> int:
         out.print("[bold][red]Not applied[/red]: undefines, moves and deletions were not approved.[/bold]")
         return EXIT_ERROR
     if outcome.failed:
-        troubled = [name for name, host in outcome.plan.hosts.items() if host.errors or host.conflicts]
+        troubled = [
+            name for name, host in outcome.plan.hosts.items() if host.errors or host.conflicts or host.held
+        ]
         troubled += [name for name in outcome.host_errors if name not in troubled]
-        where = f"; errors on {escape(', '.join(troubled))} (above)" if troubled else ""
+        where = f"; errors or held domains on {escape(', '.join(troubled))} (above)" if troubled else ""
         out.print(f"[bold][red]Apply failed[/red]: {done} action(s) done, {failed} failed{where}.[/bold]")
         return EXIT_ERROR
     if refused:
