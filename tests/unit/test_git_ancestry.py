@@ -34,16 +34,21 @@ def is_ancestor(top: Path, recorded: str, head: str) -> bool:
     return done.returncode == 0
 
 
+def new_repository(top: Path, text: str) -> str:
+    """A new repository at ``top`` (branch main) whose first commit holds manifests/web.yaml; its sha."""
+    (top / "manifests").mkdir(parents=True)
+    git(top, "init", "-q", "-b", "main")
+    (top / "manifests" / "web.yaml").write_text(f"# {text}\n")
+    git(top, "add", "-A")
+    git(top, "commit", "-q", "-m", text)
+    return git(top, "rev-parse", "HEAD")
+
+
 @pytest.fixture
 def history(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """first - second - third (main, checked out at second) and second - other (a branch)."""
     top = tmp_path / "infra"
-    (top / "manifests").mkdir(parents=True)
-    git(top, "init", "-q", "-b", "main")
-    (top / "manifests" / "web.yaml").write_text("# first\n")
-    git(top, "add", "-A")
-    git(top, "commit", "-q", "-m", "first")
-    commits = {"first": git(top, "rev-parse", "HEAD"), "second": commit(top, "second")}
+    commits = {"first": new_repository(top, "first"), "second": commit(top, "second")}
     commits["third"] = commit(top, "third")
     git(top, "checkout", "-q", "-b", "other", commits["second"])
     commits["other"] = commit(top, "other")
@@ -86,12 +91,7 @@ def test_an_abbreviated_or_non_commit_name_and_no_git_at_all(history, tmp_path):
 
 def test_the_daemons_shallow_clone_fetches_its_history_for_an_old_revision(tmp_path):
     origin = tmp_path / "origin"
-    (origin / "manifests").mkdir(parents=True)
-    git(origin, "init", "-q", "-b", "main")
-    (origin / "manifests" / "web.yaml").write_text("# 0\n")
-    git(origin, "add", "-A")
-    git(origin, "commit", "-q", "-m", "0")
-    oldest = git(origin, "rev-parse", "HEAD")
+    oldest = new_repository(origin, "0")
     for n in range(FIRST_FETCH_DEPTH + 2):
         head = commit(origin, str(n + 1))
     source = GitSource(f"file://{origin}", "main", "manifests", tmp_path / "state")
